@@ -1,0 +1,99 @@
+"""The trainer's progress protocol: callbacks read ``TrainState`` and steer only through ``Control``.
+
+A trimmed version of transformers' ``trainer_callback.py``. The Celery task, the CLI's progress bar and
+the tests all observe training through these five hooks; cancelling sets ``control.should_stop``, and the
+trainer then checkpoints and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved with every checkpoint as JSON.
+
+    Args:
+        step: optimizer steps done.
+        total_steps: optimizer steps planned.
+        epoch: the epoch in progress (0-based).
+        batches_in_epoch: micro-batches of ``epoch`` already consumed (to resume mid-epoch).
+        elapsed_s: training seconds so far, across resumes.
+        metrics: the latest evaluation, name -> value.
+    """
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    elapsed_s: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class Control:
+    """Flags a callback may set; the trainer reads them after each hook."""
+
+    should_stop: bool = False
+
+
+class Callback:
+    """Base class with no-op hooks; override the ones you need."""
+
+    def on_train_begin(self, state: TrainState, control: Control) -> None:
+        """Training is set up (and resumed, if it was); ``state.total_steps`` is known."""
+
+    def on_step_end(self, state: TrainState, control: Control, logs: dict[str, float]) -> None:
+        """An optimizer step finished; ``logs`` holds each unweighted loss term, the total and the lr."""
+
+    def on_evaluate(self, state: TrainState, control: Control, metrics: dict[str, Any]) -> None:
+        """An evaluation finished."""
+
+    def on_train_end(self, state: TrainState, control: Control, result: Any) -> None:
+        """Training ended, by finishing or by a stop request; ``result`` is the TrainResult."""
+
+    def on_exception(self, state: TrainState, exc: BaseException) -> None:
+        """Training raised; the exception propagates after the callbacks ran."""
+
+
+class CallbackHandler:
+    """Calls one hook on every callback, in order."""
+
+    def __init__(self, callbacks: list[Callback]):
+        self.callbacks = callbacks
+        self.control = Control()
+
+    def call(self, event: str, state: TrainState, *args: Any) -> Control:
+        for cb in self.callbacks:
+            getattr(cb, event)(state, self.control, *args)
+        return self.control
+
+    def exception(self, state: TrainState, exc: BaseException) -> None:
+        for cb in self.callbacks:
+            cb.on_exception(state, exc)
+
+
+class StopAtStep(Callback):
+    """Requests a stop once ``step`` is reached (tests and benchmarks use it to interrupt a run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, state: TrainState, control: Control, logs: dict[str, float]) -> None:
+        if state.step >= self.step:
+            control.should_stop = True

@@ -1,0 +1,113 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint holds the trained module (student + projections), the optimizer and scheduler state, the
+RNG states and the :class:`TrainState`, so a resumed run continues exactly where it stopped. It is written
+to a temporary folder and renamed into place, so a crash mid-write never leaves a torn checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from distill.callbacks import TrainState
+
+NAME = "checkpoint"
+
+
+def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested structure by ``{"__tensor__": key}`` and collect them."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {str(k): _split_tensors(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def _save_state_dict(state: dict, folder: Path, name: str) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(state, name, tensors)
+    save_file(tensors, folder / f"{name}.safetensors")
+    (folder / f"{name}.json").write_text(json.dumps(skeleton))
+
+
+def _load_state_dict(folder: Path, name: str) -> Any:
+    skeleton = json.loads((folder / f"{name}.json").read_text())
+    return _join_tensors(skeleton, load_file(folder / f"{name}.safetensors"))
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
+) -> Path:
+    """Write ``output_dir/checkpoint`` atomically and return its path."""
+    final, tmp = output_dir / NAME, output_dir / f"{NAME}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(module, str(tmp / "model.safetensors"))  # handles tied weights
+    _save_state_dict(optimizer.state_dict(), tmp, "optimizer")
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    _save_state_dict(_rng_state(), tmp, "rng")
+    state.save(tmp / "state.json")
+    old = output_dir / f"{NAME}.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def has_checkpoint(output_dir: Path) -> bool:
+    return (output_dir / NAME / "state.json").is_file()
+
+
+def load_checkpoint(output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
+    """Restore everything :func:`save_checkpoint` wrote; returns the saved state."""
+    folder = output_dir / NAME
+    load_model(module, str(folder / "model.safetensors"))
+    optim_state = _load_state_dict(folder, "optimizer")
+    optim_state["state"] = {int(k): v for k, v in optim_state["state"].items()}  # JSON made the ids str
+    optimizer.load_state_dict(optim_state)
+    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    _set_rng_state(_load_state_dict(folder, "rng"))
+    return TrainState.load(folder / "state.json")

@@ -1,0 +1,226 @@
+"""The one typed, frozen configuration of a distillation run, and its validation.
+
+The CLI reads it from YAML, the web form and the API build it from their input, and every error comes
+back as a :class:`ConfigError` naming the field (``student.layer_map[2]``) and the reason. Checks that
+need the teacher's architecture (layer ranges, head counts) live in :func:`validate_against`, so the same
+messages reach every front end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Kind = Literal["teacher_finetune", "kd_feature", "kd_logits", "no_kd"]
+KD_KINDS: tuple[str, ...] = ("kd_feature", "kd_logits")
+TERMS: tuple[str, ...] = ("task", "output", "feature", "attention")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: a list of ``(field, message)`` pairs, printed one per line."""
+
+    def __init__(self, errors: Iterable[tuple[str, str]]):
+        self.errors = list(errors)
+        super().__init__("\n".join(f"{field}: {message}" for field, message in self.errors))
+
+    @classmethod
+    def one(cls, field: str, message: str) -> ConfigError:
+        return cls([(field, message)])
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TeacherConfig(_Frozen):
+    source: str = Field(
+        min_length=1,
+        description="package:<pip-name>, a local model directory (e.g. a run's export) or a hub id",
+    )
+
+
+class LayerPair(_Frozen):
+    """One mapped pair. Layer 0 is the embedding output; layer i the output of block i."""
+
+    student: Annotated[int, Field(ge=0)]
+    teacher: Annotated[int, Field(ge=0)]
+    feature_weight: NonNegFloat = 1.0
+    attention_weight: NonNegFloat = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        # YAML shorthand: [student, teacher] or [student, teacher, feature_weight, attention_weight]
+        if isinstance(value, list | tuple):
+            keys = ("student", "teacher", "feature_weight", "attention_weight")
+            if not 2 <= len(value) <= 4:
+                raise ValueError("a pair is [student, teacher] with optional feature and attention weights")
+            return dict(zip(keys, value, strict=False))
+        return value
+
+
+class StudentConfig(_Frozen):
+    layers: PositiveInt
+    hidden_size: PositiveInt | None = Field(None, description="defaults to the teacher's")
+    heads: PositiveInt | None = Field(None, description="defaults to the teacher's")
+    intermediate_size: PositiveInt | None = Field(None, description="defaults to 4 x hidden size")
+    init: Literal["teacher", "random"] = Field(
+        "teacher", description="copy the mapped teacher layers (needs the teacher's width) or random"
+    )
+    layer_map: Literal["uniform", "last"] | tuple[LayerPair, ...] = "uniform"
+    map_embeddings: bool = Field(True, description="add the pair (0, 0) to uniform/last maps")
+
+
+class DataConfig(_Frozen):
+    source: str = Field(
+        min_length=1,
+        description="packaged:rotten_tomatoes, packaged:bbc_news, a .csv/.jsonl path, or hf:<dataset id>",
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: tuple[str, ...] | None = Field(None, description="allowed labels, in class-id order")
+    max_length: Annotated[int, Field(gt=0, le=8192)] = 128
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt | None = None
+    eval_split: Literal["validation", "test"] = "validation"
+
+
+class LossConfig(_Frozen):
+    task: NonNegFloat = 1.0
+    output: NonNegFloat = 1.0
+    feature: NonNegFloat = 1.0
+    attention: NonNegFloat = 1.0
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
+    feature_variant: Literal["mse", "cosine"] = "mse"
+    attention_variant: Literal["kl", "mse"] = "kl"
+    head_mapping: Literal["group", "mean"] = Field(
+        "group", description="group-average teacher heads, or compare head-averaged maps"
+    )
+    schedule: Literal["constant", "features_first"] = Field(
+        "constant",
+        description="features_first: feature/attention terms only for the first warm fraction, then all",
+    )
+    features_first_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+
+
+class OptimConfig(_Frozen):
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
+    weight_decay: NonNegFloat = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.06
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    epochs: Annotated[float, Field(gt=0.0)] = 3.0
+    max_steps: PositiveInt | None = Field(None, description="overrides epochs when set")
+    batch_size: PositiveInt = 32
+    grad_accum: PositiveInt = 1
+    max_grad_norm: Annotated[float, Field(gt=0.0)] | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+class RunConfig(_Frozen):
+    kind: Kind
+    name: str = "run"
+    seed: int = 0
+    teacher: TeacherConfig
+    student: StudentConfig | None = None
+    data: DataConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    output_dir: str = Field("runs/run", description="checkpoints, logs and the export go here")
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt | None = Field(None, description="steps between evaluations; default: each epoch")
+    checkpoint_every: PositiveInt = 200
+    eval_batch_size: PositiveInt = 64
+    latency_repeats: PositiveInt = Field(10, description="timed forward passes per latency figure")
+
+    @model_validator(mode="after")
+    def _student_matches_kind(self) -> RunConfig:
+        if self.kind == "teacher_finetune" and self.student is not None:
+            raise ValueError("student: a teacher_finetune run trains the teacher; remove the student section")
+        if self.kind != "teacher_finetune" and self.student is None:
+            raise ValueError(f"student: required for kind {self.kind}")
+        if not any(self.loss_weights().values()):
+            raise ValueError(f"loss: every term used by kind {self.kind} has weight 0")
+        features = self.loss.feature + self.loss.attention
+        if self.kind == "kd_feature" and self.loss.schedule == "features_first" and not features:
+            raise ValueError("loss.schedule: features_first needs a feature or attention weight above 0")
+        return self
+
+    def loss_weights(self, step: int = 0, total_steps: int = 1) -> dict[str, float]:
+        """The weight of each term at ``step``: the kind switches terms off, the schedule phases them."""
+        w = {t: getattr(self.loss, t) for t in TERMS}
+        if self.kind in ("teacher_finetune", "no_kd"):
+            return {t: (w["task"] if t == "task" else 0.0) for t in TERMS}
+        if self.kind == "kd_logits":
+            w["feature"] = w["attention"] = 0.0
+        elif self.loss.schedule == "features_first" and step < math.ceil(
+            self.loss.features_first_fraction * total_steps
+        ):
+            w["task"] = w["output"] = 0.0
+        return w
+
+    @property
+    def needs_attentions(self) -> bool:
+        return self.kind == "kd_feature" and self.loss.attention > 0
+
+    @property
+    def needs_features(self) -> bool:
+        return self.kind == "kd_feature" and (self.loss.feature > 0 or self.loss.attention > 0)
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """``('student', 'layer_map', 2, 'teacher')`` -> ``student.layer_map[2].teacher``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("tuple[", "function-", "literal[")) or part in ("list", "dict"):
+            continue  # pydantic's union-branch labels say nothing to a user
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> ConfigError:
+    seen: dict[str, str] = {}
+    for err in exc.errors():
+        field = format_location(tuple(err["loc"])) or "config"
+        message = err["msg"].removeprefix("Value error, ")
+        if ": " in message and field == "config":  # model-level errors name their own field
+            field, message = message.split(": ", 1)
+        seen.setdefault(field, message)  # a union reports each branch: keep the first
+    return ConfigError(seen.items())
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict (from YAML, a form or JSON) into a :class:`RunConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError.one("config", "expected a mapping of fields")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_errors(exc) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError.one("config", f"file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError.one("config", f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data)
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of a run config, for the API and the form."""
+    return RunConfig.model_json_schema()

@@ -1,0 +1,77 @@
+"""Export a trained model as a folder that ``AutoModelForSequenceClassification.from_pretrained`` loads offline.
+
+The folder holds safetensors weights, the config (with the label names), the tokenizer, a model card
+(README.md) and ``distill.json`` with the run config and its measurements. Learned projections are not
+part of it: only the student is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distill.config import RunConfig
+
+CARD_FILE, RUN_FILE = "README.md", "distill.json"
+
+
+def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
+    """Save weights, config and tokenizer to ``folder``, replacing it whole (never half-written)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _metric_rows(metrics: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        "| model | accuracy | F1 | MCC | parameters | latency bs1 (ms) | latency bs32 (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in metrics.items():
+        e = efficiency.get(name, {})
+        lat = e.get("latency", {})
+        rows.append(
+            f"| {name} | {m.get('accuracy', float('nan')):.4f} | {m.get('f1', float('nan')):.4f} "
+            f"| {m.get('mcc', float('nan')):.4f} | {e.get('params', 0):,} "
+            f"| {lat.get('bs1', {}).get('median_ms', float('nan')):.1f} "
+            f"| {lat.get('bs32', {}).get('median_ms', float('nan')):.1f} |"
+        )
+    return rows
+
+
+def write_model_card(
+    folder: Path, cfg: RunConfig, metrics: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]]
+) -> None:
+    """Write the model card and the machine-readable run record next to the weights."""
+    record = {"config": cfg.model_dump(mode="json"), "metrics": metrics, "efficiency": efficiency}
+    (folder / RUN_FILE).write_text(json.dumps(record, indent=1))
+    front = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["distillation", cfg.kind]}
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        f"# {cfg.name}",
+        "",
+        f"Trained by kdweb's engine: kind `{cfg.kind}`, teacher `{cfg.teacher.source}`, data `{cfg.data.source}`.",
+        "",
+        f"## Evaluation ({cfg.data.eval_split} split, same split for every model)",
+        "",
+        *_metric_rows(metrics, efficiency),
+        "",
+        "## Run configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    (folder / CARD_FILE).write_text("\n".join(lines))

@@ -1,0 +1,248 @@
+r"""The distillation loss terms: pure functions of student and teacher tensors, and their weighted sum.
+
+Four terms, each returned unweighted so they can be logged and weighted apart (:func:`combine`):
+
+* **task** — cross-entropy against the labels (MSE for regression).
+* **output** — Hinton et al. 2015, "Distilling the Knowledge in a Neural Network":
+  :math:`T^2 \, \mathrm{KL}(\mathrm{softmax}(z_t/T) \,\|\, \mathrm{softmax}(z_s/T))`; the
+  :math:`T^2` keeps gradient magnitudes comparable across temperatures.
+* **feature** — TinyBERT (Jiao et al. 2020): hidden states of mapped layers, the student's projected to
+  the teacher's width by a learned :math:`W`, compared by :math:`\mathrm{MSE}(h_s W, h_t)` (or
+  :math:`1 - \cos`).
+* **attention** — TinyBERT's MSE between attention maps, or MiniLM's (Wang et al. 2020)
+  :math:`\mathrm{KL}(A_t \,\|\, A_s)` per query row. When head counts differ, teacher heads are
+  averaged in consecutive groups, or both sides are compared head-averaged.
+
+Every per-token value is averaged over real tokens only (:func:`masked_mean`), and attention rows over
+real keys only, so padding never changes a loss. Teacher tensors are detached (and cloned when they are
+inference tensors, which autograd refuses to save), so gradients reach the student side alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPS = 1e-12  # floor for student attention probabilities before the log: 0 * log(0) must stay finite
+HEAD_MAPPINGS: tuple[str, ...] = ("group", "mean")
+
+
+def _target(teacher: Tensor) -> Tensor:
+    """A teacher tensor as a constant target that autograd may save for backward."""
+    teacher = teacher.detach()
+    return teacher.clone() if teacher.is_inference() else teacher
+
+
+def _pick(table: dict[str, Callable[..., Tensor]], variant: str, what: str) -> Callable[..., Tensor]:
+    try:
+        return table[variant]
+    except KeyError:
+        raise ValueError(f"unknown {what} variant {variant!r}; expected one of {sorted(table)}") from None
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    r"""Mean of ``values`` over the positions where ``mask`` is nonzero.
+
+    ``values`` (B, L) per-token values; ``mask`` (B, L), 1 for real tokens and 0 for padding, any dtype
+    (any shape matching ``values`` works the same). ``None`` means every position is real.
+
+    .. math:: \frac{\sum_{b,l} m_{bl} v_{bl}}{\max(1, \sum_{b,l} m_{bl})}
+    """
+    if mask is None:
+        return values.mean()
+    keep = mask != 0  # a fresh bool tensor, even when the mask is an inference tensor
+    # where, not multiply: a NaN or inf at a padded position must not leak into the sum
+    total = torch.where(keep, values, torch.zeros_like(values)).sum()
+    return total / keep.sum().clamp_min(1).to(values.dtype)
+
+
+def task_loss(logits: Tensor, labels: Tensor, regression: bool = False) -> Tensor:
+    r"""Supervised loss: cross-entropy of logits (B, C) against labels (B,) long, or MSE for regression.
+
+    .. math:: -\frac{1}{B} \sum_b \log \mathrm{softmax}(z_b)_{y_b}
+        \quad\text{or}\quad \frac{1}{B} \sum_b (z_b - y_b)^2
+    """
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def output_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    r"""Soft-target loss (Hinton et al. 2015) between logits (B, C), or (B, L, V) with ``mask`` (B, L).
+
+    Summed over classes, then averaged over the batch, or over real tokens for language models.
+
+    .. math:: T^2 \sum_c p_t^{(c)} (\log p_t^{(c)} - \log p_s^{(c)}),
+        \quad p = \mathrm{softmax}(z / T)
+    """
+    # float32 and log_softmax: half-precision softmax of large logits underflows to log(0)
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(_target(teacher_logits).float() / temperature, dim=-1)
+    per_item = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    return temperature**2 * masked_mean(per_item, mask)
+
+
+def feature_mse(student_h: Tensor, teacher_h: Tensor, mask: Tensor | None) -> Tensor:
+    r"""Mean squared error of hidden states (B, L, d), averaged over d, then over real tokens.
+
+    .. math:: \frac{1}{|\mathcal{M}|} \sum_{(b,l) \in \mathcal{M}} \frac{1}{d}
+        \lVert h^s_{bl} - h^t_{bl} \rVert^2
+    """
+    per_token = (student_h.float() - _target(teacher_h).float()).pow(2).mean(-1)
+    return masked_mean(per_token, mask)
+
+
+def feature_cosine(student_h: Tensor, teacher_h: Tensor, mask: Tensor | None) -> Tensor:
+    r"""Cosine distance of hidden states (B, L, d) per token, averaged over real tokens.
+
+    .. math:: \frac{1}{|\mathcal{M}|} \sum_{(b,l) \in \mathcal{M}} 1 - \cos(h^s_{bl}, h^t_{bl})
+    """
+    per_token = 1.0 - F.cosine_similarity(student_h.float(), _target(teacher_h).float(), dim=-1)
+    return masked_mean(per_token, mask)
+
+
+FEATURE_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
+    "mse": feature_mse,
+    "cosine": feature_cosine,
+}
+
+
+def feature_loss(
+    student_h: Tensor,
+    teacher_h: Tensor,
+    mask: Tensor | None,
+    projection: nn.Module | None,
+    variant: str = "mse",
+) -> Tensor:
+    r"""Feature term for one layer pair: student (B, L, d_s), teacher (B, L, d_t), mask (B, L).
+
+    ``projection`` maps d_s to d_t (TinyBERT's learned :math:`W`, an ``nn.Linear``); ``None`` when the
+    widths already agree.
+
+    .. math:: \mathcal{L}_\text{variant}(h^s W, h^t)
+    """
+    loss_fn = _pick(FEATURE_LOSSES, variant, "feature")
+    if projection is not None:
+        student_h = projection(student_h)
+    return loss_fn(student_h, teacher_h, mask)
+
+
+def group_teacher_heads(teacher_att: Tensor, student_heads: int, head_mapping: str) -> tuple[Tensor, bool]:
+    r"""Bring teacher attention (B, h_t, L, L) to the student's head count.
+
+    ``"group"`` with h_t divisible by h_s: average consecutive groups of h_t / h_s heads, giving
+    (B, h_s, L, L), and ``False``. Otherwise (``"mean"``, or not divisible) the head-average (B, 1, L, L)
+    and ``True``: the student's maps must then be head-averaged as well.
+
+    .. math:: \bar A^t_j = \frac{1}{g} \sum_{k=0}^{g-1} A^t_{j g + k}, \quad g = h_t / h_s
+    """
+    if head_mapping not in HEAD_MAPPINGS:
+        raise ValueError(f"unknown head mapping {head_mapping!r}; expected one of {list(HEAD_MAPPINGS)}")
+    teacher_heads = teacher_att.shape[1]
+    if head_mapping == "group" and teacher_heads % student_heads == 0:
+        if teacher_heads == student_heads:
+            return teacher_att, False
+        group = teacher_heads // student_heads
+        # (B, h_t, ...) -> (B, h_s, group, ...): student head j owns teacher heads j*group .. j*group+group-1
+        return teacher_att.unflatten(1, (student_heads, group)).mean(2), False
+    return teacher_att.mean(1, keepdim=True), True
+
+
+def _key_mask(mask: Tensor | None) -> Tensor | None:
+    """(B, L) token mask -> (B, 1, 1, L) bool mask over the keys of attention maps (B, h, L, L)."""
+    return None if mask is None else (mask != 0)[:, None, None, :]
+
+
+def _over_keys(values: Tensor, mask: Tensor | None, mean: bool) -> Tensor:
+    """Per-key values (B, h, L, L) -> (B, L): sum (or mean) over real keys, then mean over heads."""
+    keys = _key_mask(mask)
+    if keys is None:
+        per_row = values.mean(-1) if mean else values.sum(-1)
+    else:
+        per_row = torch.where(keys, values, torch.zeros_like(values)).sum(-1)
+        if mean:
+            per_row = per_row / keys.sum(-1).clamp_min(1).to(values.dtype)
+    return per_row.mean(1)
+
+
+def attention_kl(student_att: Tensor, teacher_att: Tensor, mask: Tensor | None) -> Tensor:
+    r"""MiniLM's KL between attention probabilities (B, h, L, L), per query row over real keys.
+
+    Averaged over heads, then over real query positions.
+
+    .. math:: \mathrm{KL}(A^t_{bhq} \,\|\, A^s_{bhq}) = \sum_{k \in \mathcal{M}_b} A^t_{bhqk}
+        (\log A^t_{bhqk} - \log A^s_{bhqk})
+    """
+    a_s = student_att.float()
+    a_t = _target(teacher_att).float()
+    # xlogy makes 0 * log 0 = 0; the clamp keeps log finite where the student puts exactly zero
+    per_key = torch.xlogy(a_t, a_t) - a_t * a_s.clamp_min(EPS).log()
+    return masked_mean(_over_keys(per_key, mask, mean=False), mask)
+
+
+def attention_mse(student_att: Tensor, teacher_att: Tensor, mask: Tensor | None) -> Tensor:
+    r"""TinyBERT's MSE between attention maps (B, h, L, L): mean over real keys, heads, real queries.
+
+    .. math:: \frac{1}{|\mathcal{M}_b|} \sum_{k \in \mathcal{M}_b} (A^s_{bhqk} - A^t_{bhqk})^2
+    """
+    per_key = (student_att.float() - _target(teacher_att).float()).pow(2)
+    return masked_mean(_over_keys(per_key, mask, mean=True), mask)
+
+
+ATTENTION_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
+    "kl": attention_kl,
+    "mse": attention_mse,
+}
+
+
+def attention_loss(
+    student_att: Tensor,
+    teacher_att: Tensor,
+    mask: Tensor | None,
+    variant: str = "kl",
+    head_mapping: str = "group",
+) -> Tensor:
+    r"""Attention term for one layer pair: student (B, h_s, L, L), teacher (B, h_t, L, L), mask (B, L).
+
+    Heads are matched by :func:`group_teacher_heads` before the variant compares the maps.
+
+    .. math:: \mathcal{L}_\text{variant}(A^s, \bar A^t)
+    """
+    loss_fn = _pick(ATTENTION_LOSSES, variant, "attention")
+    teacher_att, average_student = group_teacher_heads(teacher_att, student_att.shape[1], head_mapping)
+    if average_student:
+        student_att = student_att.mean(1, keepdim=True)
+    return loss_fn(student_att, teacher_att, mask)
+
+
+@dataclass
+class LossOutput:
+    """The weighted total to backpropagate, and each term's unweighted value by name."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+def combine(terms: dict[str, Tensor], weights: dict[str, float]) -> LossOutput:
+    r"""Weighted sum of the present terms; a term with weight 0 (or none) is left out of the total.
+
+    When nothing contributes, ``total`` is a zero tensor on the terms' device and dtype (with no graph).
+
+    .. math:: \mathcal{L} = \sum_{n} w_n \mathcal{L}_n
+    """
+    total: Tensor | None = None
+    for name, value in terms.items():
+        weight = weights.get(name, 0.0)
+        if weight == 0:
+            continue
+        total = weight * value if total is None else total + weight * value
+    if total is None:
+        like = next(iter(terms.values()), None)
+        total = torch.zeros(()) if like is None else like.new_zeros(())
+    return LossOutput(total=total, terms=dict(terms))

@@ -1,0 +1,121 @@
+"""Build a student from the teacher's config: fewer and/or narrower blocks, same tokenizer.
+
+Initialisation ``teacher`` copies the embeddings, the head and, for each student block, the teacher block
+it is mapped to (DistilBERT-style; unmapped blocks take the uniform choice). It needs the teacher's width;
+``random`` works for any shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+from distill.config import ConfigError, LayerPair, RunConfig, StudentConfig
+from distill.features import block_prefixes
+from distill.layer_map import resolve_layer_map, uniform_pairs
+from distill.teachers import Architecture, count_parameters_from_config
+
+# Config keys that hold attention-probability dropout in the architectures transformers ships.
+_ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def student_shape(student: StudentConfig, teacher: Architecture) -> tuple[int, int, int]:
+    """(hidden, heads, intermediate) with the teacher's values where the config leaves them out."""
+    hidden = student.hidden_size or teacher.hidden_size
+    heads = student.heads or teacher.heads
+    intermediate = student.intermediate_size or (
+        teacher.intermediate_size if hidden == teacher.hidden_size else 4 * hidden
+    )
+    return hidden, heads, intermediate
+
+
+def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, ...]:
+    """Checks that need the teacher's architecture; returns the resolved layer map (empty for fine-tuning)."""
+    if cfg.student is None:
+        return ()
+    errors: list[tuple[str, str]] = []
+    hidden, heads, _ = student_shape(cfg.student, teacher)
+    if hidden % heads:
+        errors.append(("student.heads", f"hidden size {hidden} is not divisible by {heads} heads"))
+    if cfg.student.init == "teacher" and hidden != teacher.hidden_size:
+        errors.append((
+            "student.init",
+            f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
+            "use init: random",
+        ))
+    if cfg.student.layers > teacher.layers and cfg.student.init == "teacher":
+        errors.append(("student.layers", f"{cfg.student.layers} blocks but the teacher has {teacher.layers}"))
+    try:
+        pairs = resolve_layer_map(cfg.student, teacher.layers)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+        pairs = ()
+    if errors:
+        raise ConfigError(errors)
+    return pairs
+
+
+def student_config(
+    teacher_config: PretrainedConfig, student: StudentConfig, teacher: Architecture, *, attentions: bool
+) -> PretrainedConfig:
+    """The student's transformers config: the teacher's with the student's shape."""
+    hidden, heads, intermediate = student_shape(student, teacher)
+    config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+    config.num_hidden_layers = student.layers
+    config.hidden_size = hidden
+    config.num_attention_heads = heads
+    config.intermediate_size = intermediate
+    if hasattr(config, "head_dim"):
+        config.head_dim = hidden // heads
+    if getattr(config, "num_key_value_heads", None):
+        config.num_key_value_heads = heads if teacher.kv_heads == teacher.heads else min(teacher.kv_heads, heads)
+    if attentions:
+        # Dropout on attention probabilities zeroes entries the KL term takes the log of.
+        for key in _ATTENTION_DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
+    config.architectures = [a.replace("Model", "ForSequenceClassification") for a in config.architectures or []]
+    return config
+
+
+def count_student_parameters(config: PretrainedConfig) -> int:
+    """Parameters of the student (with its head), known before any weight is allocated."""
+    return count_parameters_from_config(config)
+
+
+def _init_sources(student: StudentConfig, pairs: tuple[LayerPair, ...], teacher_layers: int) -> dict[int, int]:
+    """Student block -> teacher block to copy: the mapped one, else the uniform choice."""
+    sources = dict(uniform_pairs(student.layers, teacher_layers))
+    sources.update({p.student: p.teacher for p in pairs if p.student > 0 and p.teacher > 0})
+    return sources
+
+
+def build_student(
+    config: PretrainedConfig,
+    student: StudentConfig,
+    pairs: tuple[LayerPair, ...],
+    teacher: PreTrainedModel,
+    *,
+    attentions: bool,
+) -> PreTrainedModel:
+    """Instantiate the student and, for ``init: teacher``, copy the teacher's weights into it."""
+    model = AutoModelForSequenceClassification.from_config(
+        config, attn_implementation="eager" if attentions else "sdpa"
+    )
+    if student.init == "teacher":
+        _copy_from_teacher(model, teacher, _init_sources(student, pairs, teacher.config.num_hidden_layers))
+    return model
+
+
+@torch.no_grad()
+def _copy_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, sources: dict[int, int]) -> None:
+    s_prefixes, t_prefixes = block_prefixes(student), block_prefixes(teacher)
+    rename = {s_prefixes[s - 1]: t_prefixes[t - 1] for s, t in sources.items()}
+    pattern = re.compile("|".join(re.escape(p) for p in rename))
+    t_state = teacher.state_dict()
+    for name, tensor in student.state_dict().items():
+        t_name = pattern.sub(lambda m: rename[m.group(0)], name, count=1)
+        if t_name in t_state and t_state[t_name].shape == tensor.shape:
+            tensor.copy_(t_state[t_name])

@@ -1,0 +1,264 @@
+"""One explicit training loop on Accelerate for every kind of run.
+
+``teacher_finetune`` trains the teacher (a new classification head on a backbone); ``no_kd``,
+``kd_logits`` and ``kd_feature`` train a student built from that teacher, with the loss terms their kind
+switches on. Accelerate supplies devices, mixed precision, gradient accumulation and multi-GPU, so the
+loop reads the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from transformers import PreTrainedModel, get_scheduler
+
+from distill.callbacks import Callback, CallbackHandler, TrainState
+from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from distill.config import KD_KINDS, RunConfig
+from distill.data import EncodedSplit, TextClassificationData, collate, encode, load_data
+from distill.distiller import Distiller, teacher_forward
+from distill.export import export_model, write_model_card
+from distill.metrics import efficiency_report, evaluate_classifier, weights_bytes
+from distill.students import build_student, student_config, validate_against
+from distill.teachers import (
+    check_tokenizer,
+    describe,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    resolve_source,
+)
+
+log = logging.getLogger("distill")
+
+
+class EpochBatches(Sampler[list[int]]):
+    """A seeded shuffle per epoch that can start mid-epoch, so a resumed run sees the same batches."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch = self.skip = 0
+
+    def start(self, epoch: int, skip: int) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for i in range(self.skip * self.batch_size, self.size, self.batch_size):
+            yield order[i : i + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.batch_size) - self.skip
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``metrics`` maps "student"/"teacher" to their evaluation on the same split."""
+
+    state: TrainState
+    stopped: bool
+    metrics: dict[str, dict[str, float]]
+    efficiency: dict[str, dict[str, Any]]
+    export_dir: Path | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["export_dir"] = str(self.export_dir) if self.export_dir else None
+        return out
+
+
+def eval_loader(split: EncodedSplit, batch_size: int, pad_token_id: int) -> DataLoader:
+    """Batches of similar length (padding wastes time), in a fixed order."""
+    order = sorted(range(len(split)), key=lambda i: len(split[i]["input_ids"]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return DataLoader(split, batch_sampler=batches, collate_fn=lambda b: collate(b, pad_token_id))
+
+
+def total_steps(cfg: RunConfig, train_size: int) -> int:
+    """Optimizer steps: ``max_steps``, or the epochs' micro-batches divided by the accumulation."""
+    if cfg.optim.max_steps:
+        return cfg.optim.max_steps
+    micro = math.ceil(cfg.optim.epochs * math.ceil(train_size / cfg.optim.batch_size))
+    return max(1, math.ceil(micro / cfg.optim.grad_accum))
+
+
+@dataclass
+class _Setup:
+    data: TextClassificationData
+    tokenizer: Any
+    teacher: PreTrainedModel | None  # the frozen teacher, for runs that distil
+    distiller: Distiller
+
+
+def _setup(cfg: RunConfig) -> _Setup:
+    """Load data and models and check them against each other, before any training state exists."""
+    data = load_data(cfg.data)
+    t_config = load_config(cfg.teacher.source)
+    arch = describe(t_config)
+    pairs = validate_against(cfg, arch)
+    tokenizer = load_tokenizer(cfg.teacher.source)
+    check_tokenizer(t_config, tokenizer)
+    if cfg.kind == "teacher_finetune":
+        model = load_classifier(cfg.teacher.source, data.labels, attentions=False, new_head=True)
+        return _Setup(data, tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
+    teacher = load_classifier(cfg.teacher.source, data.labels, attentions=cfg.needs_attentions)
+    teacher.eval().requires_grad_(False)
+    s_config = student_config(t_config, cfg.student, arch, attentions=cfg.needs_attentions)
+    student = build_student(s_config, cfg.student, pairs, teacher, attentions=cfg.needs_attentions)
+    used_pairs = pairs if cfg.needs_features else ()
+    distiller = Distiller(student, used_pairs, arch.hidden_size, cfg.loss, cfg.needs_attentions)
+    return _Setup(data, tokenizer, teacher if cfg.kind in KD_KINDS else None, distiller)
+
+
+def _optimizer(cfg: RunConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and norms, as in BERT's recipe.
+    decay = [p for n, p in module.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in module.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; evaluate, measure and export at the end.
+
+    With ``resume`` and a checkpoint in ``cfg.output_dir``, training continues from it and produces the
+    same later losses as an uninterrupted run with the same seed.
+    """
+    set_seed(cfg.seed)
+    handler = CallbackHandler(list(callbacks))
+    state = TrainState()
+    try:
+        return _train(cfg, handler, state, resume)
+    except BaseException as exc:
+        handler.exception(state, exc)
+        raise
+
+
+def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: bool) -> TrainResult:
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    s = _setup(cfg)
+    pad = s.tokenizer.pad_token_id
+    train_split = encode(s.data.train, s.tokenizer, cfg.data.max_length)
+    sampler = EpochBatches(len(train_split), cfg.optim.batch_size, cfg.seed)
+    # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG when it starts,
+    # which would shift dropout after a resume mid-epoch.
+    loader = DataLoader(
+        train_split, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad), generator=torch.Generator()
+    )
+    val_loader = eval_loader(
+        encode(s.data.validation, s.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad
+    )
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum
+    )
+    state.total_steps = total_steps(cfg, len(train_split))
+    optimizer = _optimizer(cfg, s.distiller)
+    scheduler = get_scheduler(
+        cfg.optim.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.optim.warmup_ratio * state.total_steps),
+        num_training_steps=state.total_steps,
+    )
+    pairs = s.distiller.pairs
+    distiller, optimizer, loader, scheduler = accelerator.prepare(s.distiller, optimizer, loader, scheduler)
+    teacher = s.teacher.to(accelerator.device) if s.teacher is not None else None
+    model = accelerator.unwrap_model(distiller).student
+    if resume and has_checkpoint(output_dir):
+        restored = load_checkpoint(output_dir, accelerator.unwrap_model(distiller), optimizer, scheduler)
+        for key, value in asdict(restored).items():
+            setattr(state, key, value)
+        log.info("resumed from step %d", state.step)
+
+    control = handler.call("on_train_begin", state)
+    eval_every = cfg.eval_every or math.ceil(len(sampler) / cfg.optim.grad_accum)
+    sums: dict[str, float] = {}
+    micro = 0
+    started = time.perf_counter() - state.elapsed_s
+    while state.step < state.total_steps and not control.should_stop:
+        sampler.start(state.epoch, state.batches_in_epoch)
+        for batch in loader:
+            with accelerator.accumulate(distiller):
+                weights = cfg.loss_weights(state.step, state.total_steps)
+                t_out = teacher_forward(teacher, batch, pairs, cfg.needs_attentions) if teacher else None
+                loss = distiller(batch, t_out, weights)
+                accelerator.backward(loss.total)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(distiller.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            # One sync for all terms; no tensor outlives the step.
+            names = [*loss.terms, "total"]
+            values = torch.stack([*(t.detach() for t in loss.terms.values()), loss.total.detach()]).tolist()
+            for name, value in zip(names, values, strict=True):
+                sums[name] = sums.get(name, 0.0) + value
+            micro += 1
+            state.batches_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.elapsed_s = time.perf_counter() - started
+            logs = {f"loss/{k}": v / micro for k, v in sums.items()}
+            logs["lr"] = scheduler.get_last_lr()[0]
+            sums, micro = {}, 0
+            control = handler.call("on_step_end", state, logs)
+            if state.step % eval_every == 0 or state.step == state.total_steps:
+                state.metrics = evaluate_classifier(model, val_loader, len(s.data.labels), accelerator.device)
+                control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
+            if control.should_stop or state.step % cfg.checkpoint_every == 0 or state.step == state.total_steps:
+                save_checkpoint(output_dir, accelerator.unwrap_model(distiller), optimizer, scheduler, state)
+            if control.should_stop or state.step >= state.total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+
+    stopped = state.step < state.total_steps
+    result = TrainResult(state, stopped, {}, {}, None)
+    if not stopped:
+        result = _finish(cfg, s, model, teacher, state, accelerator.device)
+    handler.call("on_train_end", state, result)
+    return result
+
+
+def _finish(
+    cfg: RunConfig, s: _Setup, model: PreTrainedModel, teacher: PreTrainedModel | None,
+    state: TrainState, device: torch.device,
+) -> TrainResult:
+    """Evaluate trained model and teacher on the same split, measure them, export the trained model."""
+    output_dir = Path(cfg.output_dir)
+    split = s.data.split(cfg.data.eval_split)
+    loader = eval_loader(encode(split, s.tokenizer, cfg.data.max_length), cfg.eval_batch_size, s.tokenizer.pad_token_id)
+    trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
+    models = {trained: model}
+    if cfg.kind != "teacher_finetune":
+        models["teacher"] = teacher or load_classifier(cfg.teacher.source, s.data.labels, attentions=False).to(device)
+    metrics = {
+        name: {"split": cfg.data.eval_split, **evaluate_classifier(m, loader, len(s.data.labels), device)}
+        for name, m in models.items()
+    }
+    efficiency = {
+        name: efficiency_report(m, m.config.vocab_size, seq_len=cfg.data.max_length, repeats=cfg.latency_repeats)
+        for name, m in models.items()
+    }
+    export_dir = output_dir / "export"
+    efficiency[trained]["bytes"] = weights_bytes(export_model(model, s.tokenizer, export_dir))
+    if "teacher" in models and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
+        efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
+    write_model_card(export_dir, cfg, metrics, efficiency)
+    result = TrainResult(state, False, metrics, efficiency, export_dir)
+    (output_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=1, default=str))
+    return result

@@ -1,0 +1,136 @@
+"""The run config: parsing, YAML, precise errors, and the checks against the teacher's architecture."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.config import ConfigError, format_location, load_config, parse_config
+from distill.layer_map import DUPLICATE_STUDENT, EMPTY_MAP, OUT_OF_RANGE, resolve_layer_map, uniform_pairs
+from distill.students import validate_against
+from distill.teachers import Architecture
+
+MINILM = Architecture("bert", 6, 384, 12, 12, 1536, 30522, 22_713_216, ("rotten", "fresh"), 512)
+
+
+def errors_of(data: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return dict(info.value.errors)
+
+
+def test_it_parses_a_full_config_and_is_frozen(base_config):
+    cfg = parse_config(base_config)
+    assert cfg.student.layers == 2 and cfg.optim.max_steps == 6
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 4
+
+
+def test_it_round_trips_through_json(base_config):
+    cfg = parse_config(base_config)
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_it_loads_yaml_and_reports_bad_files(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("kind: no_kd\nteacher: {source: x}\nstudent: {layers: 2}\ndata: {source: y}\n")
+    assert load_config(path).kind == "no_kd"
+    path.write_text("kind: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_it_names_the_field_and_reason(base_config):
+    base_config["optim"]["lr"] = -1
+    base_config["student"]["layers"] = 0
+    base_config["loss"] = {"temperature": 0, "attention_variant": "cosine"}
+    errors = errors_of(base_config)
+    assert errors["optim.lr"] == "Input should be greater than 0"
+    assert errors["student.layers"] == "Input should be greater than 0"
+    assert errors["loss.temperature"] == "Input should be greater than 0"
+    assert "'kl' or 'mse'" in errors["loss.attention_variant"]
+
+
+def test_it_rejects_unknown_fields(base_config):
+    base_config["optim"]["learning_rate"] = 0.1
+    assert errors_of(base_config) == {"optim.learning_rate": "Extra inputs are not permitted"}
+
+
+def test_it_requires_a_student_for_kd_and_refuses_one_for_finetuning(base_config):
+    del base_config["student"]
+    assert errors_of(base_config) == {"student": "required for kind kd_feature"}
+    base_config["kind"] = "teacher_finetune"
+    assert parse_config(base_config).student is None
+
+
+def test_it_refuses_a_loss_with_every_used_term_at_zero(base_config):
+    base_config["kind"] = "no_kd"
+    base_config["loss"] = {"task": 0}
+    assert errors_of(base_config) == {"loss": "every term used by kind no_kd has weight 0"}
+
+
+def test_it_switches_terms_by_kind_and_schedule(base_config):
+    cfg = parse_config({**base_config, "kind": "kd_logits"})
+    assert cfg.loss_weights() == {"task": 1.0, "output": 1.0, "feature": 0.0, "attention": 0.0}
+    assert parse_config({**base_config, "kind": "no_kd"}).loss_weights()["output"] == 0.0
+    phased = parse_config({**base_config, "loss": {"schedule": "features_first", "features_first_fraction": 0.5}})
+    assert phased.loss_weights(step=4, total_steps=10)["output"] == 0.0
+    assert phased.loss_weights(step=4, total_steps=10)["feature"] == 1.0
+    assert phased.loss_weights(step=5, total_steps=10)["output"] == 1.0
+
+
+def test_it_formats_locations():
+    loc = ("student", "layer_map", "tuple[LayerPair, ...]", 2, "teacher")
+    assert format_location(loc) == "student.layer_map[2].teacher"
+
+
+def test_it_accepts_pairs_as_lists_or_mappings(base_config):
+    base_config["student"]["layer_map"] = [[0, 0], [1, 2, 2.0], {"student": 2, "teacher": 4, "attention_weight": 0}]
+    pairs = parse_config(base_config).student.layer_map
+    assert (pairs[1].teacher, pairs[1].feature_weight) == (2, 2.0)
+    assert pairs[2].attention_weight == 0
+
+
+def test_it_maps_uniformly():
+    assert uniform_pairs(3, 6) == [(1, 2), (2, 4), (3, 6)]
+    assert uniform_pairs(4, 6) == [(1, 2), (2, 3), (3, 5), (4, 6)]
+    assert uniform_pairs(6, 6) == [(i, i) for i in range(1, 7)]
+
+
+def test_it_resolves_strategies_with_the_embedding_pair(base_config):
+    cfg = parse_config({**base_config, "student": {"layers": 3, "layer_map": "last"}})
+    assert [(p.student, p.teacher) for p in resolve_layer_map(cfg.student, 6)] == [(0, 0), (3, 6)]
+    cfg = parse_config({**base_config, "student": {"layers": 3, "map_embeddings": False}})
+    assert [(p.student, p.teacher) for p in resolve_layer_map(cfg.student, 6)] == [(1, 2), (2, 4), (3, 6)]
+
+
+def test_it_validates_a_custom_map_against_both_depths(base_config):
+    base_config["student"] = {"layers": 3, "layer_map": [[1, 2], [2, 4], [3, 7], [4, 6], [2, 1]]}
+    with pytest.raises(ConfigError) as info:
+        validate_against(parse_config(base_config), MINILM)
+    assert str(info.value).splitlines() == [
+        "student.layer_map[2]: " + OUT_OF_RANGE.format(side="teacher", index=7, depth=6),
+        "student.layer_map[3]: " + OUT_OF_RANGE.format(side="student", index=4, depth=3),
+        "student.layer_map[4]: " + DUPLICATE_STUDENT.format(index=2),
+    ]
+    assert "student.layer_map[2]: teacher layer 7 out of range 0..6" in str(info.value)
+    base_config["student"]["layer_map"] = []
+    with pytest.raises(ConfigError, match=EMPTY_MAP):
+        validate_against(parse_config(base_config), MINILM)
+
+
+def test_it_checks_the_student_shape_against_the_teacher(base_config):
+    base_config["student"] = {"layers": 3, "hidden_size": 250, "heads": 4}
+    errors = dict(_validate_errors(base_config))
+    assert errors["student.heads"] == "hidden size 250 is not divisible by 4 heads"
+    assert errors["student.init"].startswith("cannot copy teacher layers into width 250")
+    base_config["student"] = {"layers": 3, "hidden_size": 256, "heads": 4, "init": "random"}
+    pairs = validate_against(parse_config(base_config), MINILM)
+    assert [(p.student, p.teacher) for p in pairs] == [(0, 0), (1, 2), (2, 4), (3, 6)]
+
+
+def _validate_errors(data: dict) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        validate_against(parse_config(data), MINILM)
+    return info.value.errors

@@ -1,0 +1,168 @@
+"""The training loop on tiny real models: every kind, callbacks, checkpoints, resume and export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from distill.callbacks import Callback, StopAtStep
+from distill.config import ConfigError, parse_config
+from distill.trainer import train
+
+
+class Recorder(Callback):
+    """Records every event and the logs of each step."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self.logs: list[dict[str, float]] = []
+
+    def on_train_begin(self, state, control):
+        self.events.append("train_begin")
+
+    def on_step_end(self, state, control, logs):
+        self.events.append(f"step_end:{state.step}")
+        self.logs.append(logs)
+
+    def on_evaluate(self, state, control, metrics):
+        self.events.append(f"evaluate:{state.step}")
+
+    def on_train_end(self, state, control, result):
+        self.events.append("train_end")
+
+    def on_exception(self, state, exc):
+        self.events.append(f"exception:{type(exc).__name__}")
+
+
+def test_it_calls_callbacks_in_order(base_config):
+    base_config["eval_every"] = 3
+    rec = Recorder()
+    result = train(parse_config(base_config), [rec])
+    assert rec.events == [
+        "train_begin", "step_end:1", "step_end:2", "step_end:3", "evaluate:3",
+        "step_end:4", "step_end:5", "step_end:6", "evaluate:6", "train_end",
+    ]
+    assert not result.stopped and result.state.step == 6
+    assert set(rec.logs[0]) == {"loss/task", "loss/output", "loss/feature", "loss/attention", "loss/total", "lr"}
+
+
+def test_it_logs_only_the_terms_of_its_kind(base_config):
+    for kind, terms in [("no_kd", {"task"}), ("kd_logits", {"task", "output"})]:
+        rec = Recorder()
+        train(parse_config({**base_config, "kind": kind, "optim": {**base_config["optim"], "max_steps": 1}}), [rec])
+        assert {k.removeprefix("loss/") for k in rec.logs[0] if k.startswith("loss/")} == terms | {"total"}
+
+
+def test_it_weights_the_total_from_the_unweighted_terms(base_config):
+    base_config["loss"] = {"task": 0.5, "output": 2.0, "feature": 3.0, "attention": 0.25}
+    base_config["optim"]["max_steps"] = 2
+    rec = Recorder()
+    train(parse_config(base_config), [rec])
+    logs = rec.logs[0]
+    terms = {"task": 0.5, "output": 2.0, "feature": 3.0, "attention": 0.25}
+    expected = sum(weight * logs[f"loss/{name}"] for name, weight in terms.items())
+    assert logs["loss/total"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_it_learns_the_task_without_a_teacher(base_config):
+    base_config.update(kind="no_kd", optim={"batch_size": 16, "epochs": 4, "lr": 2e-3})
+    result = train(parse_config(base_config))
+    assert result.metrics["student"]["accuracy"] > 0.9
+
+
+def test_it_pulls_the_student_towards_the_teacher(base_config):
+    base_config["student"]["init"] = "random"
+    base_config["optim"] = {"batch_size": 16, "epochs": 3, "lr": 2e-3}
+    rec = Recorder()
+    train(parse_config(base_config), [rec])
+    for term in ("output", "feature", "attention"):
+        assert rec.logs[-1][f"loss/{term}"] < 0.7 * rec.logs[0][f"loss/{term}"], term
+
+
+def test_it_resumes_to_the_same_losses_as_an_uninterrupted_run(base_config, tmp_path):
+    base_config["student"] = {"layers": 2, "hidden_size": 16, "heads": 2, "init": "random"}  # projections too
+    base_config["optim"]["max_steps"] = 8
+    straight = Recorder()
+    train(parse_config({**base_config, "output_dir": str(tmp_path / "straight")}), [straight])
+
+    split = {**base_config, "output_dir": str(tmp_path / "split")}
+    first, second = Recorder(), Recorder()
+    stopped = train(parse_config(split), [first, StopAtStep(3)])
+    assert stopped.stopped and stopped.state.step == 3 and stopped.export_dir is None
+    resumed = train(parse_config(split), [second], resume=True)
+    assert not resumed.stopped
+    assert next(e for e in second.events if e.startswith("step_end")) == "step_end:4"
+    assert first.logs + second.logs == straight.logs  # bit-for-bit: same batches, dropout and optimizer state
+
+
+def test_it_exports_a_student_transformers_loads(base_config, assets):
+    base_config["student"] = {"layers": 2, "hidden_size": 16, "heads": 2, "intermediate_size": 32, "init": "random"}
+    result = train(parse_config(base_config))
+    export = result.export_dir
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "distill.json"} <= {
+        p.name for p in export.iterdir()
+    }
+    assert not any(k.startswith("projections") for k in load_file(export / "model.safetensors"))
+    model = AutoModelForSequenceClassification.from_pretrained(export)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 16
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert "| student |" in (export / "README.md").read_text()
+    record = json.loads((export / "distill.json").read_text())
+    assert record["config"]["kind"] == "kd_feature" and record["metrics"]["student"]["split"] == "validation"
+    # The exported weights give the same predictions as the trained student did.
+    ids = torch.tensor([[2, 5, 20, 3]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    saved = json.loads((tmp := result.export_dir.parent / "results.json").read_text())
+    assert saved["metrics"]["student"]["accuracy"] == result.metrics["student"]["accuracy"]
+    assert tmp.is_file()
+
+
+def test_it_reports_teacher_and_student_on_the_same_split(base_config):
+    base_config["data"]["max_eval_samples"] = 20
+    base_config["data"]["eval_split"] = "test"
+    result = train(parse_config(base_config))
+    assert result.metrics["teacher"]["split"] == result.metrics["student"]["split"] == "test"
+    eff = result.efficiency
+    assert eff["student"]["params"] < eff["teacher"]["params"]
+    assert eff["student"]["bytes"] > 0 and eff["teacher"]["bytes"] > 0
+    assert eff["student"]["latency"]["bs32"]["threads"] == torch.get_num_threads()
+
+
+def test_it_copies_mapped_teacher_layers_into_the_student(base_config, assets):
+    from distill.students import build_student, student_config
+    from distill.teachers import describe, load_classifier, load_config
+
+    cfg = parse_config(base_config)
+    t_config = load_config(str(assets["teacher"]))
+    teacher = load_classifier(str(assets["teacher"]), ("neg", "pos"), attentions=False)
+    pairs = ()  # no custom map: blocks are copied by the uniform choice
+    s_config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    student = build_student(s_config, cfg.student, pairs, teacher, attentions=False)
+    s, t = student.state_dict(), teacher.state_dict()
+    # uniform 2 of 4: student block 1 <- teacher block 2, student block 2 <- teacher block 4
+    assert torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+    assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+
+
+def test_it_finetunes_a_backbone_into_a_teacher_for_kd(base_config, assets, tmp_path):
+    finetune = {**base_config, "kind": "teacher_finetune", "teacher": {"source": str(assets["backbone"])},
+                "output_dir": str(tmp_path / "ft")}
+    del finetune["student"]
+    result = train(parse_config(finetune))
+    assert set(result.metrics) == {"teacher"}
+    kd = {**base_config, "teacher": {"source": str(result.export_dir)}}
+    assert train(parse_config(kd)).metrics["student"]["split"] == "validation"
+
+
+def test_it_refuses_to_distil_from_a_teacher_without_a_head(base_config, assets):
+    base_config["teacher"] = {"source": str(assets["backbone"])}
+    rec = Recorder()
+    with pytest.raises(ConfigError, match="has no classification head"):
+        train(parse_config(base_config), [rec])
+    assert rec.events == ["exception:ConfigError"]
