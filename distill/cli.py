@@ -80,9 +80,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(arch.as_dict(), indent=1))
         return 0
-    print(f"{args.source}: {arch.model_type}, {arch.layers} layers x {arch.hidden_size} hidden, "
-          f"{arch.heads} heads ({arch.kv_heads} kv), intermediate {arch.intermediate_size}, "
-          f"vocab {arch.vocab_size:,}, {arch.params:,} parameters")
+    print(
+        f"{args.source}: {arch.model_type}, {arch.layers} layers x {arch.hidden_size} hidden, "
+        f"{arch.heads} heads ({arch.kv_heads} kv), intermediate {arch.intermediate_size}, "
+        f"vocab {arch.vocab_size:,}, {arch.params:,} parameters"
+    )
     print(f"task head: {', '.join(arch.labels) if arch.labels else 'none (fine-tune it first)'}")
     return 0
 
@@ -103,17 +105,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from distill.teachers import load_classifier, load_tokenizer
     from distill.trainer import eval_loader
 
-    data_cfg = DataConfig(source=args.data, text_column=args.text_column, label_column=args.label_column,
-                          max_length=args.max_length)
+    data_cfg = DataConfig(
+        source=args.data, text_column=args.text_column, label_column=args.label_column, max_length=args.max_length
+    )
     data = load_data(data_cfg)
     tokenizer = load_tokenizer(args.model)
     model = load_classifier(args.model, data.labels, attentions=False)
-    loader = eval_loader(encode(data.split(args.split), tokenizer, args.max_length), args.batch_size,
-                         tokenizer.pad_token_id)
+    loader = eval_loader(
+        encode(data.split(args.split), tokenizer, args.max_length), args.batch_size, tokenizer.pad_token_id
+    )
     report = {
         "metrics": {"split": args.split, **evaluate_classifier(model, loader, len(data.labels))},
-        "efficiency": {**efficiency_report(model, model.config.vocab_size, seq_len=args.max_length),
-                       "bytes": weights_bytes(args.model)},
+        "efficiency": {
+            **efficiency_report(model, model.config.vocab_size, seq_len=args.max_length),
+            "bytes": weights_bytes(args.model),
+        },
     }
     print(json.dumps(report, indent=1))
     return 0

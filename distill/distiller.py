@@ -59,11 +59,13 @@ class Distiller(nn.Module):
         self.loss = loss
         self.attentions = attentions
         student_hidden = student.config.hidden_size
-        self.projections = nn.ModuleDict({
-            projection_key(p): nn.Linear(student_hidden, teacher_hidden)
-            for p in pairs
-            if student_hidden != teacher_hidden
-        })
+        self.projections = nn.ModuleDict(
+            {
+                projection_key(p): nn.Linear(student_hidden, teacher_hidden)
+                for p in pairs
+                if student_hidden != teacher_hidden
+            }
+        )
 
     def forward(
         self, batch: dict[str, torch.Tensor], teacher: TeacherOutput | None, weights: dict[str, float]

@@ -66,11 +66,13 @@ def tap(model: PreTrainedModel, hidden: Iterable[int] = (), attentions: Iterable
     layer_blocks = blocks(model)
     for layer in set(hidden):
         if layer == 0:  # the embedding output is the first block's input
+
             def pre(_m, args, kwargs):
                 taps.hidden[0] = args[0] if args else kwargs["hidden_states"]
 
             handles.append(layer_blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
         else:
+
             def post(_m, _args, output, layer=layer):
                 taps.hidden[layer] = _first(output)
 
@@ -79,6 +81,7 @@ def tap(model: PreTrainedModel, hidden: Iterable[int] = (), attentions: Iterable
     if wanted:
         modules, index = _attention_modules(model)
         for layer in wanted:
+
             def att(_m, _args, output, layer=layer):
                 if output[index] is None:
                     raise RuntimeError("attention maps need attn_implementation='eager'")

@@ -41,9 +41,7 @@ def resolve_layer_map(student: StudentConfig, teacher_layers: int) -> tuple[Laye
     return pairs
 
 
-def layer_map_errors(
-    pairs: tuple[LayerPair, ...], student_layers: int, teacher_layers: int
-) -> list[tuple[str, str]]:
+def layer_map_errors(pairs: tuple[LayerPair, ...], student_layers: int, teacher_layers: int) -> list[tuple[str, str]]:
     """Every problem with ``pairs``, as ``(field, message)``; empty when the map is usable."""
     if not pairs:
         return [("student.layer_map", EMPTY_MAP)]

@@ -71,9 +71,7 @@ def task_loss(logits: Tensor, labels: Tensor, regression: bool = False) -> Tenso
     return F.cross_entropy(logits.float(), labels)
 
 
-def output_kl(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
-) -> Tensor:
+def output_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
     r"""Soft-target loss (Hinton et al. 2015) between logits (B, C), or (B, L, V) with ``mask`` (B, L).
 
     Summed over classes, then averaged over the batch, or over real tokens for language models.

@@ -34,9 +34,7 @@ def classification_metrics(
     """
     y_pred, y_true = np.asarray(predictions), np.asarray(labels)
     if y_pred.shape != y_true.shape or y_true.size == 0:
-        raise ValueError(
-            f"need equal, non-empty predictions and labels, got {y_pred.shape} and {y_true.shape}"
-        )
+        raise ValueError(f"need equal, non-empty predictions and labels, got {y_pred.shape} and {y_true.shape}")
     average = "binary" if num_labels == 2 else "macro"
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -196,8 +194,7 @@ def efficiency_report(
     return {
         "params": count_parameters(model),
         "latency": {
-            f"bs{bs}": measure_latency(model, bs, seq_len, vocab_size, repeats=repeats).as_dict()
-            for bs in batch_sizes
+            f"bs{bs}": measure_latency(model, bs, seq_len, vocab_size, repeats=repeats).as_dict() for bs in batch_sizes
         },
     }
 

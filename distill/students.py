@@ -40,11 +40,13 @@ def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, 
     if hidden % heads:
         errors.append(("student.heads", f"hidden size {hidden} is not divisible by {heads} heads"))
     if cfg.student.init == "teacher" and hidden != teacher.hidden_size:
-        errors.append((
-            "student.init",
-            f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
-            "use init: random",
-        ))
+        errors.append(
+            (
+                "student.init",
+                f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
+                "use init: random",
+            )
+        )
     if cfg.student.layers > teacher.layers and cfg.student.init == "teacher":
         errors.append(("student.layers", f"{cfg.student.layers} blocks but the teacher has {teacher.layers}"))
     try:

@@ -94,39 +94,65 @@ def total_steps(cfg: RunConfig, train_size: int) -> int:
 
 
 @dataclass
-class _Setup:
-    data: TextClassificationData
+class Models:
+    """The models of a run. ``teacher`` is None when the run fine-tunes the teacher itself."""
+
     tokenizer: Any
-    teacher: PreTrainedModel | None  # the frozen teacher, for runs that distil
+    teacher: PreTrainedModel | None
     distiller: Distiller
 
 
-def _setup(cfg: RunConfig) -> _Setup:
-    """Load data and models and check them against each other, before any training state exists."""
-    data = load_data(cfg.data)
+def build_models(cfg: RunConfig, labels: tuple[str, ...]) -> Models:
+    """Load the teacher, build the student and check them against the config, before any training state."""
     t_config = load_config(cfg.teacher.source)
     arch = describe(t_config)
     pairs = validate_against(cfg, arch)
     tokenizer = load_tokenizer(cfg.teacher.source)
     check_tokenizer(t_config, tokenizer)
     if cfg.kind == "teacher_finetune":
-        model = load_classifier(cfg.teacher.source, data.labels, attentions=False, new_head=True)
-        return _Setup(data, tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
-    teacher = load_classifier(cfg.teacher.source, data.labels, attentions=cfg.needs_attentions)
+        model = load_classifier(cfg.teacher.source, labels, attentions=False, new_head=True)
+        return Models(tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
+    teacher = load_classifier(cfg.teacher.source, labels, attentions=cfg.needs_attentions)
     teacher.eval().requires_grad_(False)
     s_config = student_config(t_config, cfg.student, arch, attentions=cfg.needs_attentions)
     student = build_student(s_config, cfg.student, pairs, teacher, attentions=cfg.needs_attentions)
     used_pairs = pairs if cfg.needs_features else ()
-    distiller = Distiller(student, used_pairs, arch.hidden_size, cfg.loss, cfg.needs_attentions)
-    return _Setup(data, tokenizer, teacher if cfg.kind in KD_KINDS else None, distiller)
+    return Models(tokenizer, teacher, Distiller(student, used_pairs, arch.hidden_size, cfg.loss, cfg.needs_attentions))
 
 
-def _optimizer(cfg: RunConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and norms, as in BERT's recipe.
-    decay = [p for n, p in module.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in module.named_parameters() if p.ndim <= 1]
+def make_optimizer(cfg: RunConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW, with no weight decay on biases and norms (BERT's recipe)."""
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def training_step(
+    accelerator: Accelerator,
+    distiller: torch.nn.Module,
+    teacher: PreTrainedModel | None,
+    batch: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    max_grad_norm: float | None,
+) -> dict[str, float]:
+    """One micro-batch: teacher forward, student forward and losses, backward, and (when the
+    accumulation window closes) the optimizer step. Returns each term and the total as floats."""
+    with accelerator.accumulate(distiller):
+        core = accelerator.unwrap_model(distiller)
+        t_out = teacher_forward(teacher, batch, core.pairs, core.attentions) if teacher else None
+        loss = distiller(batch, t_out, weights)
+        accelerator.backward(loss.total)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(distiller.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    # One sync for all terms, and no tensor outlives the step.
+    values = torch.stack([*(t.detach() for t in loss.terms.values()), loss.total.detach()]).tolist()
+    return dict(zip([*loss.terms, "total"], values, strict=True))
 
 
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
@@ -148,36 +174,35 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = Fal
 def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: bool) -> TrainResult:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    s = _setup(cfg)
-    pad = s.tokenizer.pad_token_id
-    train_split = encode(s.data.train, s.tokenizer, cfg.data.max_length)
+    data = load_data(cfg.data)
+    m = build_models(cfg, data.labels)
+    pad = m.tokenizer.pad_token_id
+    train_split = encode(data.train, m.tokenizer, cfg.data.max_length)
     sampler = EpochBatches(len(train_split), cfg.optim.batch_size, cfg.seed)
     # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG when it starts,
     # which would shift dropout after a resume mid-epoch.
     loader = DataLoader(
         train_split, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad), generator=torch.Generator()
     )
-    val_loader = eval_loader(
-        encode(s.data.validation, s.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad
-    )
+    val_loader = eval_loader(encode(data.validation, m.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad)
 
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum
     )
     state.total_steps = total_steps(cfg, len(train_split))
-    optimizer = _optimizer(cfg, s.distiller)
+    optimizer = make_optimizer(cfg, m.distiller)
     scheduler = get_scheduler(
         cfg.optim.scheduler,
         optimizer,
         num_warmup_steps=int(cfg.optim.warmup_ratio * state.total_steps),
         num_training_steps=state.total_steps,
     )
-    pairs = s.distiller.pairs
-    distiller, optimizer, loader, scheduler = accelerator.prepare(s.distiller, optimizer, loader, scheduler)
-    teacher = s.teacher.to(accelerator.device) if s.teacher is not None else None
-    model = accelerator.unwrap_model(distiller).student
+    distiller, optimizer, loader, scheduler = accelerator.prepare(m.distiller, optimizer, loader, scheduler)
+    if m.teacher is not None:
+        m.teacher.to(accelerator.device)
+    teacher = m.teacher if cfg.kind in KD_KINDS else None
     if resume and has_checkpoint(output_dir):
-        restored = load_checkpoint(output_dir, accelerator.unwrap_model(distiller), optimizer, scheduler)
+        restored = load_checkpoint(output_dir, m.distiller, optimizer, scheduler)
         for key, value in asdict(restored).items():
             setattr(state, key, value)
         log.info("resumed from step %d", state.step)
@@ -190,20 +215,11 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
     while state.step < state.total_steps and not control.should_stop:
         sampler.start(state.epoch, state.batches_in_epoch)
         for batch in loader:
-            with accelerator.accumulate(distiller):
-                weights = cfg.loss_weights(state.step, state.total_steps)
-                t_out = teacher_forward(teacher, batch, pairs, cfg.needs_attentions) if teacher else None
-                loss = distiller(batch, t_out, weights)
-                accelerator.backward(loss.total)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(distiller.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            # One sync for all terms; no tensor outlives the step.
-            names = [*loss.terms, "total"]
-            values = torch.stack([*(t.detach() for t in loss.terms.values()), loss.total.detach()]).tolist()
-            for name, value in zip(names, values, strict=True):
+            weights = cfg.loss_weights(state.step, state.total_steps)
+            terms = training_step(
+                accelerator, distiller, teacher, batch, weights, optimizer, scheduler, cfg.optim.max_grad_norm
+            )
+            for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
             micro += 1
             state.batches_in_epoch += 1
@@ -211,54 +227,51 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
                 continue
             state.step += 1
             state.elapsed_s = time.perf_counter() - started
-            logs = {f"loss/{k}": v / micro for k, v in sums.items()}
-            logs["lr"] = scheduler.get_last_lr()[0]
+            logs = {f"loss/{k}": v / micro for k, v in sums.items()} | {"lr": scheduler.get_last_lr()[0]}
             sums, micro = {}, 0
             control = handler.call("on_step_end", state, logs)
-            if state.step % eval_every == 0 or state.step == state.total_steps:
-                state.metrics = evaluate_classifier(model, val_loader, len(s.data.labels), accelerator.device)
+            last = state.step >= state.total_steps
+            if state.step % eval_every == 0 or last:
+                state.metrics = evaluate_classifier(
+                    m.distiller.student, val_loader, data.num_labels, accelerator.device
+                )
                 control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
-            if control.should_stop or state.step % cfg.checkpoint_every == 0 or state.step == state.total_steps:
-                save_checkpoint(output_dir, accelerator.unwrap_model(distiller), optimizer, scheduler, state)
-            if control.should_stop or state.step >= state.total_steps:
+            if control.should_stop or last or state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(output_dir, m.distiller, optimizer, scheduler, state)
+            if control.should_stop or last:
                 break
         else:
             state.epoch += 1
             state.batches_in_epoch = 0
 
     stopped = state.step < state.total_steps
-    result = TrainResult(state, stopped, {}, {}, None)
-    if not stopped:
-        result = _finish(cfg, s, model, teacher, state, accelerator.device)
+    result = _finish(cfg, data, m, state, accelerator.device) if not stopped else TrainResult(state, True, {}, {}, None)
     handler.call("on_train_end", state, result)
     return result
 
 
 def _finish(
-    cfg: RunConfig, s: _Setup, model: PreTrainedModel, teacher: PreTrainedModel | None,
-    state: TrainState, device: torch.device,
+    cfg: RunConfig, data: TextClassificationData, m: Models, state: TrainState, device: torch.device
 ) -> TrainResult:
-    """Evaluate trained model and teacher on the same split, measure them, export the trained model."""
-    output_dir = Path(cfg.output_dir)
-    split = s.data.split(cfg.data.eval_split)
-    loader = eval_loader(encode(split, s.tokenizer, cfg.data.max_length), cfg.eval_batch_size, s.tokenizer.pad_token_id)
+    """Evaluate the trained model and the teacher on the same split, measure both, export the trained model."""
+    output_dir, pad = Path(cfg.output_dir), m.tokenizer.pad_token_id
+    loader = eval_loader(
+        encode(data.split(cfg.data.eval_split), m.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad
+    )
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
-    models = {trained: model}
-    if cfg.kind != "teacher_finetune":
-        models["teacher"] = teacher or load_classifier(cfg.teacher.source, s.data.labels, attentions=False).to(device)
-    metrics = {
-        name: {"split": cfg.data.eval_split, **evaluate_classifier(m, loader, len(s.data.labels), device)}
-        for name, m in models.items()
-    }
-    efficiency = {
-        name: efficiency_report(m, m.config.vocab_size, seq_len=cfg.data.max_length, repeats=cfg.latency_repeats)
-        for name, m in models.items()
-    }
-    export_dir = output_dir / "export"
-    efficiency[trained]["bytes"] = weights_bytes(export_model(model, s.tokenizer, export_dir))
-    if "teacher" in models and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
+    models = {trained: m.distiller.student} | ({"teacher": m.teacher} if m.teacher is not None else {})
+    metrics, efficiency = {}, {}
+    for name, model in models.items():
+        model.set_attn_implementation("sdpa")  # measured and shipped on the fast path
+        metrics[name] = {"split": cfg.data.eval_split, **evaluate_classifier(model, loader, data.num_labels, device)}
+        efficiency[name] = efficiency_report(
+            model, model.config.vocab_size, seq_len=cfg.data.max_length, repeats=cfg.latency_repeats
+        )
+    export_dir = export_model(m.distiller.student, m.tokenizer, output_dir / "export")
+    efficiency[trained]["bytes"] = weights_bytes(export_dir)
+    if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
         efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
     write_model_card(export_dir, cfg, metrics, efficiency)
     result = TrainResult(state, False, metrics, efficiency, export_dir)
-    (output_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=1, default=str))
+    (output_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=1))
     return result

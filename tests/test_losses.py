@@ -128,9 +128,7 @@ def test_it_output_kl_for_language_models_averages_real_tokens() -> None:
     temperature, vocab = 2.0, 7
     s, t = torch.randn(B, L, vocab), torch.randn(B, L, vocab)
     per_token = [
-        F.kl_div(
-            F.log_softmax(s[b, i] / temperature, -1), F.softmax(t[b, i] / temperature, -1), reduction="sum"
-        )
+        F.kl_div(F.log_softmax(s[b, i] / temperature, -1), F.softmax(t[b, i] / temperature, -1), reduction="sum")
         for b, n in enumerate(LENGTHS)
         for i in range(n)
     ]
@@ -180,9 +178,7 @@ def test_it_attention_terms_match_loop_references(variant: str) -> None:
     mask = token_mask(LENGTHS, L)
     assert_close(ATTENTION_LOSSES[variant](s, t, mask), REF_ATTENTION[variant](s, t, LENGTHS))
     s_full, t_full = attention_probs(B, H, L), attention_probs(B, H, L)
-    assert_close(
-        ATTENTION_LOSSES[variant](s_full, t_full, None), REF_ATTENTION[variant](s_full, t_full, [L] * B)
-    )
+    assert_close(ATTENTION_LOSSES[variant](s_full, t_full, None), REF_ATTENTION[variant](s_full, t_full, [L] * B))
     assert_close(ATTENTION_LOSSES[variant](t, t.clone(), mask), torch.tensor(0.0))
 
 
@@ -214,9 +210,7 @@ def test_it_padding_changes_no_term() -> None:
 
     s_att, t_att = attention_probs(B, H, n), attention_probs(B, H, n)
     for fn in ATTENTION_LOSSES.values():
-        assert_close(
-            fn(pad_attention(s_att, extra), pad_attention(t_att, extra), padded), fn(s_att, t_att, None)
-        )
+        assert_close(fn(pad_attention(s_att, extra), pad_attention(t_att, extra), padded), fn(s_att, t_att, None))
 
 
 def test_it_padding_from_masked_scores_changes_no_attention_term() -> None:
@@ -257,9 +251,7 @@ def test_it_gradients_reach_projection_and_student_with_inference_teacher() -> N
                 s_h.grad = s_att.grad = s_logits.grad = None
                 terms = {
                     "feature": feature_loss(s_h, t_h, mask, projection, feature_variant),
-                    "attention": attention_loss(
-                        s_att, t_att, inference_mask, attention_variant, head_mapping
-                    ),
+                    "attention": attention_loss(s_att, t_att, inference_mask, attention_variant, head_mapping),
                     "output": output_kl(s_logits, t_logits, 2.0, mask),
                 }
                 combine(terms, {"feature": 1.0, "attention": 1.0, "output": 1.0}).total.backward()
@@ -293,9 +285,7 @@ def test_it_groups_twelve_teacher_heads_into_four() -> None:
 
     s = attention_probs(B, 4, L, LENGTHS)
     for variant, reference in REF_ATTENTION.items():
-        assert_close(
-            attention_loss(s, t, token_mask(LENGTHS, L), variant, "group"), reference(s, expected, LENGTHS)
-        )
+        assert_close(attention_loss(s, t, token_mask(LENGTHS, L), variant, "group"), reference(s, expected, LENGTHS))
 
 
 @pytest.mark.parametrize(("student_heads", "head_mapping"), [(5, "group"), (4, "mean"), (12, "mean")])

@@ -191,9 +191,7 @@ def test_it_measures_latency_and_restores_state(tiny_model):
     previous = torch.get_num_threads()
     threads = 1 if previous != 1 else 2
     tiny_model.train()
-    lat = measure_latency(
-        tiny_model, batch_size=2, seq_len=8, vocab_size=VOCAB, repeats=3, warmup=1, threads=threads
-    )
+    lat = measure_latency(tiny_model, batch_size=2, seq_len=8, vocab_size=VOCAB, repeats=3, warmup=1, threads=threads)
     assert isinstance(lat, Latency)
     assert (lat.batch_size, lat.seq_len, lat.threads) == (2, 8, threads)
     assert lat.median_ms > 0 and lat.p90_ms >= lat.median_ms and lat.throughput > 0

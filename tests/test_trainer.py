@@ -43,8 +43,16 @@ def test_it_calls_callbacks_in_order(base_config):
     rec = Recorder()
     result = train(parse_config(base_config), [rec])
     assert rec.events == [
-        "train_begin", "step_end:1", "step_end:2", "step_end:3", "evaluate:3",
-        "step_end:4", "step_end:5", "step_end:6", "evaluate:6", "train_end",
+        "train_begin",
+        "step_end:1",
+        "step_end:2",
+        "step_end:3",
+        "evaluate:3",
+        "step_end:4",
+        "step_end:5",
+        "step_end:6",
+        "evaluate:6",
+        "train_end",
     ]
     assert not result.stopped and result.state.step == 6
     assert set(rec.logs[0]) == {"loss/task", "loss/output", "loss/feature", "loss/attention", "loss/total", "lr"}
@@ -151,8 +159,12 @@ def test_it_copies_mapped_teacher_layers_into_the_student(base_config, assets):
 
 
 def test_it_finetunes_a_backbone_into_a_teacher_for_kd(base_config, assets, tmp_path):
-    finetune = {**base_config, "kind": "teacher_finetune", "teacher": {"source": str(assets["backbone"])},
-                "output_dir": str(tmp_path / "ft")}
+    finetune = {
+        **base_config,
+        "kind": "teacher_finetune",
+        "teacher": {"source": str(assets["backbone"])},
+        "output_dir": str(tmp_path / "ft"),
+    }
     del finetune["student"]
     result = train(parse_config(finetune))
     assert set(result.metrics) == {"teacher"}
