@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench-step bench-quality clean
+.PHONY: venv test lint demo bench-step bench-quality clean
 
 venv: $(STAMP)
 
@@ -31,3 +31,8 @@ bench-quality: venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# README command 1 for the engine: fine-tune the packaged MiniLM on Rotten Tomatoes, then distil it.
+demo: venv
+	$(BIN)/python -m distill run examples/finetune_teacher_rt.yaml
+	$(BIN)/python -m distill run examples/kd_feature_rt.yaml

@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-import yaml
+from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from distill.callbacks import Callback, Control, TrainState
-from distill.config import ConfigError, DataConfig, StudentConfig, load_config, parse_config
+from distill.config import ConfigError, DataConfig, StudentConfig, format_location, load_config
 from distill.layer_map import describe, resolve_layer_map
 
 EXIT_CONFIG = 2
+DEFAULT_MAX_LENGTH = 128
+Section = TypeVar("Section", bound=BaseModel)
 
 
 class ProgressBar(Callback):
@@ -44,27 +47,22 @@ class ProgressBar(Callback):
             self.bar.close()
 
 
-def _set(data: dict, assignment: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict."""
-    key, sep, value = assignment.partition("=")
-    if not sep:
-        raise ConfigError.one("--set", f"expected key=value, got {assignment!r}")
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = yaml.safe_load(value)
+def _options(model: type[Section], flags: dict[str, str], **values: Any) -> Section:
+    """Build a config section from command-line options; a bad value is a ConfigError naming its option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            field = format_location(tuple(err["loc"]))
+            errors.append((flags.get(field, field), err["msg"].removeprefix("Value error, ")))
+        raise ConfigError(errors) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distill.trainer import train  # heavy imports only for the commands that train
+    cfg = load_config(args.config, args.set or ())
+    from distill.trainer import train  # the heavy imports, once the config is known to be valid
 
-    cfg = load_config(args.config)
-    if args.set:
-        data = cfg.model_dump(mode="json", exclude_unset=True)
-        for assignment in args.set:
-            _set(data, assignment)
-        cfg = parse_config(data)
     result = train(cfg, [ProgressBar()], resume=args.resume)
     if result.stopped:
         print(f"stopped at step {result.state.step}; resume with --resume")
@@ -93,7 +91,13 @@ def cmd_layermap(args: argparse.Namespace) -> int:
     from distill.teachers import inspect_teacher
 
     arch = inspect_teacher(args.teacher)
-    student = StudentConfig(layers=args.student_layers, layer_map=args.strategy, map_embeddings=not args.no_embeddings)
+    student = _options(
+        StudentConfig,
+        {"layers": "--student-layers"},
+        layers=args.student_layers,
+        layer_map=args.strategy,
+        map_embeddings=not args.no_embeddings,
+    )
     print(f"student {args.student_layers} blocks <- teacher {arch.layers} blocks ({args.strategy}):")
     print(describe(resolve_layer_map(student, arch.layers)))
     return 0
@@ -102,25 +106,41 @@ def cmd_layermap(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from distill.data import encode, load_data
     from distill.metrics import efficiency_report, evaluate_classifier, weights_bytes
-    from distill.teachers import load_classifier, load_tokenizer
+    from distill.teachers import load_classifier, load_tokenizer, resolve_source
     from distill.trainer import eval_loader
 
-    data_cfg = DataConfig(
-        source=args.data, text_column=args.text_column, label_column=args.label_column, max_length=args.max_length
+    flags = {
+        "source": "--data",
+        "text_column": "--text-column",
+        "label_column": "--label-column",
+        "max_length": "--max-length",
+    }
+    data_cfg = _options(
+        DataConfig,
+        flags,
+        source=args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        max_length=DEFAULT_MAX_LENGTH if args.max_length is None else args.max_length,
     )
+    if args.batch_size < 1:
+        raise ConfigError.one("--batch-size", f"must be at least 1, got {args.batch_size}")
     data = load_data(data_cfg)
     tokenizer = load_tokenizer(args.model)
     model = load_classifier(args.model, data.labels, attentions=False)
-    loader = eval_loader(
-        encode(data.split(args.split), tokenizer, args.max_length), args.batch_size, tokenizer.pad_token_id
-    )
+    # Inputs longer than the model's position table crash its forward pass.
+    max_length, positions = data_cfg.max_length, getattr(model.config, "max_position_embeddings", None)
+    if positions and max_length > positions:
+        if args.max_length is not None:
+            raise ConfigError.one("--max-length", f"{max_length} is more than the model's {positions} positions")
+        max_length = positions  # the default does not fit this model: use all it has
+    loader = eval_loader(encode(data.split(args.split), tokenizer, max_length), args.batch_size, tokenizer.pad_token_id)
     report = {
         "metrics": {"split": args.split, **evaluate_classifier(model, loader, len(data.labels))},
-        "efficiency": {
-            **efficiency_report(model, model.config.vocab_size, seq_len=args.max_length),
-            "bytes": weights_bytes(args.model),
-        },
+        "efficiency": efficiency_report(model, model.config.vocab_size, seq_len=max_length),
     }
+    if Path(location := resolve_source(args.model)).is_dir():  # a hub id has no local folder to measure
+        report["efficiency"]["bytes"] = weights_bytes(location)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -149,7 +169,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "validation", "test"], default="test")
     ev.add_argument("--text-column", default="text")
     ev.add_argument("--label-column", default="label")
-    ev.add_argument("--max-length", type=int, default=128)
+    ev.add_argument(
+        "--max-length",
+        type=int,
+        help=f"tokens per text (default: {DEFAULT_MAX_LENGTH}, or fewer if the model has fewer positions)",
+    )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.set_defaults(func=cmd_evaluate)
     return p

@@ -209,8 +209,22 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
         raise _pydantic_errors(exc) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (the value read as YAML) to a nested config dict, in place."""
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise ConfigError.one("--set", f"expected key=value, got {assignment!r}")
+    *parents, last = key.split(".")
+    node = data
+    for depth, part in enumerate(parents, 1):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError.one("--set", f"{'.'.join(parents[:depth])} is not a section, so {key} cannot be set")
+    node[last] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML config file, apply ``key=value`` overrides, and validate the result."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -218,6 +232,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError.one("config", f"file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError.one("config", f"{path} is not valid YAML: {exc}") from None
+    if isinstance(data, dict):
+        for assignment in overrides:
+            apply_override(data, assignment)
     return parse_config(data)
 
 

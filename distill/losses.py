@@ -178,10 +178,13 @@ def attention_kl(student_att: Tensor, teacher_att: Tensor, mask: Tensor | None) 
         (\log A^t_{bhqk} - \log A^s_{bhqk})
     """
     a_s = student_att.float()
-    a_t = _target(teacher_att).float()
+    keys = _key_mask(mask)
+    # Zeroing the teacher's padded keys masks them for free (every term below is a multiple of A_t) and
+    # yields the non-inference copy autograd needs, instead of a clone plus a masked reduction.
+    a_t = _target(teacher_att).float() if keys is None else teacher_att.detach().float().masked_fill(~keys, 0.0)
     # xlogy makes 0 * log 0 = 0; the clamp keeps log finite where the student puts exactly zero
     per_key = torch.xlogy(a_t, a_t) - a_t * a_s.clamp_min(EPS).log()
-    return masked_mean(_over_keys(per_key, mask, mean=False), mask)
+    return masked_mean(per_key.sum(-1).mean(1), mask)
 
 
 def attention_mse(student_att: Tensor, teacher_att: Tensor, mask: Tensor | None) -> Tensor:

@@ -31,29 +31,32 @@ def student_shape(student: StudentConfig, teacher: Architecture) -> tuple[int, i
     return hidden, heads, intermediate
 
 
-def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, ...]:
-    """Checks that need the teacher's architecture; returns the resolved layer map (empty for fine-tuning)."""
-    if cfg.student is None:
-        return ()
-    errors: list[tuple[str, str]] = []
-    hidden, heads, _ = student_shape(cfg.student, teacher)
+def _student_errors(student: StudentConfig, teacher: Architecture) -> list[tuple[str, str]]:
+    errors = []
+    hidden, heads, _ = student_shape(student, teacher)
     if hidden % heads:
         errors.append(("student.heads", f"hidden size {hidden} is not divisible by {heads} heads"))
-    if cfg.student.init == "teacher" and hidden != teacher.hidden_size:
-        errors.append(
-            (
-                "student.init",
-                f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
-                "use init: random",
-            )
-        )
-    if cfg.student.layers > teacher.layers and cfg.student.init == "teacher":
-        errors.append(("student.layers", f"{cfg.student.layers} blocks but the teacher has {teacher.layers}"))
-    try:
-        pairs = resolve_layer_map(cfg.student, teacher.layers)
-    except ConfigError as exc:
-        errors.extend(exc.errors)
-        pairs = ()
+    if student.init == "teacher" and hidden != teacher.hidden_size:
+        message = f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
+        errors.append(("student.init", message + "use init: random"))
+    if student.init == "teacher" and student.layers > teacher.layers:
+        errors.append(("student.layers", f"{student.layers} blocks but the teacher has {teacher.layers}"))
+    return errors
+
+
+def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, ...]:
+    """Checks that need the teacher's architecture; returns the resolved layer map (empty for fine-tuning)."""
+    errors: list[tuple[str, str]] = []
+    if teacher.max_positions and cfg.data.max_length > teacher.max_positions:
+        message = f"{cfg.data.max_length} is more than the teacher's {teacher.max_positions} positions"
+        errors.append(("data.max_length", message))
+    pairs: tuple[LayerPair, ...] = ()
+    if cfg.student is not None:
+        errors += _student_errors(cfg.student, teacher)
+        try:
+            pairs = resolve_layer_map(cfg.student, teacher.layers)
+        except ConfigError as exc:
+            errors += exc.errors
     if errors:
         raise ConfigError(errors)
     return pairs

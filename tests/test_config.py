@@ -134,3 +134,22 @@ def _validate_errors(data: dict) -> list[tuple[str, str]]:
     with pytest.raises(ConfigError) as info:
         validate_against(parse_config(data), MINILM)
     return info.value.errors
+
+
+def test_it_refuses_texts_longer_than_the_teachers_positions(base_config):
+    base_config["data"]["max_length"] = 1024
+    assert dict(_validate_errors(base_config)) == {"data.max_length": "1024 is more than the teacher's 512 positions"}
+    base_config["kind"] = "teacher_finetune"
+    del base_config["student"]
+    assert dict(_validate_errors(base_config)) == {"data.max_length": "1024 is more than the teacher's 512 positions"}
+
+
+def test_it_applies_overrides_before_validating(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("kind: no_kd\nteacher: {source: x}\nstudent: {layers: 2}\ndata: {source: y}\noptim: {lr: -1}\n")
+    cfg = load_config(path, ["optim.lr=0.001", "student.layer_map=[[1, 2], [2, 4]]"])
+    assert cfg.optim.lr == 0.001 and cfg.student.layer_map[1].teacher == 4
+    with pytest.raises(ConfigError, match=r"optim\.lr is not a section"):
+        load_config(path, ["optim.lr.x=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["optim.lr"])
