@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from distill.cli import ProgressBar  # noqa: E402
 from distill.config import DataConfig, parse_config  # noqa: E402
 from distill.data import load_data  # noqa: E402
 from distill.metrics import compression, measure_latency, retention, speedup  # noqa: E402
@@ -47,7 +48,7 @@ def run(config: dict, fresh: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(config))
     started = time.perf_counter()
-    result = train(parse_config(config)).as_dict()
+    result = train(parse_config(config), [ProgressBar()]).as_dict()
     result["wall_s"] = time.perf_counter() - started
     saved.write_text(json.dumps(result, indent=1))
     return result
