@@ -1,0 +1,191 @@
+"""kdweb's data: teams and their teachers, data sets, runs, metric points, evaluations and artifacts.
+
+Every object belongs to a team; who may see or change it is decided in ``jobs.permissions`` alone.
+A run's configuration is the engine's own config (``distill.config.RunConfig``) stored as JSON.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MEMBER = "member"
+        VIEWER = "viewer"  # reads only: cannot launch, cancel or register
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_membership_per_team")]
+
+    @property
+    def can_write(self) -> bool:
+        return self.role != self.Role.VIEWER
+
+
+class Teacher(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="teachers")
+    name = models.CharField(max_length=100)
+    source = models.CharField(max_length=500, help_text="package:<pip-name>, a model folder, or a hub id")
+    architecture = models.JSONField(help_text="distill.teachers.Architecture as a dict")
+    from_run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_teacher_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels of its task head; empty for a backbone that must be fine-tuned first."""
+        return list(self.architecture.get("labels") or [])
+
+
+class DatasetSpec(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=100)
+    source = models.CharField(max_length=500, help_text="packaged:<name>, a file path, or hf:<id>")
+    upload = models.FileField(upload_to="uploads/%Y/%m/", blank=True)
+    text_column = models.CharField(max_length=100, default="text")
+    label_column = models.CharField(max_length=100, default="label")
+    labels = models.JSONField(default=list)
+    sizes = models.JSONField(default=dict, help_text="rows per split")
+    preview = models.JSONField(default=list, help_text="the first rows, for the page")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_dataset_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def data_config(self) -> dict:
+        """The ``data`` section of an engine config for this set (the run adds max length and limits)."""
+        return {"source": self.source, "text_column": self.text_column, "label_column": self.label_column}
+
+
+class Study(models.Model):
+    """Runs that are compared with each other (e.g. the three kinds on one teacher and task)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="studies")
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Run(models.Model):
+    class Kind(models.TextChoices):
+        TEACHER_FINETUNE = "teacher_finetune", "teacher fine-tuning"
+        KD_FEATURE = "kd_feature", "feature-alignment KD"
+        KD_LOGITS = "kd_logits", "logits-only KD"
+        NO_KD = "no_kd", "student without KD"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    teacher = models.ForeignKey(Teacher, on_delete=models.PROTECT, related_name="runs")
+    dataset = models.ForeignKey(DatasetSpec, on_delete=models.PROTECT, related_name="runs")
+    config = models.JSONField(help_text="distill.config.RunConfig, validated by the engine")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.FloatField(default=0.0)
+    step = models.IntegerField(default=0)
+    total_steps = models.IntegerField(default=0)
+    eta_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    queue = models.CharField(max_length=100)
+    host = models.CharField(max_length=200, blank=True)
+    celery_task_id = models.CharField(max_length=100, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def student_shape(self) -> str:
+        s = self.config.get("student")
+        if not s:
+            return "—"
+        arch = self.teacher.architecture
+        return f"{s['layers']} x {s.get('hidden_size') or arch['hidden_size']}"
+
+
+class MetricPoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="points")
+    name = models.CharField(max_length=50)
+    step = models.IntegerField()
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "name", "step"], name="one_point_per_step")]
+
+
+class Evaluation(models.Model):
+    """Final measurements of one model of a run (the trained model, or the teacher) on one split."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="evaluations")
+    role = models.CharField(max_length=10, help_text="student or teacher")
+    split = models.CharField(max_length=20)
+    metrics = models.JSONField()
+    params = models.BigIntegerField()
+    bytes = models.BigIntegerField(null=True)
+    latency = models.JSONField(help_text="batch size -> median ms, throughput, threads")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "role", "split"], name="one_evaluation")]
+
+
+class Artifact(models.Model):
+    class Kind(models.TextChoices):
+        STUDENT = "student", "exported model (zip)"
+        CHECKPOINT = "checkpoint"
+        REPORT = "report"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="artifacts")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    path = models.CharField(max_length=500, help_text="name in the default storage")
+    bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
