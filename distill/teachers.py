@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -86,13 +87,14 @@ def load_config(source: str) -> PretrainedConfig:
         raise ConfigError.one(FIELD, f"cannot load a model config from {source!r}: {exc}") from None
 
 
-def count_parameters_from_config(config: PretrainedConfig, num_labels: int | None = None) -> int:
-    """Exact parameter count of a sequence classifier with this config, without allocating weights."""
+def count_parameters_from_config(config: PretrainedConfig, num_labels: int | None = None, head: bool = True) -> int:
+    """Exact parameter count of a model with this config (a sequence classifier, or the bare backbone
+    with ``head=False``), without allocating weights."""
     config = config.__class__.from_dict(config.to_dict())
     if num_labels is not None:
         config.num_labels = num_labels
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = (AutoModelForSequenceClassification if head else AutoModel).from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -116,7 +118,7 @@ def describe(config: PretrainedConfig) -> Architecture:
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         intermediate_size=config.intermediate_size,
         vocab_size=config.vocab_size,
-        params=count_parameters_from_config(config, len(labels) or None),
+        params=count_parameters_from_config(config, len(labels) or None, head=bool(labels)),
         labels=labels,
         max_positions=getattr(config, "max_position_embeddings", None),
     )
