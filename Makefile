@@ -3,8 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+# Per-test limit (pytest-timeout), so a hung server fails the suite instead of stalling it.
+TEST_TIMEOUT ?= 900
 
-.PHONY: venv test lint demo bench-step bench-quality clean
+.PHONY: venv up test services browser lint demo bench-step bench-quality clean
 
 venv: $(STAMP)
 
@@ -16,9 +19,44 @@ $(STAMP): requirements.txt requirements-assets.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
-test: venv
+# README command 1: migrate, load the demo, start Redis (embedded unless REDIS_URL is set), web and one
+# worker as one process tree; prints the URL and the login; Ctrl-C stops it all (kdweb/launcher.py).
+up: venv
+	$(BIN)/python -m kdweb.launcher
+
+# README command 2. The suite needs PostgreSQL and Redis (DATABASE_URL, REDIS_URL; these defaults are the
+# local servers) and Debian's Chromium for the browser tests. Only `test` and `services` see these values:
+# `make up` keeps its zero-setup default.
+test services: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/kdweb
+test services: export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+test: venv services browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	@status=0; $(BIN)/python -m pytest -q --timeout=$(TEST_TIMEOUT) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests (exit status 5)" >&2; fi; \
+	exit $$status
+
+# PostgreSQL (its server, through the maintenance database: pytest-django creates test_<name> itself)
+# and Redis must answer; a missing service fails here with the address, never skips tests later.
+services: venv
+	@$(BIN)/python -c 'import os, psycopg; psycopg.connect(os.environ["DATABASE_URL"], dbname="postgres", connect_timeout=5).close()' \
+	  || { echo "error: PostgreSQL does not answer at DATABASE_URL=$$DATABASE_URL" >&2; exit 1; }
+	@$(BIN)/python -c 'import os, redis; redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=5).ping()' \
+	  || { echo "error: Redis does not answer at REDIS_URL=$$REDIS_URL" >&2; exit 1; }
+
+# Debian's Chromium for the browser tests (playwright drives it; no browser download). Installed as root
+# when missing; without root it is an error in CI (CI=true) and a warning elsewhere.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (apt-get)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || exit 1; \
+	fi
+	@if [ -x $(CHROMIUM) ]; then $(CHROMIUM) --version 2>/dev/null; \
+	elif [ "$$CI" = true ]; then \
+	  echo "error: no $(CHROMIUM); install Debian's chromium as root: apt-get install -y chromium" >&2; exit 1; \
+	else \
+	  echo "warning: no $(CHROMIUM) (install Debian's chromium as root): the browser tests cannot run" >&2; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
@@ -32,7 +70,7 @@ bench-quality: venv
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-# README command 1 for the engine: fine-tune the packaged MiniLM on Rotten Tomatoes, then distil it.
+# The engine alone, from the command line: fine-tune the packaged MiniLM on Rotten Tomatoes, then distil it.
 demo: venv
 	$(BIN)/python -m distill run examples/finetune_teacher_rt.yaml
 	$(BIN)/python -m distill run examples/kd_feature_rt.yaml

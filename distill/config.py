@@ -196,7 +196,10 @@ def _pydantic_errors(exc: ValidationError) -> ConfigError:
         if ": " in message and field == "config":  # model-level errors name their own field
             field, message = message.split(": ", 1)
         seen.setdefault(field, message)  # a union reports each branch: keep the first
-    return ConfigError(seen.items())
+    # A union also reports the branches the input was not meant for ("should be 'uniform'" for a list of
+    # pairs): drop an error when a more specific one exists beneath the same field.
+    specific = [f for f in seen if any(f != g and g.startswith((f + "[", f + ".")) for g in seen)]
+    return ConfigError((f, m) for f, m in seen.items() if f not in specific)
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:

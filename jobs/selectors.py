@@ -42,5 +42,8 @@ def live_queues(timeout: float = 1.0) -> list[str]:
     """Queues that running workers consume (Celery inspect); empty when no worker answers in time."""
     from kdweb.celery import app
 
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except OSError:  # the broker is down: no worker can be reached either
+        return []
     return sorted({q["name"] for queues in replies.values() for q in queues})

@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import get_valid_filename
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
@@ -31,6 +32,7 @@ from jobs.permissions import require_write
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
 UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file."
+IN_DATA_DIR = "That folder holds kdweb's own runs and uploads; they are registered by their team, not by path."
 
 
 def config_errors(exc: ConfigError) -> ValidationError:
@@ -45,18 +47,23 @@ def config_errors(exc: ConfigError) -> ValidationError:
 
 
 @transaction.atomic
-def teacher_register(*, user, team: Team, name: str, source: str, from_run: Run | None = None) -> Teacher:
+def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     """Register a teacher after reading its architecture (which proves the source is usable)."""
     require_write(user, team)
     if Teacher.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a teacher named {name!r}."})
+    _refuse_data_dir(source, "source")
     try:
         arch = inspect_teacher(source)
     except ConfigError as exc:
         raise ValidationError({"source": [m for _, m in exc.errors]}) from None
-    return Teacher.objects.create(
-        team=team, name=name, source=source, architecture=arch.as_dict(), from_run=from_run, created_by=user
-    )
+    return Teacher.objects.create(team=team, name=name, source=source, architecture=arch.as_dict(), created_by=user)
+
+
+def _refuse_data_dir(source: str, field: str) -> None:
+    """Another team's exports and uploads live under DATA_DIR: a path into it must not bypass the team check."""
+    if Path(source).expanduser().resolve().is_relative_to(Path(settings.DATA_DIR).resolve()):
+        raise ValidationError({field: IN_DATA_DIR})
 
 
 def _store_upload(upload: UploadedFile) -> str:
@@ -95,6 +102,8 @@ def dataset_create(
     require_write(user, team)
     if DatasetSpec.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a data set named {name!r}."})
+    if source and not upload:
+        _refuse_data_dir(source, "source")
     stored = _store_upload(upload) if upload else ""
     if stored:
         source = default_storage.path(stored)
@@ -139,7 +148,7 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
             f"{teacher.name} is fine-tuned for {teacher.labels or 'no task'}, the data has {list(dataset.labels)}: "
             "fine-tune it on this data first"
         )
-        raise ValidationError({"teacher.source": message})
+        raise ValidationError({"dataset": message})
     return cfg
 
 
@@ -235,7 +244,8 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             },
         )
     export = Path(result["export_dir"])
-    stored, size, digest = _zip_folder(export, f"runs/{run.pk}/{run.name}-export.zip")
+    # the run's name is user input: as a file name it must not add folders or climb out of runs/<pk>/
+    stored, size, digest = _zip_folder(export, f"runs/{run.pk}/{get_valid_filename(f'{run.name}-export.zip')}")
     Artifact.objects.create(run=run, kind=Artifact.Kind.STUDENT, path=stored, bytes=size, sha256=digest)
     if run.kind == Run.Kind.TEACHER_FINETUNE:
         Teacher.objects.create(
@@ -252,10 +262,11 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
 
 
 def _free_teacher_name(run: Run) -> str:
-    name, n = f"{run.name} (fine-tuned)", 1
+    stem = run.name[: Teacher._meta.get_field("name").max_length - len(" (fine-tuned 999)")]
+    name, n = f"{stem} (fine-tuned)", 1
     while Teacher.objects.filter(team=run.team, name=name).exists():
         n += 1
-        name = f"{run.name} (fine-tuned {n})"
+        name = f"{stem} (fine-tuned {n})"
     return name
 
 

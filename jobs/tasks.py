@@ -23,11 +23,10 @@ def run_execute(self, run_id: int) -> None:
     if run is None:
         log.info("run %s is not queued any more; nothing to do", run_id)
         return
-    cfg = parse_config({**run.config, "output_dir": str(services.run_output_dir(run))})
-    try:
+    try:  # once claimed, the run must end succeeded or failed: nothing else would move it on
+        cfg = parse_config({**run.config, "output_dir": str(services.run_output_dir(run))})
         result = train(cfg, [RecordProgress(run.id)])
+        services.run_succeed(run.id, result.as_dict())
     except Exception as exc:
         log.exception("run %s failed", run_id)
         services.run_fail(run.id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
-        return
-    services.run_succeed(run.id, result.as_dict())

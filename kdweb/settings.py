@@ -1,9 +1,10 @@
 """kdweb settings, all from environment variables with defaults that work for a first local run.
 
-DATABASE_URL   PostgreSQL (e.g. postgres://user@host:5432/kdweb); SQLite in the project folder when unset.
-REDIS_URL      Celery broker and channel layer; `make up` starts an embedded Redis when unset.
+DATABASE_URL   PostgreSQL (e.g. postgres://user@host:5432/kdweb); SQLite in KDWEB_DATA_DIR when unset.
+REDIS_URL      Celery broker and channel layer (redis://host:port/db or unix:///path/to/socket); `make up`
+               starts an embedded Redis when unset. CELERY_BROKER_URL overrides the broker alone.
 KDWEB_DEBUG    "True"/"False" (default True). With False, DJANGO_SECRET_KEY must be set.
-KDWEB_DATA_DIR where uploads, checkpoints and exported students live (default ./var).
+KDWEB_DATA_DIR where uploads, checkpoints, exported students and the SQLite database live (default ./var).
 """
 
 import os
@@ -67,11 +68,15 @@ TEMPLATES = [
     },
 ]
 
+DATA_DIR = Path(os.environ.get("KDWEB_DATA_DIR", BASE_DIR / "var"))
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'var' / 'kdweb.sqlite3'}", conn_max_age=60, conn_health_checks=True
+        default=f"sqlite:///{DATA_DIR / 'kdweb.sqlite3'}", conn_max_age=60, conn_health_checks=True
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The zero-setup database is written by the worker while the web process reads it: WAL lets both go on.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGIN_URL = "login"
@@ -89,7 +94,6 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 # plotly.js ships inside the plotly package: serve that file rather than a CDN copy.
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static", ("plotly", Path(plotly.__file__).parent / "package_data")]
 
-DATA_DIR = Path(os.environ.get("KDWEB_DATA_DIR", BASE_DIR / "var"))
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "media/"
 RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the worker's host
@@ -97,7 +101,10 @@ UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 2**20
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-CELERY_BROKER_URL = REDIS_URL
+# kombu spells a unix socket redis+socket:///path where redis-py and channels-redis spell it unix:///path.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
+    "redis+socket://" + REDIS_URL.removeprefix("unix://") if REDIS_URL.startswith("unix://") else REDIS_URL
+)
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("KDWEB_DEFAULT_QUEUE", "default")
 CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

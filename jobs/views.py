@@ -1,0 +1,270 @@
+"""Pages: runs list and detail, artifact downloads, teachers, data sets.
+
+Views stay thin: parse the input, ask ``jobs.permissions`` what the user may see or change, call one
+selector or service, render. Objects of other teams answer 404 (``get_for_user``); viewers get 403
+on writes. The new-run wizard lives in ``jobs.wizard``.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+from pydantic import BaseModel
+
+from distill.config import RunConfig
+from distill.metrics import compression, retention, speedup
+from jobs import selectors, services
+from jobs.models import DatasetSpec, Evaluation, Run
+from jobs.page_forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
+from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
+
+LIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+# --- small display helpers ---------------------------------------------------------------------------
+
+
+def eta_text(seconds: float | None) -> str:
+    """``3 h 05 min``, ``4 min 10 s``, ``12 s``; empty when unknown."""
+    if seconds is None or seconds < 0:
+        return ""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def in_field_order(config: Any, model: type[BaseModel] = RunConfig) -> Any:
+    """The stored config with its keys in the engine's field order (the database keeps JSON keys sorted)."""
+    if not isinstance(config, dict):
+        return config
+    fields = model.model_fields
+    rank = {name: i for i, name in enumerate(fields)}
+    ordered = {}
+    for key in sorted(config, key=lambda k: (rank.get(k, len(rank)), k)):
+        section = _section_model(fields[key].annotation) if key in fields else None
+        ordered[key] = in_field_order(config[key], section) if section else config[key]
+    return ordered
+
+
+def params_text(n: int | None) -> str:
+    """``22.7 M``, ``410.5 k``, ``950``."""
+    if n is None:
+        return "—"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f} k"
+    return str(n)
+
+
+def trained_role(run: Run) -> str:
+    """The role of the model a run trains: the teacher for fine-tuning runs, the student otherwise."""
+    return "teacher" if run.kind == Run.Kind.TEACHER_FINETUNE else "student"
+
+
+def final_accuracy(run: Run, evaluations: list[Evaluation]) -> float | None:
+    role = trained_role(run)
+    for ev in evaluations:
+        if ev.role == role and "accuracy" in ev.metrics:
+            return ev.metrics["accuracy"]
+    return None
+
+
+def _latency_ms(ev: Evaluation, batch: str) -> float | None:
+    entry = (ev.latency or {}).get(batch) or {}
+    return entry.get("median_ms")
+
+
+def _safe(ratio, *args) -> float | None:
+    if any(a is None for a in args):
+        return None
+    try:
+        return ratio(*args)
+    except ValueError:  # a zero denominator: the ratio is undefined
+        return None
+
+
+def evaluation_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": ev.role,
+            "split": ev.split,
+            "accuracy": ev.metrics.get("accuracy"),
+            "f1": ev.metrics.get("f1"),
+            "mcc": ev.metrics.get("mcc"),
+            "params": params_text(ev.params),
+            "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
+            "bs1_ms": _latency_ms(ev, "bs1"),
+            "bs32_ms": _latency_ms(ev, "bs32"),
+        }
+        for ev in evaluations
+    ]
+
+
+def comparison_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    """Student against teacher on each split both were measured on (distill.metrics' ratios)."""
+    by_split: dict[str, dict[str, Evaluation]] = {}
+    for ev in evaluations:
+        by_split.setdefault(ev.split, {})[ev.role] = ev
+    rows = []
+    for split, roles in by_split.items():
+        student, teacher = roles.get("student"), roles.get("teacher")
+        if not (student and teacher):
+            continue
+        rows.append(
+            {
+                "split": split,
+                "retention": _safe(retention, student.metrics.get("accuracy"), teacher.metrics.get("accuracy")),
+                "smaller": _safe(compression, teacher.params, student.params),
+                "faster_bs1": _safe(speedup, _latency_ms(teacher, "bs1"), _latency_ms(student, "bs1")),
+                "faster_bs32": _safe(speedup, _latency_ms(teacher, "bs32"), _latency_ms(student, "bs32")),
+            }
+        )
+    return rows
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def runs(request: HttpRequest) -> HttpResponse:
+    teams = teams_for_user(request.user)
+    form = RunFilterForm(request.GET or None, teachers=selectors.teacher_list(request.user), teams=teams)
+    filters = form.filters()
+    run_list = list(selectors.run_list(request.user, **filters))
+    for run in run_list:
+        run.final_accuracy = final_accuracy(run, run.final_evaluations)
+        run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
+    context = {
+        "runs": run_list,
+        "form": form,
+        "filtered": bool(filters),
+        "can_launch": teams_for_user(request.user, write=True).exists(),
+    }
+    return render(request, "jobs/runs.html", context)
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run, can_write = get_for_user(
+        Run.objects.select_related("team", "teacher", "dataset", "study"), request.user, run_id
+    )
+    run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
+    status_context = {"run": run, "live": run.status in LIVE}
+    if request.GET.get("partial") == "status":
+        # htmx polling: once the run has stopped, reload the whole page for its results and curves
+        response = render(request, "jobs/partials/run_status.html", status_context)
+        if run.status not in LIVE:
+            response["HX-Refresh"] = "true"
+        return response
+    evaluations = list(run.evaluations.order_by("split", "-role"))
+    context = {
+        **status_context,
+        "can_write": can_write,
+        "config_yaml": yaml.safe_dump(in_field_order(run.config), sort_keys=False, allow_unicode=True, width=100),
+        "evaluations": evaluation_rows(evaluations),
+        "comparisons": comparison_rows(evaluations),
+        "series": selectors.run_series(run),
+        "artifacts": run.artifacts.order_by("kind", "created_at"),
+    }
+    return render(request, "jobs/run_detail.html", context)
+
+
+@login_required
+@require_GET
+def artifact_download(request: HttpRequest, run_id: int, artifact_id: int) -> FileResponse:
+    run, _ = get_for_user(Run, request.user, run_id)
+    artifact = get_object_or_404(run.artifacts, pk=artifact_id)
+    try:
+        handle = default_storage.open(artifact.path, "rb")
+    except FileNotFoundError:
+        raise Http404("The artifact's file is no longer in storage.") from None
+    return FileResponse(handle, as_attachment=True, filename=PurePosixPath(artifact.path).name)
+
+
+# --- teachers and data sets -------------------------------------------------------------------------
+
+
+def _writable_teams_for_post(request: HttpRequest):
+    """Teams the user may add to; a POST from someone who may write to none is refused (403)."""
+    writable = teams_for_user(request.user, write=True)
+    if request.method == "POST" and not writable.exists():
+        raise PermissionDenied(READ_ONLY)
+    return writable
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def teachers(request: HttpRequest) -> HttpResponse:
+    writable = _writable_teams_for_post(request)
+    form = TeacherRegisterForm(request.POST or None, teams=writable)
+    if request.method == "POST" and form.is_valid():
+        try:
+            teacher = services.teacher_register(user=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Registered teacher {teacher.name}.")
+            return redirect("teachers")
+    teacher_list = list(selectors.teacher_list(request.user).select_related("from_run"))
+    for teacher in teacher_list:
+        teacher.params_text = params_text(teacher.architecture.get("params"))
+    context = {
+        "teachers": teacher_list,
+        "form": form,
+        "can_write": writable.exists(),
+    }
+    return render(request, "jobs/teachers.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def datasets(request: HttpRequest) -> HttpResponse:
+    writable = _writable_teams_for_post(request)
+    form = DatasetCreateForm(request.POST or None, request.FILES or None, teams=writable)
+    if request.method == "POST" and form.is_valid():
+        try:
+            dataset = services.dataset_create(user=request.user, **form.service_kwargs())
+        except ValidationError as exc:
+            add_service_errors(form, exc, aliases=form.error_aliases())
+        else:
+            messages.success(request, f"Added data set {dataset.name}.")
+            return redirect("dataset_detail", dataset_id=dataset.pk)
+    context = {"datasets": selectors.dataset_list(request.user), "form": form, "can_write": writable.exists()}
+    return render(request, "jobs/datasets.html", context)
+
+
+@login_required
+@require_GET
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    dataset, _ = get_for_user(DatasetSpec.objects.select_related("team"), request.user, dataset_id)
+    columns = list(dict.fromkeys(key for row in dataset.preview for key in row))
+    rows = [[row.get(c, "") for c in columns] for row in dataset.preview]
+    splits = sorted(dataset.sizes, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 3, s))
+    sizes = [(split, dataset.sizes[split]) for split in splits]
+    runs = selectors.run_list(request.user).filter(dataset=dataset)[:20]
+    context = {"dataset": dataset, "sizes": sizes, "columns": columns, "rows": rows, "runs": runs}
+    return render(request, "jobs/dataset_detail.html", context)

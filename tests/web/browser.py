@@ -1,0 +1,128 @@
+"""Debian's Chromium, driven by Playwright (sync API), for the browser tests. No browser is ever downloaded.
+
+:func:`chromium_session` opens one page and watches it: console errors, uncaught exceptions, every
+request's URL and every answer of 400 or more, so a test can assert that the pages ran without a JS error
+and fetched nothing from outside the live server (no CDN). :class:`BrowserSession` also counts the clicks
+a test makes and saves numbered full-page screenshots to ``test-artifacts/browser/``.
+
+Playwright's sync API keeps an asyncio loop running in this thread, which makes Django refuse ORM calls
+here (``SynchronousOnlyOperation``): tests set up their rows before opening a session and read the
+database after closing it. The live server answers from its own threads, so it is not affected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Locator, Page, sync_playwright
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+VIEWPORT = {"width": 1280, "height": 900}
+
+
+def require_chromium() -> Path:
+    """Debian's Chromium, or a failure (never a skip: in CI and locally `make test` installs it)."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        where = "in CI (CI=true)" if os.environ.get("CI") == "true" else "on this machine"
+        pytest.fail(
+            f"{CHROMIUM} is missing {where}: the browser tests drive Debian's chromium and never download "
+            "one; install it as root with `apt-get install -y chromium` (make test's browser target does)",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@dataclass
+class PageWatch:
+    """What a page did besides what the test looked at."""
+
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    bad_responses: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        page.on(
+            "console",
+            lambda m: (
+                self.console_errors.append(f"{m.text} ({m.location}) on {m.page.url if m.page else '?'}")
+                if m.type == "error"
+                else None
+            ),
+        )
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("response", lambda r: self.bad_responses.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    def foreign_requests(self) -> list[str]:
+        """Requests to anything but the live server's host (data: and blob: URLs stay in the page)."""
+        out = []
+        for url in self.requests:
+            parts = urlsplit(url)
+            if parts.scheme in ("data", "blob", "about"):
+                continue
+            if parts.hostname not in LOCAL_HOSTS:
+                out.append(url)
+        return out
+
+
+@dataclass
+class BrowserSession:
+    page: Page
+    watch: PageWatch
+    shots: list[Path] = field(default_factory=list)
+    clicks: int = 0
+    extra_clicks: int = 0  # clicks a user in a hurry would not make (showing errors, trying the editor)
+
+    def click(self, target: Locator, *, extra: bool = False) -> None:
+        target.click()
+        self.clicks += 1
+        self.extra_clicks += extra
+
+    @property
+    def needed_clicks(self) -> int:
+        return self.clicks - self.extra_clicks
+
+    def shot(self, name: str) -> Path:
+        """A full-page screenshot, ``NN-name.png`` in the order taken."""
+        path = ARTIFACTS / f"{len(self.shots) + 1:02d}-{name}.png"
+        self.page.screenshot(path=path, full_page=True)
+        self.shots.append(path)
+        return path
+
+
+@contextmanager
+def chromium_session(*, timeout_ms: int = 20_000) -> Iterator[BrowserSession]:
+    """One Chromium page in a fresh context; earlier numbered screenshots are removed first."""
+    executable = require_chromium()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("[0-9][0-9]-*.png"):
+        old.unlink()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT, locale="en-US")
+            context.set_default_timeout(timeout_ms)
+            page = context.new_page()
+            watch = PageWatch()
+            watch.attach(page)
+            yield BrowserSession(page, watch)
+        finally:
+            browser.close()
