@@ -26,6 +26,7 @@ from django.utils.text import get_valid_filename
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
 from distill.teachers import Architecture, inspect_teacher
+from jobs.events import run_event_send_on_commit, status_event
 from jobs.models import Artifact, DatasetSpec, Evaluation, MetricPoint, Run, Teacher, Team
 from jobs.permissions import require_write
 
@@ -256,8 +257,9 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             from_run=run,
             created_by=run.created_by,
         )
-    run.status, run.progress, run.finished_at = Run.Status.SUCCEEDED, 1.0, timezone.now()
-    run.save(update_fields=["status", "progress", "finished_at"])
+    run.status, run.progress, run.eta_s, run.finished_at = Run.Status.SUCCEEDED, 1.0, None, timezone.now()
+    run.save(update_fields=["status", "progress", "eta_s", "finished_at"])
+    run_event_send_on_commit(run.pk, status_event(run))
     return run
 
 
@@ -270,5 +272,9 @@ def _free_teacher_name(run: Run) -> str:
     return name
 
 
+@transaction.atomic
 def run_fail(run_id: int, error: str) -> None:
-    Run.objects.filter(pk=run_id).update(status=Run.Status.FAILED, error=error[:10_000], finished_at=timezone.now())
+    Run.objects.filter(pk=run_id).update(
+        status=Run.Status.FAILED, error=error[:10_000], eta_s=None, finished_at=timezone.now()
+    )
+    run_event_send_on_commit(run_id, status_event(Run.objects.get(pk=run_id)))

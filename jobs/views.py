@@ -175,19 +175,22 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
     status_context = {"run": run, "live": run.status in LIVE}
     if request.GET.get("partial") == "status":
-        # htmx polling: once the run has stopped, reload the whole page for its results and curves
+        # htmx polling, while the live socket is not connected (live.js): once the run has stopped, reload
+        # the whole page for its results and curves
         response = render(request, "jobs/partials/run_status.html", status_context)
         if run.status not in LIVE:
             response["HX-Refresh"] = "true"
         return response
     evaluations = list(run.evaluations.order_by("split", "-role"))
+    backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows
     context = {
         **status_context,
         "can_write": can_write,
         "config_yaml": yaml.safe_dump(in_field_order(run.config), sort_keys=False, allow_unicode=True, width=100),
         "evaluations": evaluation_rows(evaluations),
         "comparisons": comparison_rows(evaluations),
-        "series": selectors.run_series(run),
+        "series": backfill["series"],
+        "last_step": backfill["last_step"],
         "artifacts": run.artifacts.order_by("kind", "created_at"),
     }
     return render(request, "jobs/run_detail.html", context)

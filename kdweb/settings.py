@@ -34,6 +34,7 @@ ALLOWED_HOSTS = os.environ.get("KDWEB_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]
 
 INSTALLED_APPS = [
     "daphne",
+    "channels",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -105,6 +106,13 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
     "redis+socket://" + REDIS_URL.removeprefix("unix://") if REDIS_URL.startswith("unix://") else REDIS_URL
 )
+# Live events (jobs.events) go through Redis so a worker process can reach every web process's sockets.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("KDWEB_DEFAULT_QUEUE", "default")
 CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

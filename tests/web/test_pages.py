@@ -230,8 +230,22 @@ def test_it_shows_a_runs_metrics_curves_config_and_artifacts(login, member, page
     # the config as YAML, and the download link
     assert "student:\n  layers: 2" in html
     assert reverse("artifact_download", args=[pages_run.pk, artifact.pk]) in html
-    # finished: no polling
-    assert 'hx-trigger="every 2s"' not in html
+    # finished: no polling, no live socket
+    assert "hx-trigger=" not in html
+    assert "kdweb/live.js" not in html and 'id="live-state"' not in html
+
+
+@pytest.mark.django_db
+def test_it_embeds_the_downsampled_backfill_and_its_last_step_for_the_live_view(login, viewer, team):
+    run = _run(team, "kd-long", status=Run.Status.RUNNING, step=3000, total_steps=6000)
+    MetricPoint.objects.bulk_create(MetricPoint(run=run, name="loss/task", step=s, value=1 / s) for s in range(1, 3001))
+
+    html = _html(login(viewer).get(reverse("run_detail", args=[run.pk])))
+
+    embedded = re.search(r'<script id="run-series" type="application/json">(.*?)</script>', html, re.S)
+    series = json.loads(embedded.group(1))["loss/task"]
+    assert len(series) == 2000 and series[0] == [1, 1.0] and series[-1] == [3000, 1 / 3000]
+    assert f'data-run="{run.pk}" data-last-step="3000"' in html
 
 
 @pytest.mark.django_db
@@ -241,7 +255,10 @@ def test_it_polls_the_status_of_a_live_run_and_reloads_when_it_ends(login, membe
     url = reverse("run_detail", args=[run.pk])
 
     html = _html(client.get(url))
-    assert 'hx-trigger="every 2s"' in html and f'hx-get="{url}?partial=status"' in html
+    # polling only while live.js has no socket open (its flag), then the socket
+    assert 'hx-trigger="every 2s [!kdwebLiveConnected]"' in html and f'hx-get="{url}?partial=status"' in html
+    assert "kdweb/live.js" in html
+    assert f'id="live-state" class="live-state" data-run="{run.pk}" data-last-step="0"' in html
     assert "No points yet" in html
 
     partial = client.get(url, {"partial": "status"}, HTTP_HX_REQUEST="true")
@@ -253,7 +270,7 @@ def test_it_polls_the_status_of_a_live_run_and_reloads_when_it_ends(login, membe
     Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED, error="CUDA out of memory")
     partial = client.get(url, {"partial": "status"}, HTTP_HX_REQUEST="true")
     assert partial["HX-Refresh"] == "true"
-    assert 'hx-trigger="every 2s"' not in _html(partial)
+    assert "hx-trigger=" not in _html(partial)
 
     html = _html(client.get(url))
     assert "CUDA out of memory" in html and 'class="badge status-failed"' in html

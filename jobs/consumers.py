@@ -1,0 +1,92 @@
+"""The live view of a run: ``/ws/runs/<id>/`` (``jobs.routing``), behind the origin check and the session.
+
+On connect the consumer asks ``jobs.permissions.get_for_user`` (the run page's own check) whether the user
+may see the run: every member of its team may watch, viewers included. It then joins the group
+``run-<id>`` *before* reading the database, so no point published meanwhile is missed, and sends:
+
+1. a ``backfill`` of the stored series, downsampled (``selectors.run_backfill``); ``?after=<step>`` (a page
+   reconnecting) limits it to the points after that step, which the page lacks;
+2. the run's current ``status``;
+
+then forwards every ``run.event`` group message (``jobs.events``) as it comes. A live point may also be in
+the backfill (published while it was read): the page drops points at or before the last step it has.
+
+Refusals: the socket is accepted and closed at once with code 4403 (not logged in) or 4404 (no run of the
+user's teams has this id, which is what the page answers too), before anything is sent or a group joined.
+Accepting first is deliberate: a refused handshake reaches a browser as code 1006, indistinguishable from a
+network failure, so the page would keep reconnecting; with 4403/4404 it stops and says why. A foreign
+``Origin`` is refused earlier, at the handshake, by ``AllowedHostsOriginValidator`` (``kdweb.asgi``).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from jobs import events, selectors
+from jobs.models import Run
+from jobs.permissions import get_for_user
+
+CLOSE_NOT_LOGGED_IN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+@database_sync_to_async
+def _visible_run(user, run_id: int) -> Run:
+    run, _can_write = get_for_user(Run, user, run_id)
+    return run
+
+
+@database_sync_to_async
+def _backfill_and_status(run_id: int, after_step: int | None) -> tuple[dict, dict]:
+    run = Run.objects.get(pk=run_id)  # fresh: status and progress move while the socket opens
+    return selectors.run_backfill(run, after_step=after_step), events.status_event(run)
+
+
+def _after_step(query_string: bytes) -> int | None:
+    """The ``after`` query parameter (the last step the page has), or None when absent or not a number."""
+    values = parse_qs(query_string.decode("latin-1")).get("after") or [""]
+    try:
+        return int(values[0])
+    except ValueError:
+        return None
+
+
+class RunConsumer(AsyncJsonWebsocketConsumer):
+    group: str | None = None
+
+    async def connect(self) -> None:
+        run_id = self.scope["url_route"]["kwargs"]["run_id"]
+        try:
+            await _visible_run(self.scope["user"], run_id)
+        except PermissionDenied:
+            await self._refuse(CLOSE_NOT_LOGGED_IN)
+            return
+        except Http404:
+            await self._refuse(CLOSE_NOT_FOUND)
+            return
+        self.group = events.run_group(run_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        backfill, status = await _backfill_and_status(run_id, _after_step(self.scope.get("query_string", b"")))
+        await self.send_json(backfill)
+        await self.send_json(status)
+
+    async def _refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        """The page sends nothing: what it lacks is said once, by ``?after=`` when it (re)connects."""
+
+    async def run_event(self, message: dict) -> None:
+        """A ``run.event`` of ``jobs.events``: its payload, as it is, to the page."""
+        await self.send_json(message["event"])

@@ -1,0 +1,191 @@
+"""The one module that sends live events to the pages (Zulip's event discipline, STYLE §3).
+
+Every message a websocket carries has a schema here (DESIGN §8) and a test in ``tests/web/test_events.py``.
+Everything that publishes calls ``run_event_send`` (from a worker, outside a transaction) or
+``run_event_send_on_commit`` (from a service that writes in a transaction), never the channel layer itself.
+
+Publishing never breaks training: the database already holds what is published, and a page that missed
+messages backfills from it when its socket reconnects. So when Redis cannot be reached the send is logged
+at warning and reported as ``False``; the next send tries again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal, NotRequired, TypedDict
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+GROUP_MESSAGE_TYPE = "run.event"  # handled by RunConsumer.run_event
+
+
+class MetricPointPayload(TypedDict):
+    name: str
+    step: int
+    value: float | None  # null for a value that is not finite (JSON has no NaN)
+
+
+class MetricsEvent(TypedDict):
+    type: Literal["metrics"]
+    points: list[MetricPointPayload]
+
+
+class StatusEvent(TypedDict):
+    type: Literal["status"]
+    status: str
+    progress: float
+    eta_s: float | None
+    step: NotRequired[int]
+    total_steps: NotRequired[int]
+
+
+class LogEvent(TypedDict):
+    type: Literal["log"]
+    line: str
+
+
+class BackfillEvent(TypedDict):
+    """Sent by the consumer to one socket (never to a group): ``series`` is ``name -> [[step, value], ...]``."""
+
+    type: Literal["backfill"]
+    series: dict[str, list[list[float | None]]]
+    last_step: int
+
+
+RunEvent = MetricsEvent | StatusEvent | LogEvent
+
+
+class EventSchemaError(ValueError):
+    """A payload that does not match the schema of its type."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value(value: Any) -> bool:
+    return value is None or _number(value)
+
+
+def _check_point(point: Any) -> str | None:
+    if not isinstance(point, dict) or set(point) != {"name", "step", "value"}:
+        return "each point is {name, step, value}"
+    if not isinstance(point["name"], str) or not _integer(point["step"]) or not _value(point["value"]):
+        return "a point's name is a string, its step an integer and its value a number or null"
+    return None
+
+
+def _check_metrics(payload: dict) -> str | None:
+    if not isinstance(payload.get("points"), list):
+        return "points must be a list"
+    return next((e for e in map(_check_point, payload["points"]) if e), None)
+
+
+def _check_status(payload: dict) -> str | None:
+    from jobs.models import Run
+
+    if payload.get("status") not in Run.Status.values:
+        return f"status must be one of {Run.Status.values}"
+    if not _number(payload.get("progress")) or not 0 <= payload["progress"] <= 1:
+        return "progress must be a number from 0 to 1"
+    if payload.get("eta_s") is not None and not _number(payload["eta_s"]):
+        return "eta_s must be a number or null"
+    if any(k in payload and not _integer(payload[k]) for k in ("step", "total_steps")):
+        return "step and total_steps must be integers"
+    return None
+
+
+def _check_log(payload: dict) -> str | None:
+    return None if isinstance(payload.get("line"), str) else "line must be a string"
+
+
+def _check_backfill(payload: dict) -> str | None:
+    series = payload.get("series")
+    if not isinstance(series, dict):
+        return "series must be an object"
+    for name, points in series.items():
+        if not isinstance(points, list) or not all(
+            isinstance(p, list) and len(p) == 2 and _integer(p[0]) and _value(p[1]) for p in points
+        ):
+            return f"series {name!r} must be a list of [step, value]"
+    return None if _integer(payload.get("last_step")) else "last_step must be an integer"
+
+
+# type -> (required keys, optional keys, check)
+SCHEMAS = {
+    "metrics": ({"type", "points"}, set(), _check_metrics),
+    "status": ({"type", "status", "progress", "eta_s"}, {"step", "total_steps"}, _check_status),
+    "log": ({"type", "line"}, set(), _check_log),
+    "backfill": ({"type", "series", "last_step"}, set(), _check_backfill),
+}
+
+
+def check_event(payload: Any) -> None:
+    """Raise ``EventSchemaError`` unless ``payload`` matches the schema of its ``type`` and survives JSON."""
+    if not isinstance(payload, dict) or payload.get("type") not in SCHEMAS:
+        raise EventSchemaError(f"unknown event type in {payload!r:.200}")
+    required, optional, check = SCHEMAS[payload["type"]]
+    keys = set(payload)
+    if missing := required - keys:
+        raise EventSchemaError(f"{payload['type']} event lacks {sorted(missing)}")
+    if extra := keys - required - optional:
+        raise EventSchemaError(f"{payload['type']} event has unknown keys {sorted(extra)}")
+    if error := check(payload):
+        raise EventSchemaError(f"{payload['type']} event: {error}")
+    try:  # what a page receives is JSON: NaN, infinities and non-JSON objects must not get through
+        round_trip = json.loads(json.dumps(payload, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise EventSchemaError(f"{payload['type']} event is not JSON: {exc}") from None
+    if round_trip != payload:
+        raise EventSchemaError(f"{payload['type']} event changes through JSON (tuples?)")
+
+
+def run_group(run_id: int) -> str:
+    """The Channels group of everyone watching run ``run_id``."""
+    return f"run-{run_id}"
+
+
+def run_event_send(run_id: int, payload: RunEvent) -> bool:
+    """Validate ``payload`` and send it to the watchers of the run; ``False`` (logged) if Redis is unreachable.
+
+    Only for code outside a transaction (the worker's progress callback); services use the on-commit form.
+    A payload that breaks its schema is a programming error and raises ``EventSchemaError``.
+    """
+    check_event(payload)
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(run_group(run_id), {"type": GROUP_MESSAGE_TYPE, "event": payload})
+    except (RedisError, OSError) as exc:  # ConnectionError, TimeoutError; OSError for a socket path that is gone
+        log.warning("live event for run %s not published (%s: %s)", run_id, type(exc).__name__, exc)
+        return False
+    return True
+
+
+def run_event_send_on_commit(run_id: int, payload: RunEvent) -> None:
+    """``run_event_send`` once the current transaction commits (at once outside one); checked now."""
+    check_event(payload)
+    transaction.on_commit(lambda: run_event_send(run_id, payload))
+
+
+def status_event(run) -> StatusEvent:
+    """The status message of a run as stored (``jobs.models.Run``)."""
+    return {
+        "type": "status",
+        "status": run.status,
+        "progress": float(run.progress),
+        "eta_s": float(run.eta_s) if run.eta_s is not None else None,
+        "step": run.step,
+        "total_steps": run.total_steps,
+    }

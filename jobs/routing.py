@@ -1,0 +1,9 @@
+"""Websocket routes (``kdweb.asgi`` mounts them behind the origin check and the session's user)."""
+
+from django.urls import path
+
+from jobs.consumers import RunConsumer
+
+websocket_urlpatterns = [
+    path("ws/runs/<int:run_id>/", RunConsumer.as_asgi(), name="run_ws"),
+]
