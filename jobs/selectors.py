@@ -31,16 +31,6 @@ def run_list(user, *, status: str = "", kind: str = "", teacher: str = "", team:
     )
 
 
-def run_series(run: Run) -> dict[str, list[list[float]]]:
-    """Every stored metric of a run as ``name -> [[step, value], ...]``, in step order."""
-    series: dict[str, list[list[float]]] = {}
-    for name, step, value in run.points.order_by("name", "step").values_list("name", "step", "value"):
-        series.setdefault(name, []).append([step, value])
-    return series
-
-
-# One row per series, its steps and values as packed big-endian arrays: PostgreSQL does the per-row work,
-# Python reads each series with one np.frombuffer instead of building 10^5 tuples (5x faster at 10^5 points).
 _PACKED_SERIES_SQL = (
     "SELECT name, string_agg(int4send(step), ''::bytea), string_agg(float8send(value), ''::bytea)"
     " FROM jobs_metricpoint WHERE run_id = %s AND step > %s GROUP BY name"
@@ -92,10 +82,6 @@ def run_backfill(run: Run, after_step: int | None = None, max_points: int = DEFA
         ]
         last_step = max(last_step, int(steps[-1]))
     return {"type": "backfill", "series": series, "last_step": last_step}
-
-
-def run_points_count(run: Run) -> int:
-    return MetricPoint.objects.filter(run=run).count()
 
 
 def live_queues(timeout: float = 1.0) -> list[str]:
