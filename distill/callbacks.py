@@ -1,7 +1,7 @@
 """The trainer's progress protocol: callbacks read ``TrainState`` and steer only through ``Control``.
 
 A trimmed version of transformers' ``trainer_callback.py``. The Celery task, the CLI's progress bar and
-the tests all observe training through these five hooks; cancelling sets ``control.should_stop``, and the
+the tests all observe training through these six hooks; cancelling sets ``control.should_stop``, and the
 trainer then checkpoints and returns cleanly.
 """
 
@@ -63,6 +63,10 @@ class Callback:
 
     def on_evaluate(self, state: TrainState, control: Control, metrics: dict[str, Any]) -> None:
         """An evaluation finished."""
+
+    def on_save(self, state: TrainState, control: Control) -> None:
+        """A checkpoint of ``state.step`` is about to be written. A resumed run restarts after that step, so
+        anything a callback keeps of the steps so far (stored points) must be made durable here."""
 
     def on_train_end(self, state: TrainState, control: Control, result: Any) -> None:
         """Training ended, by finishing or by a stop request; ``result`` is the TrainResult."""

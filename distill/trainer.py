@@ -155,6 +155,14 @@ def training_step(
     return dict(zip([*loss.terms, "total"], values, strict=True))
 
 
+def weighted_shares(losses: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
+    """Each weighted term's share of the total, ``share/<term>`` (they sum to 1), when two or more terms
+    contribute: how the objective is balanced, which the unweighted curves alone do not show."""
+    parts = {t: weights.get(t, 0.0) * v for t, v in losses.items() if t != "total" and weights.get(t, 0.0)}
+    total = sum(parts.values())
+    return {f"share/{t}": p / total for t, p in parts.items()} if len(parts) > 1 and total > 0 else {}
+
+
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; evaluate, measure and export at the end.
 
@@ -227,7 +235,9 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
                 continue
             state.step += 1
             state.elapsed_s = time.perf_counter() - started
-            logs = {f"loss/{k}": v / micro for k, v in sums.items()} | {"lr": scheduler.get_last_lr()[0]}
+            losses = {k: v / micro for k, v in sums.items()}
+            logs = {f"loss/{k}": v for k, v in losses.items()} | weighted_shares(losses, weights)
+            logs["lr"] = scheduler.get_last_lr()[0]
             sums, micro = {}, 0
             control = handler.call("on_step_end", state, logs)
             last = state.step >= state.total_steps
@@ -237,6 +247,7 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
                 )
                 control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
             if control.should_stop or last or state.step % cfg.checkpoint_every == 0:
+                handler.call("on_save", state)
                 save_checkpoint(output_dir, m.distiller, optimizer, scheduler, state)
             if control.should_stop or last:
                 break

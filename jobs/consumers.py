@@ -5,11 +5,14 @@ may see the run: every member of its team may watch, viewers included. It then j
 ``run-<id>`` *before* reading the database, so no point published meanwhile is missed, and sends:
 
 1. a ``backfill`` of the stored series, downsampled (``selectors.run_backfill``); ``?after=<step>`` (a page
-   reconnecting) limits it to the points after that step, which the page lacks;
+   reconnecting) limits it to the points from that step on (the page has the earlier ones);
 2. the run's current ``status``;
 
 then forwards every ``run.event`` group message (``jobs.events``) as it comes. A live point may also be in
 the backfill (published while it was read): the page drops points at or before the last step it has.
+
+``/ws/runs/`` (``RunListConsumer``) serves the runs list: the status events of every run of the user's teams,
+as they change (the groups ``team-<id>``); the page already shows the rest.
 
 Refusals: the socket is accepted and closed at once with code 4403 (not logged in) or 4404 (no run of the
 user's teams has this id, which is what the page answers too), before anything is sent or a group joined.
@@ -29,7 +32,7 @@ from django.http import Http404
 
 from jobs import events, selectors
 from jobs.models import Run
-from jobs.permissions import get_for_user
+from jobs.permissions import get_for_user, teams_for_user
 
 CLOSE_NOT_LOGGED_IN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -56,37 +59,61 @@ def _after_step(query_string: bytes) -> int | None:
         return None
 
 
-class RunConsumer(AsyncJsonWebsocketConsumer):
-    group: str | None = None
+class EventConsumer(AsyncJsonWebsocketConsumer):
+    """Joins groups, forwards their ``run.event`` messages (``jobs.events``) as they are, and refuses with a
+    close code the page understands."""
 
+    joined: tuple[str, ...] = ()
+
+    async def join(self, groups: list[str]) -> None:
+        self.joined = tuple(groups)
+        for group in self.joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        """Pages send nothing: what a run page lacks is said once, by ``?after=`` when it (re)connects."""
+
+    async def run_event(self, message: dict) -> None:
+        await self.send_json(message["event"])
+
+
+class RunConsumer(EventConsumer):
     async def connect(self) -> None:
         run_id = self.scope["url_route"]["kwargs"]["run_id"]
         try:
             await _visible_run(self.scope["user"], run_id)
         except PermissionDenied:
-            await self._refuse(CLOSE_NOT_LOGGED_IN)
+            await self.refuse(CLOSE_NOT_LOGGED_IN)
             return
         except Http404:
-            await self._refuse(CLOSE_NOT_FOUND)
+            await self.refuse(CLOSE_NOT_FOUND)
             return
-        self.group = events.run_group(run_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join([events.run_group(run_id)])
         await self.accept()
         backfill, status = await _backfill_and_status(run_id, _after_step(self.scope.get("query_string", b"")))
         await self.send_json(backfill)
         await self.send_json(status)
 
-    async def _refuse(self, code: int) -> None:
+
+@database_sync_to_async
+def _team_ids(user) -> list[int]:
+    return list(teams_for_user(user).values_list("pk", flat=True))
+
+
+class RunListConsumer(EventConsumer):
+    """Status changes of the runs of the user's teams (``team-<id>`` groups), for the live runs list."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.refuse(CLOSE_NOT_LOGGED_IN)
+            return
+        await self.join([events.team_group(t) for t in await _team_ids(self.scope["user"])])
         await self.accept()
-        await self.close(code=code)
-
-    async def disconnect(self, code: int) -> None:
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def receive_json(self, content, **kwargs) -> None:
-        """The page sends nothing: what it lacks is said once, by ``?after=`` when it (re)connects."""
-
-    async def run_event(self, message: dict) -> None:
-        """A ``run.event`` of ``jobs.events``: its payload, as it is, to the page."""
-        await self.send_json(message["event"])

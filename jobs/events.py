@@ -37,25 +37,33 @@ class MetricsEvent(TypedDict):
 
 
 class StatusEvent(TypedDict):
+    """Also sent to the team's group, for the live runs list: hence ``run_id``."""
+
     type: Literal["status"]
+    run_id: int
     status: str
     progress: float
     eta_s: float | None
     step: NotRequired[int]
     total_steps: NotRequired[int]
+    cancel_requested: NotRequired[bool]
 
 
 class LogEvent(TypedDict):
+    """New lines of the run's log, oldest first."""
+
     type: Literal["log"]
-    line: str
+    lines: list[str]
 
 
 class BackfillEvent(TypedDict):
-    """Sent by the consumer to one socket (never to a group): ``series`` is ``name -> [[step, value], ...]``."""
+    """Sent by the consumer to one socket (never to a group): ``series`` is ``name -> [[step, value], ...]``;
+    ``log`` is the tail of the run's log (the page replaces its own with it)."""
 
     type: Literal["backfill"]
     series: dict[str, list[list[float | None]]]
     last_step: int
+    log: list[str]
 
 
 RunEvent = MetricsEvent | StatusEvent | LogEvent
@@ -94,6 +102,10 @@ def _check_metrics(payload: dict) -> str | None:
 def _check_status(payload: dict) -> str | None:
     from jobs.models import Run
 
+    if not _integer(payload.get("run_id")):
+        return "run_id must be an integer"
+    if "cancel_requested" in payload and not isinstance(payload["cancel_requested"], bool):
+        return "cancel_requested must be a boolean"
     if payload.get("status") not in Run.Status.values:
         return f"status must be one of {Run.Status.values}"
     if not _number(payload.get("progress")) or not 0 <= payload["progress"] <= 1:
@@ -105,8 +117,12 @@ def _check_status(payload: dict) -> str | None:
     return None
 
 
+def _lines(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(line, str) for line in value)
+
+
 def _check_log(payload: dict) -> str | None:
-    return None if isinstance(payload.get("line"), str) else "line must be a string"
+    return None if _lines(payload.get("lines")) else "lines must be a list of strings"
 
 
 def _check_backfill(payload: dict) -> str | None:
@@ -118,15 +134,21 @@ def _check_backfill(payload: dict) -> str | None:
             isinstance(p, list) and len(p) == 2 and _integer(p[0]) and _value(p[1]) for p in points
         ):
             return f"series {name!r} must be a list of [step, value]"
+    if not _lines(payload.get("log")):
+        return "log must be a list of strings"
     return None if _integer(payload.get("last_step")) else "last_step must be an integer"
 
 
 # type -> (required keys, optional keys, check)
 SCHEMAS = {
     "metrics": ({"type", "points"}, set(), _check_metrics),
-    "status": ({"type", "status", "progress", "eta_s"}, {"step", "total_steps"}, _check_status),
-    "log": ({"type", "line"}, set(), _check_log),
-    "backfill": ({"type", "series", "last_step"}, set(), _check_backfill),
+    "status": (
+        {"type", "run_id", "status", "progress", "eta_s"},
+        {"step", "total_steps", "cancel_requested"},
+        _check_status,
+    ),
+    "log": ({"type", "lines"}, set(), _check_log),
+    "backfill": ({"type", "series", "last_step", "log"}, set(), _check_backfill),
 }
 
 
@@ -155,37 +177,63 @@ def run_group(run_id: int) -> str:
     return f"run-{run_id}"
 
 
-def run_event_send(run_id: int, payload: RunEvent) -> bool:
+def team_group(team_id: int) -> str:
+    """The Channels group of the runs lists open on team ``team_id``'s runs (status events only)."""
+    return f"team-{team_id}"
+
+
+def _groups(run_id: int, payload: RunEvent, team_id: int | None) -> list[str]:
+    groups = [run_group(run_id)]
+    if team_id is not None and payload["type"] == "status":
+        groups.append(team_group(team_id))
+    return groups
+
+
+def run_event_send(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> bool:
     """Validate ``payload`` and send it to the watchers of the run; ``False`` (logged) if Redis is unreachable.
 
-    Only for code outside a transaction (the worker's progress callback); services use the on-commit form.
-    A payload that breaks its schema is a programming error and raises ``EventSchemaError``.
+    A status event given the run's ``team_id`` also goes to the team's runs lists. Only for code outside a
+    transaction (the worker's progress callback); services use the on-commit form. A payload that breaks
+    its schema is a programming error and raises ``EventSchemaError``.
     """
     check_event(payload)
     layer = get_channel_layer()
     if layer is None:
         return False
+    message = {"type": GROUP_MESSAGE_TYPE, "event": payload}
     try:
-        async_to_sync(layer.group_send)(run_group(run_id), {"type": GROUP_MESSAGE_TYPE, "event": payload})
+        for group in _groups(run_id, payload, team_id):
+            async_to_sync(layer.group_send)(group, message)
     except (RedisError, OSError) as exc:  # ConnectionError, TimeoutError; OSError for a socket path that is gone
         log.warning("live event for run %s not published (%s: %s)", run_id, type(exc).__name__, exc)
         return False
     return True
 
 
-def run_event_send_on_commit(run_id: int, payload: RunEvent) -> None:
+def run_event_send_on_commit(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> None:
     """``run_event_send`` once the current transaction commits (at once outside one); checked now."""
     check_event(payload)
-    transaction.on_commit(lambda: run_event_send(run_id, payload))
+    transaction.on_commit(lambda: run_event_send(run_id, payload, team_id=team_id))
 
 
 def status_event(run) -> StatusEvent:
     """The status message of a run as stored (``jobs.models.Run``)."""
     return {
         "type": "status",
+        "run_id": run.pk,
         "status": run.status,
         "progress": float(run.progress),
         "eta_s": float(run.eta_s) if run.eta_s is not None else None,
         "step": run.step,
         "total_steps": run.total_steps,
+        "cancel_requested": run.cancel_requested,
     }
+
+
+def status_send_on_commit(run) -> None:
+    """The run's stored status, to its watchers and its team's runs lists, once the transaction commits."""
+    run_event_send_on_commit(run.pk, status_event(run), team_id=run.team_id)
+
+
+def log_event(lines: list[str]) -> LogEvent:
+    return {"type": "log", "lines": lines}

@@ -110,6 +110,8 @@ class Run(models.Model):
         INTERRUPTED = "interrupted"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    # stopped with a checkpoint: "resume" continues the same run where it stopped
+    RESUMABLE = (Status.CANCELLED, Status.INTERRUPTED)
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
@@ -128,6 +130,8 @@ class Run(models.Model):
     host = models.CharField(max_length=200, blank=True)
     celery_task_id = models.CharField(max_length=100, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False, help_text="read by the worker's heartbeat")
+    attempts = models.IntegerField(default=0, help_text="times a worker claimed the run (1 + resumes)")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -142,6 +146,10 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def is_resumable(self) -> bool:
+        return self.status in self.RESUMABLE
 
     @property
     def student_shape(self) -> str:
@@ -160,6 +168,17 @@ class MetricPoint(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "name", "step"], name="one_point_per_step")]
+
+
+class LogLine(models.Model):
+    """One line of a run's log (worker and service events), for the log tail of the run page."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_lines")
+    created_at = models.DateTimeField(auto_now_add=True)
+    text = models.TextField()
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "id"])]
 
 
 class Evaluation(models.Model):
@@ -189,3 +208,4 @@ class Artifact(models.Model):
     bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+

@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from jobs.consumers import RunConsumer
+from jobs.consumers import RunConsumer, RunListConsumer
 
 websocket_urlpatterns = [
+    path("ws/runs/", RunListConsumer.as_asgi(), name="runs_ws"),
     path("ws/runs/<int:run_id>/", RunConsumer.as_asgi(), name="run_ws"),
 ]

@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,16 @@ from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
 from distill.teachers import Architecture, inspect_teacher
-from jobs.events import run_event_send_on_commit, status_event
-from jobs.models import Artifact, DatasetSpec, Evaluation, MetricPoint, Run, Teacher, Team
+from jobs.events import log_event, run_event_send_on_commit, status_send_on_commit
+from jobs.models import Artifact, DatasetSpec, Evaluation, LogLine, MetricPoint, Run, Teacher, Team
 from jobs.permissions import require_write
 
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json")
@@ -173,6 +176,7 @@ def run_create(
         queue=queue or settings.CELERY_TASK_DEFAULT_QUEUE,
         created_by=user,
     )
+    status_send_on_commit(run)  # the runs lists open on the team show it at once
     transaction.on_commit(lambda: _enqueue(run))
     return run
 
@@ -190,10 +194,108 @@ def _enqueue(run: Run) -> None:
 def run_claim(run_id: int, *, host: str, task_id: str) -> Run | None:
     """Move a queued run to running; None if it is not queued (a redelivered message, another worker)."""
     now = timezone.now()
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-        status=Run.Status.RUNNING, host=host, celery_task_id=task_id, started_at=now, heartbeat_at=now
-    )
-    return Run.objects.get(pk=run_id) if claimed else None
+    with transaction.atomic():
+        claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+            status=Run.Status.RUNNING,
+            host=host,
+            celery_task_id=task_id,
+            started_at=Coalesce(F("started_at"), now),
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+        )
+        if not claimed:
+            return None
+        run = Run.objects.get(pk=run_id)
+        run_log(run.pk, f"attempt {run.attempts} started on {host}")
+        status_send_on_commit(run)
+    return run
+
+
+def run_log(run_id: int, *lines: str) -> None:
+    """Append lines to the run's log and send them to its watchers once the transaction commits."""
+    LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
+    run_event_send_on_commit(run_id, log_event(list(lines)))
+
+
+def _should_stop(run_id: int) -> bool:
+    status, cancel = Run.objects.filter(pk=run_id).values_list("status", "cancel_requested").get()
+    return cancel or status != Run.Status.RUNNING
+
+
+def run_heartbeat(run_id: int) -> bool:
+    """The worker is alive: stamp the run. True when the worker should stop (cancel requested, or the run
+    is not running any more, e.g. marked interrupted while this worker was cut off from the database)."""
+    with transaction.atomic():
+        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now())
+        return _should_stop(run_id)
+
+
+@transaction.atomic
+def run_stopped(run_id: int) -> Run:
+    """The trainer stopped early and checkpointed: a requested cancel ends as ``cancelled``."""
+    run = Run.objects.select_for_update().get(pk=run_id)
+    if run.status == Run.Status.RUNNING:
+        run.status, run.eta_s, run.finished_at = Run.Status.CANCELLED, None, timezone.now()
+        run.save(update_fields=["status", "eta_s", "finished_at"])
+        status_send_on_commit(run)
+    run_log(run.pk, f"stopped at step {run.step} / {run.total_steps} with a checkpoint: {run.status}")
+    return run
+
+
+@transaction.atomic
+def run_cancel(*, user, run: Run) -> Run:
+    """Cancel a run: a queued run at once, a running one at its next step (it checkpoints, then stops)."""
+    require_write(user, run.team)
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if run.status == Run.Status.QUEUED:
+        # the task may still be in the broker: its claim finds the run not queued and does nothing
+        run.status, run.finished_at = Run.Status.CANCELLED, timezone.now()
+    elif run.status == Run.Status.RUNNING:
+        run.cancel_requested = True
+    else:
+        raise ValidationError(f"A {run.status} run cannot be cancelled.")
+    run.save(update_fields=["status", "finished_at", "cancel_requested"])
+    run_log(run.pk, f"cancel requested by {user.get_username()}")
+    status_send_on_commit(run)
+    return run
+
+
+@transaction.atomic
+def run_resume(*, user, run: Run) -> Run:
+    """Queue a cancelled or interrupted run again; its worker continues from the last checkpoint."""
+    require_write(user, run.team)
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if not run.is_resumable:
+        raise ValidationError(f"Only a cancelled or interrupted run can be resumed; this one is {run.status}.")
+    run.status, run.cancel_requested, run.error, run.finished_at = Run.Status.QUEUED, False, "", None
+    run.save(update_fields=["status", "cancel_requested", "error", "finished_at"])
+    run_log(run.pk, f"resume requested by {user.get_username()}")
+    status_send_on_commit(run)
+    transaction.on_commit(lambda: _enqueue(run))
+    return run
+
+
+def runs_interrupt(*, stale_after_s: float | None = None, host: str | None = None) -> list[int]:
+    """Mark running runs ``interrupted``: those whose heartbeat is older than ``stale_after_s`` (a worker
+    that died or lost the database), or those claimed by ``host`` (a worker that starts again under the name
+    it had, so none of its runs can still be running). Returns the ids marked."""
+    stale = Run.objects.filter(status=Run.Status.RUNNING)
+    if stale_after_s is not None:
+        stale = stale.filter(heartbeat_at__lt=timezone.now() - timedelta(seconds=stale_after_s))
+    if host is not None:
+        stale = stale.filter(host=host)
+    marked = []
+    for run_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            # the conditions again, in the update: a heartbeat or a finish that lands meanwhile wins
+            if not stale.filter(pk=run_id).update(status=Run.Status.INTERRUPTED, eta_s=None):
+                continue
+            run = Run.objects.get(pk=run_id)
+            reason = f"{run.host} started again" if host else f"no heartbeat for {stale_after_s:g} s"
+            run_log(run_id, f"interrupted at step {run.step}: {reason}; resume continues from the last checkpoint")
+            status_send_on_commit(run)
+        marked.append(run_id)
+    return marked
 
 
 def run_output_dir(run: Run) -> Path:
@@ -202,8 +304,9 @@ def run_output_dir(run: Run) -> Path:
 
 def run_progress(
     run_id: int, points: Iterable[tuple[str, int, float]], *, step: int, total_steps: int, eta_s: float | None
-) -> None:
-    """Store metric points (idempotent per run, name and step) and the progress, as one heartbeat."""
+) -> bool:
+    """Store metric points (idempotent per run, name and step) and the progress, as one heartbeat.
+    Returns what ``run_heartbeat`` returns: whether the worker should stop."""
     with transaction.atomic():
         MetricPoint.objects.bulk_create(
             [MetricPoint(run_id=run_id, name=n, step=s, value=v) for n, s, v in points], ignore_conflicts=True
@@ -215,6 +318,7 @@ def run_progress(
             eta_s=eta_s,
             heartbeat_at=timezone.now(),
         )
+        return _should_stop(run_id)
 
 
 def _zip_folder(folder: Path, name: str) -> tuple[str, int, str]:
@@ -259,7 +363,8 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
         )
     run.status, run.progress, run.eta_s, run.finished_at = Run.Status.SUCCEEDED, 1.0, None, timezone.now()
     run.save(update_fields=["status", "progress", "eta_s", "finished_at"])
-    run_event_send_on_commit(run.pk, status_event(run))
+    run_log(run.pk, f"succeeded: exported {size / 2**20:.1f} MB (zip)")
+    status_send_on_commit(run)
     return run
 
 
@@ -277,4 +382,5 @@ def run_fail(run_id: int, error: str) -> None:
     Run.objects.filter(pk=run_id).update(
         status=Run.Status.FAILED, error=error[:10_000], eta_s=None, finished_at=timezone.now()
     )
-    run_event_send_on_commit(run_id, status_event(Run.objects.get(pk=run_id)))
+    run_log(run_id, f"failed: {error.splitlines()[0] if error else 'no message'}")
+    status_send_on_commit(Run.objects.get(pk=run_id))

@@ -1,4 +1,4 @@
-"""Celery tasks: interfaces that fetch by id and call the engine and the services, nothing more."""
+"""Celery tasks and worker hooks: interfaces that fetch by id and call the engine and the services."""
 
 from __future__ import annotations
 
@@ -7,26 +7,47 @@ import socket
 import traceback
 
 from celery import shared_task
+from celery.signals import worker_ready
+from django.db import connections
 
 from distill.config import parse_config
 from distill.trainer import train
 from jobs import services
-from jobs.progress import RecordProgress
+from jobs.progress import RunMonitor
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="jobs.run_execute")
 def run_execute(self, run_id: int) -> None:
-    """Train one run. The database claim makes a redelivered message a no-op."""
-    run = services.run_claim(run_id, host=socket.gethostname(), task_id=self.request.id or "")
+    """Train one run, or resume it from its checkpoint. The database claim makes a redelivered message a no-op.
+
+    The worker's node name (``celery@host``) is stored as the run's host: a worker that starts again under
+    that name marks the run interrupted (``interrupt_runs_of_restarted_worker``).
+    """
+    run = services.run_claim(run_id, host=self.request.hostname or socket.gethostname(), task_id=self.request.id or "")
     if run is None:
         log.info("run %s is not queued any more; nothing to do", run_id)
         return
-    try:  # once claimed, the run must end succeeded or failed: nothing else would move it on
+    try:  # once claimed, the run must end succeeded, failed or stopped: nothing else would move it on
         cfg = parse_config({**run.config, "output_dir": str(services.run_output_dir(run))})
-        result = train(cfg, [RecordProgress(run.id)])
-        services.run_succeed(run.id, result.as_dict())
+        with RunMonitor(run.id, run.team_id) as monitor:
+            result = train(cfg, [monitor], resume=True)
+        if result.stopped:
+            services.run_stopped(run.id)
+        else:
+            services.run_succeed(run.id, result.as_dict())
     except Exception as exc:
         log.exception("run %s failed", run_id)
         services.run_fail(run.id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+
+
+@worker_ready.connect
+def interrupt_runs_of_restarted_worker(sender, **kwargs) -> None:
+    """A worker starting under a node name cannot have runs of that name still running: they died with the
+    previous process (killed, out of memory, host rebooted), so they are marked interrupted at once rather
+    than when their heartbeat goes stale."""
+    marked = services.runs_interrupt(host=sender.hostname)
+    if marked:
+        log.warning("runs %s were running on %s when it stopped: interrupted", marked, sender.hostname)
+    connections.close_all()  # opened in the parent process: forked pool children must not share it

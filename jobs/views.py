@@ -18,7 +18,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from pydantic import BaseModel
 
 from distill.config import RunConfig
@@ -166,6 +166,27 @@ def runs(request: HttpRequest) -> HttpResponse:
     return render(request, "jobs/runs.html", context)
 
 
+RUN_ACTIONS = {
+    "cancel": (services.run_cancel, "Cancel requested: the run stops at its next step, with a checkpoint."),
+    "resume": (services.run_resume, "Resumed: the run continues from its last checkpoint when a worker is free."),
+}
+
+
+@login_required
+@require_POST
+def run_action(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+    """Cancel or resume (owner and member roles); refusals come back as a message on the run page."""
+    service, done = RUN_ACTIONS[action]
+    run, _can_write = get_for_user(Run, request.user, run_id)
+    try:
+        service(user=request.user, run=run)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, done)
+    return redirect("run_detail", run_id=run.pk)
+
+
 @login_required
 @require_GET
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
@@ -173,7 +194,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         Run.objects.select_related("team", "teacher", "dataset", "study"), request.user, run_id
     )
     run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
-    status_context = {"run": run, "live": run.status in LIVE}
+    status_context = {"run": run, "live": run.status in LIVE, "can_write": can_write}
     if request.GET.get("partial") == "status":
         # htmx polling, while the live socket is not connected (live.js): once the run has stopped, reload
         # the whole page for its results and curves
@@ -185,12 +206,12 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows
     context = {
         **status_context,
-        "can_write": can_write,
         "config_yaml": yaml.safe_dump(in_field_order(run.config), sort_keys=False, allow_unicode=True, width=100),
         "evaluations": evaluation_rows(evaluations),
         "comparisons": comparison_rows(evaluations),
         "series": backfill["series"],
         "last_step": backfill["last_step"],
+        "log_tail": backfill["log"],
         "artifacts": run.artifacts.order_by("kind", "created_at"),
     }
     return render(request, "jobs/run_detail.html", context)

@@ -15,11 +15,12 @@
    Celery's main process survives it, fails the task with WorkerLostError and forks a fresh one, and
    ``--max-tasks-per-child 1`` gives every run a fresh process, so a run's memory goes back to the system
    when it ends. With solo the same crash takes the worker down, and with it (by design, below) kdweb.
+   watchdog: ``manage.py watchdog`` marks runs whose worker stopped heartbeating ``interrupted``.
 4. When ``/login/`` answers, it prints the URL and the login.
 
 Each child runs in its own process group (so a terminal's Ctrl-C reaches only the launcher, which stops
 them in order) and gets SIGTERM from the kernel if the launcher itself is killed (PR_SET_PDEATHSIG).
-SIGINT/SIGTERM/SIGHUP: web and worker get SIGTERM (the worker's warm shutdown lets a running job go on for
+SIGINT/SIGTERM/SIGHUP: web, worker and watchdog get SIGTERM (the worker's warm shutdown lets a running job go on for
 ``KDWEB_STOP_TIMEOUT`` seconds, 10 by default, then a cold SIGQUIT stops it: the run is left for the
 heartbeat to mark interrupted), Redis last, then anything left in their process groups is killed; a second
 Ctrl-C kills at once. Exit status 0. If a child dies on its own, the others are stopped the same way and the
@@ -194,6 +195,7 @@ class Launcher:
             worker += ["--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1"]
             worker += ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
             self.start("worker", worker, worker_env)
+            self.start("watchdog", [sys.executable, "manage.py", "watchdog"])
             if demo:
                 self.wait_for(demo)
             # the first request loads the URLconf (and the engine behind the views): wait for a real page

@@ -5,6 +5,9 @@ REDIS_URL      Celery broker and channel layer (redis://host:port/db or unix:///
                starts an embedded Redis when unset. CELERY_BROKER_URL overrides the broker alone.
 KDWEB_DEBUG    "True"/"False" (default True). With False, DJANGO_SECRET_KEY must be set.
 KDWEB_DATA_DIR where uploads, checkpoints, exported students and the SQLite database live (default ./var).
+KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default 5).
+KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
+KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs (default 10).
 """
 
 import os
@@ -98,6 +101,10 @@ STATICFILES_DIRS = [BASE_DIR / "frontend" / "static", ("plotly", Path(plotly.__f
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "media/"
 RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the worker's host
+# Crash detection (jobs.progress heartbeats, services.runs_interrupt): stale must exceed a few heartbeats.
+KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
+KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
+KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 2**20
 

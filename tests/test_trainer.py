@@ -31,6 +31,9 @@ class Recorder(Callback):
     def on_evaluate(self, state, control, metrics):
         self.events.append(f"evaluate:{state.step}")
 
+    def on_save(self, state, control):
+        self.events.append(f"save:{state.step}")
+
     def on_train_end(self, state, control, result):
         self.events.append("train_end")
 
@@ -39,7 +42,7 @@ class Recorder(Callback):
 
 
 def test_it_calls_callbacks_in_order(base_config):
-    base_config["eval_every"] = 3
+    base_config.update(eval_every=3, checkpoint_every=4)
     rec = Recorder()
     result = train(parse_config(base_config), [rec])
     assert rec.events == [
@@ -49,13 +52,16 @@ def test_it_calls_callbacks_in_order(base_config):
         "step_end:3",
         "evaluate:3",
         "step_end:4",
+        "save:4",  # before the checkpoint is written: callbacks make what they keep durable first
         "step_end:5",
         "step_end:6",
         "evaluate:6",
+        "save:6",
         "train_end",
     ]
     assert not result.stopped and result.state.step == 6
-    assert set(rec.logs[0]) == {"loss/task", "loss/output", "loss/feature", "loss/attention", "loss/total", "lr"}
+    terms = ("task", "output", "feature", "attention")
+    assert set(rec.logs[0]) == {*(f"loss/{t}" for t in terms), *(f"share/{t}" for t in terms), "loss/total", "lr"}
 
 
 def test_it_logs_only_the_terms_of_its_kind(base_config):
@@ -63,6 +69,10 @@ def test_it_logs_only_the_terms_of_its_kind(base_config):
         rec = Recorder()
         train(parse_config({**base_config, "kind": kind, "optim": {**base_config["optim"], "max_steps": 1}}), [rec])
         assert {k.removeprefix("loss/") for k in rec.logs[0] if k.startswith("loss/")} == terms | {"total"}
+        # a share only where two or more terms make up the total
+        assert {k.removeprefix("share/") for k in rec.logs[0] if k.startswith("share/")} == (
+            terms if len(terms) > 1 else set()
+        )
 
 
 def test_it_weights_the_total_from_the_unweighted_terms(base_config):
@@ -74,6 +84,9 @@ def test_it_weights_the_total_from_the_unweighted_terms(base_config):
     terms = {"task": 0.5, "output": 2.0, "feature": 3.0, "attention": 0.25}
     expected = sum(weight * logs[f"loss/{name}"] for name, weight in terms.items())
     assert logs["loss/total"] == pytest.approx(expected, rel=1e-5)
+    for name, weight in terms.items():  # the share plotted as a stacked area: weighted term over total
+        assert logs[f"share/{name}"] == pytest.approx(weight * logs[f"loss/{name}"] / expected, rel=1e-5)
+    assert sum(v for k, v in logs.items() if k.startswith("share/")) == pytest.approx(1.0)
 
 
 def test_it_learns_the_task_without_a_teacher(base_config):

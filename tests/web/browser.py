@@ -12,14 +12,21 @@ database after closing it. The live server answers from its own threads, so it i
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +42,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 VIEWPORT = {"width": 1280, "height": 900}
+SCREENSHOT_TIMEOUT_MS = 20_000
 
 
 def require_chromium() -> Path:
@@ -88,6 +96,8 @@ class BrowserSession:
     page: Page
     watch: PageWatch
     shots: list[Path] = field(default_factory=list)
+    prefix: str = ""  # of the screenshots' names, so the files of several tests can sit side by side
+    first_shot: int = 1  # number of the first screenshot (a later session of a test goes on counting)
     clicks: int = 0
     extra_clicks: int = 0  # clicks a user in a hurry would not make (showing errors, trying the editor)
 
@@ -100,21 +110,39 @@ class BrowserSession:
     def needed_clicks(self) -> int:
         return self.clicks - self.extra_clicks
 
-    def shot(self, name: str) -> Path:
-        """A full-page screenshot, ``NN-name.png`` in the order taken."""
-        path = ARTIFACTS / f"{len(self.shots) + 1:02d}-{name}.png"
-        self.page.screenshot(path=path, full_page=True)
+    def shot(self, name: str, target: Locator | None = None) -> Path:
+        """A full-page screenshot (or one of ``target`` only, quicker), ``<prefix>NN-name.png`` in the order
+        taken."""
+        path = ARTIFACTS / f"{self.prefix}{self.first_shot + len(self.shots):02d}-{name}.png"
+        for attempt in (1, 2):
+            try:
+                if target is not None:
+                    target.screenshot(path=path, timeout=SCREENSHOT_TIMEOUT_MS)
+                else:
+                    self.page.screenshot(path=path, full_page=True, timeout=SCREENSHOT_TIMEOUT_MS)
+                break
+            except PlaywrightError:
+                if attempt == 2:
+                    raise
+                # a live page reloads itself when its run ends: a shot taken across that never completes
+                self.page.wait_for_load_state("load")
         self.shots.append(path)
         return path
 
 
 @contextmanager
-def chromium_session(*, timeout_ms: int = 20_000) -> Iterator[BrowserSession]:
-    """One Chromium page in a fresh context; earlier numbered screenshots are removed first."""
+def chromium_session(*, timeout_ms: int = 20_000, prefix: str = "", keep: bool = False) -> Iterator[BrowserSession]:
+    """One Chromium page in a fresh browser and context.
+
+    Its screenshots are named ``<prefix>NN-name.png``; earlier ones of the same prefix are removed first,
+    unless ``keep`` (a test's later session), which numbers on after them.
+    """
     executable = require_chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("[0-9][0-9]-*.png"):
-        old.unlink()
+    earlier = sorted(ARTIFACTS.glob(f"{glob.escape(prefix)}[0-9][0-9]-*.png"))
+    if not keep:
+        for old in earlier:
+            old.unlink()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         try:
@@ -123,6 +151,59 @@ def chromium_session(*, timeout_ms: int = 20_000) -> Iterator[BrowserSession]:
             page = context.new_page()
             watch = PageWatch()
             watch.attach(page)
-            yield BrowserSession(page, watch)
+            yield BrowserSession(page, watch, prefix=prefix, first_shot=len(earlier) + 1 if keep else 1)
         finally:
             browser.close()
+
+
+# --- the run page, as its scripts publish it -----------------------------------------------------------------
+
+
+def in_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a thread of its own (with its own database connection, closed after)."""
+
+    def call():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
+
+
+def session_cookie(user) -> str:
+    """A logged-in session of ``user`` (stored in the test database, which daphne reads)."""
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def open_as(s: BrowserSession, base: str, cookie: str, path: str) -> Page:
+    s.page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": base}])
+    s.page.goto(f"{base}{path}")
+    return s.page
+
+
+def counts(page: Page) -> dict[str, int]:
+    """Points per series the run page holds (charts.js, once it has drawn the charts)."""
+    charts = page.locator("#charts[data-counts]")
+    charts.wait_for(state="attached")
+    return json.loads(charts.get_attribute("data-counts") or "{}")
+
+
+def total_points_above(page: Page, n: int, timeout_ms: float) -> int:
+    page.wait_for_function(
+        "n => (JSON.parse(document.getElementById('charts').dataset.counts || '{}')['loss/total'] || 0) > n",
+        arg=n,
+        timeout=timeout_ms,
+    )
+    return counts(page)["loss/total"]
+
+
+def chart_steps(page: Page, group: str = "loss/total") -> list[int]:
+    """The steps of the first trace of a chart, as Plotly draws them."""
+    page.locator("#charts[data-counts]").wait_for(state="attached")
+    return page.evaluate(
+        "group => Array.from(document.querySelector(`#charts .chart[data-group='${group}']`).data[0].x)", group
+    )

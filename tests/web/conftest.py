@@ -8,12 +8,16 @@ test database and the test Redis.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -134,31 +138,12 @@ def queued_run(owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callb
         )
 
 
-# --- a real Celery worker ---------------------------------------------------------------------------
+def enqueued(callbacks) -> int:
+    """How many of the captured on-commit callbacks send a run to the broker (``services._enqueue``)."""
+    return sum("_enqueue" in cb.__code__.co_names for cb in callbacks)
 
 
-@dataclass
-class WorkerProcess:
-    """A ``celery worker`` subprocess consuming one queue of its own."""
-
-    queue: str
-    data_dir: Path
-    log_path: Path
-    process: subprocess.Popen
-
-    def log(self, tail: int = 200) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-tail:])
-
-    def wait_for(self, run: Run, timeout: float = RUN_TIMEOUT_S) -> Run:
-        """Poll the database until ``run`` is finished; fail with its error and this worker's log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run.refresh_from_db()
-            if run.is_finished:
-                return run
-            time.sleep(0.5)
-        pytest.fail(f"run {run.pk} is still {run.status} after {timeout} s; error: {run.error!r}\n{self.log()}")
+# --- real processes: a Celery worker, daphne -----------------------------------------------------------
 
 
 def _database_url(db: dict) -> str:
@@ -171,12 +156,110 @@ def _database_url(db: dict) -> str:
     return f"postgres://{auth}{host}{port}/{quote(db['NAME'], safe='')}"
 
 
+def process_env(data_dir: Path, redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a kdweb process of the tests: the test database (created by django_db_setup),
+    the test Redis (or ``redis_url``) and its own data folder."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail(
+            "the tests with real processes need PostgreSQL, which those processes can share with the tests: "
+            "set DATABASE_URL, e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/kdweb"
+        )
+    redis_url = redis_url or settings.REDIS_URL
+    return {
+        **os.environ,
+        "DATABASE_URL": _database_url(db),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL if redis_url == settings.REDIS_URL else redis_url,
+        "KDWEB_DATA_DIR": str(data_dir),
+        "KDWEB_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        # one torch thread: with one per core, torch spins for cores that the browser, daphne and the tests
+        # need, and the tiny models train 5-20 times slower, unevenly (55 steps/s steady with one)
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+@dataclass
+class WorkerProcess:
+    """A ``celery worker`` subprocess consuming one queue of its own, in its own process group."""
+
+    queue: str
+    node: str  # its node name, stored as the host of the runs it claims
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def log(self, tail: int = 200) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    def wait_for(self, run: Run, timeout: float = RUN_TIMEOUT_S, until=lambda r: r.is_finished) -> Run:
+        """Poll the database until ``until(run)`` (by default: finished); fail with its error and this log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run.refresh_from_db()
+            if until(run):
+                return run
+            time.sleep(0.2)
+        pytest.fail(
+            f"run {run.pk} is still {run.status} at step {run.step} after {timeout} s; "
+            f"error: {run.error!r}\n{self.log()}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children: nothing runs its cleanup, as when a host dies."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
 def _consumed(queue: str) -> bool:
     """Whether a running worker consumes ``queue`` (Celery's remote control, over the broker)."""
     from kdweb.celery import app
 
     replies = app.control.inspect(timeout=1).active_queues() or {}
     return any(q["name"] == queue for queues in replies.values() for q in queues)
+
+
+def start_worker(queue: str, data_dir: Path, env: dict[str, str], log_name: str = "worker.log") -> WorkerProcess:
+    """Start a worker on ``queue`` (node ``<queue>@kdweb-test``) and return once it consumes the queue."""
+    node = f"{queue}@kdweb-test"
+    log_path = data_dir / log_name
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "kdweb", "worker", "-Q", queue, "-n", node),
+        *("--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = WorkerProcess(queue, node, data_dir, log_path, process)
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            pytest.fail(f"the worker exited with code {worker.process.returncode}:\n{worker.log()}")
+        if "ready." in worker.log(tail=50) and (env["REDIS_URL"] != settings.REDIS_URL or _consumed(queue)):
+            return worker
+        time.sleep(0.3)
+    stop_worker(worker)
+    pytest.fail(f"the worker did not consume {queue} within {WORKER_READY_TIMEOUT_S} s:\n{worker.log()}")
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    """Warm shutdown (finishes the current task), then the queue is dropped from the test broker."""
+    if worker.process.poll() is None:
+        worker.process.send_signal(signal.SIGTERM)
+        try:
+            worker.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    _forget_queue(worker.queue)
+
+
+def new_queue() -> str:
+    return f"kdweb-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -186,59 +269,12 @@ def celery_worker_process(django_db_setup, tmp_path_factory):
     The worker is another process, so it sees only committed data: tests that use it need
     ``@pytest.mark.django_db(transaction=True)``.
     """
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.fail(
-            "the worker tests need PostgreSQL, which a worker process can share with the tests: "
-            "set DATABASE_URL, e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/kdweb"
-        )
-    queue = f"kdweb-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     data_dir = tmp_path_factory.mktemp("worker-data")
-    log_path = data_dir / "worker.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(db),  # the test database, created by django_db_setup
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,  # the broker the tests send to
-        "KDWEB_DATA_DIR": str(data_dir),
-        "KDWEB_LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [
-        *(sys.executable, "-m", "celery", "-A", "kdweb", "worker", "-Q", queue, "-n", f"{queue}@%h"),
-        *("--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
-        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(queue, data_dir, log_path, process)
+    worker = start_worker(new_queue(), data_dir, process_env(data_dir))
     try:
-        _wait_until_ready(worker)
         yield worker
     finally:
-        _stop(worker)
-
-
-def _wait_until_ready(worker: WorkerProcess) -> None:
-    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            pytest.fail(f"the worker exited with code {worker.process.returncode}:\n{worker.log()}")
-        if _consumed(worker.queue):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"the worker did not consume {worker.queue} within {WORKER_READY_TIMEOUT_S} s:\n{worker.log()}")
-
-
-def _stop(worker: WorkerProcess) -> None:
-    worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finishes the current task, then exits
-    try:
-        worker.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait(timeout=10)
-    _forget_queue(worker.queue)
-    assert worker.process.returncode is not None, "the worker did not exit"
+        stop_worker(worker)
 
 
 def _forget_queue(queue: str) -> None:
@@ -251,3 +287,43 @@ def _forget_queue(queue: str) -> None:
         bound = Queue(queue, Exchange(queue), routing_key=queue)(connection.default_channel)
         bound.declare()  # makes the binding known to this channel, so delete removes it too
         bound.delete()
+
+
+@contextmanager
+def daphne(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """daphne serving kdweb on a free port with ``env``; yields its URL once it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "kdweb.asgi:application"]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/login/")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"daphne did not start:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def asgi_server(celery_worker_process: WorkerProcess) -> Iterator[str]:
+    """daphne on a free port, reading the test database and the worker's data folder; yields its URL."""
+    data_dir = celery_worker_process.data_dir
+    with daphne(process_env(data_dir), data_dir / "daphne.log") as url:
+        yield url

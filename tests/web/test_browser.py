@@ -11,25 +11,17 @@ Screenshots of every page land in ``test-artifacts/browser/`` (gitignored).
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 from jobs.models import DatasetSpec, Evaluation, Membership, Run, Team
 from tests.web.browser import BrowserSession, chromium_session
-from tests.web.conftest import REPO, WorkerProcess, _database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,46 +29,6 @@ USERNAME, PASSWORD = "brenda", "browser-pass-4821"
 TEACHER_NAME, DATASET_NAME = "tiny-bert-web", "reviews-upload"
 RUN_TIMEOUT_S = 120
 CHART_GROUPS = ("loss/task", "loss/output", "loss/feature", "loss/attention")
-
-
-@pytest.fixture
-def asgi_server(celery_worker_process: WorkerProcess) -> Iterator[str]:
-    """daphne on a free port, reading the test database and the worker's data folder; yields its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(settings.DATABASES["default"]),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "KDWEB_DATA_DIR": str(celery_worker_process.data_dir),
-    }
-    log_path = celery_worker_process.data_dir / "daphne.log"
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "kdweb.asgi:application"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/login/")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"daphne did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from django.test import Client
 from distill.callbacks import Control, TrainState
 from jobs import events
 from jobs.models import DatasetSpec, MetricPoint, Run
-from jobs.progress import RecordProgress
+from jobs.progress import RunMonitor
 from kdweb.asgi import application
 from tests.web.conftest import teacher_row
 
@@ -123,14 +123,21 @@ def test_it_lets_every_member_of_the_team_watch(request, persona, live_run):
         return backfill, status
 
     backfill, status = scenario()
-    assert backfill == {"type": "backfill", "series": {"loss/task": [[1, 1.0], [2, 0.5], [3, 1 / 3]]}, "last_step": 3}
+    assert backfill == {
+        "type": "backfill",
+        "series": {"loss/task": [[1, 1.0], [2, 0.5], [3, 1 / 3]]},
+        "last_step": 3,
+        "log": [],
+    }
     assert status == {
         "type": "status",
+        "run_id": live_run.pk,
         "status": "running",
         "progress": 0.25,
         "eta_s": 90.0,
         "step": 30,
         "total_steps": 120,
+        "cancel_requested": False,
     }
     events.check_event(backfill)
     events.check_event(status)
@@ -201,14 +208,16 @@ def test_it_downsamples_the_backfill_to_2000_points_per_series_keeping_both_ends
     assert backfill["last_step"] == 5000
 
 
-def test_it_sends_only_the_points_after_the_step_a_reconnecting_page_has(member, live_run):
+def test_it_sends_only_the_points_from_the_step_a_reconnecting_page_has(member, live_run):
+    """From that step on, not after it: the page may hold a step's losses but not yet its validation
+    metrics, which the worker stores in a later batch; it drops what it already has."""
     _points(live_run, ("loss/task", "val/accuracy"), range(1, 101))
 
     @async_to_sync
     async def scenario():
-        communicator, backfill, status = await _open(live_run.pk, member, "?after=97")
+        communicator, backfill, status = await _open(live_run.pk, member, "?after=98")
         await communicator.disconnect()
-        empty_communicator, empty, _status = await _open(live_run.pk, member, "?after=100")
+        empty_communicator, empty, _status = await _open(live_run.pk, member, "?after=101")
         await empty_communicator.disconnect()
         return backfill, status, empty
 
@@ -218,7 +227,7 @@ def test_it_sends_only_the_points_after_the_step_a_reconnecting_page_has(member,
         "val/accuracy": [[98, 1 / 98 + 1], [99, 1 / 99 + 1], [100, 1 / 100 + 1]],
     }
     assert backfill["last_step"] == 100 and status["type"] == "status"
-    assert empty == {"type": "backfill", "series": {}, "last_step": 100}
+    assert empty == {"type": "backfill", "series": {}, "last_step": 101, "log": []}
 
 
 def test_it_sends_an_empty_backfill_for_a_run_without_points(viewer, live_run):
@@ -228,7 +237,7 @@ def test_it_sends_an_empty_backfill_for_a_run_without_points(viewer, live_run):
         await communicator.disconnect()
         return backfill
 
-    assert scenario() == {"type": "backfill", "series": {}, "last_step": 0}
+    assert scenario() == {"type": "backfill", "series": {}, "last_step": 0, "log": []}
 
 
 # --- live events ------------------------------------------------------------------------------------------------
@@ -240,8 +249,8 @@ def test_it_forwards_live_events_to_every_watcher_of_the_run_and_no_other(owner,
         config={}, queue="default",
     )  # fmt: skip
     metrics = {"type": "metrics", "points": [{"name": "loss/task", "step": 31, "value": 0.25}]}
-    status = {"type": "status", "status": "running", "progress": 0.5, "eta_s": 12.0, "step": 60, "total_steps": 120}
-    log = {"type": "log", "line": "step 31: loss 0.25"}
+    status = {"type": "status", "run_id": live_run.pk, "status": "running", "progress": 0.5, "eta_s": 12.0}
+    log = {"type": "log", "lines": ["step 31: loss 0.25"]}
 
     @async_to_sync
     async def scenario():
@@ -277,30 +286,35 @@ def test_it_leaves_the_group_when_the_socket_closes(member, live_run):
 
 
 def test_it_publishes_status_when_a_run_fails(member, live_run):
-    """services.run_fail publishes the final status once its transaction commits."""
+    """services.run_fail publishes its log line and the final status once its transaction commits."""
     from jobs import services
 
     @async_to_sync
     async def scenario():
         communicator, _, _ = await _open(live_run.pk, member)
-        await sync_to_async(services.run_fail)(live_run.pk, "RuntimeError: boom")
-        message = await communicator.receive_json_from(timeout=TIMEOUT)
+        await sync_to_async(services.run_fail)(live_run.pk, "RuntimeError: boom\n\nTraceback ...")
+        messages = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
         await communicator.disconnect()
-        return message
+        return messages
 
-    assert scenario() == {
-        "type": "status",
-        "status": "failed",
-        "progress": 0.25,
-        "eta_s": None,
-        "step": 30,
-        "total_steps": 120,
-    }
+    assert scenario() == [
+        {"type": "log", "lines": ["failed: RuntimeError: boom"]},
+        {
+            "type": "status",
+            "run_id": live_run.pk,
+            "status": "failed",
+            "progress": 0.25,
+            "eta_s": None,
+            "step": 30,
+            "total_steps": 120,
+            "cancel_requested": False,
+        },
+    ]
 
 
 def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
-    """RecordProgress.flush writes a batch, then sends the same batch and the progress to the watchers."""
-    recorder = RecordProgress(live_run.pk, flush_every_s=3600)
+    """RunMonitor.flush writes a batch, then sends the same batch and the progress to the watchers."""
+    recorder = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
     state = TrainState(step=0, total_steps=120, elapsed_s=0.0)
 
     def train_two_steps() -> None:
@@ -329,11 +343,13 @@ def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
     }
     assert status == {
         "type": "status",
+        "run_id": live_run.pk,
         "status": "running",
         "progress": 32 / 120,
         "eta_s": 16.0 / 32 * 88,
         "step": 32,
         "total_steps": 120,
+        "cancel_requested": False,
     }
     assert MetricPoint.objects.filter(run=live_run).count() == 4  # stored before it was published
 
@@ -343,7 +359,7 @@ def test_it_keeps_storing_points_when_redis_is_unreachable(settings, live_run, c
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
     }
-    recorder = RecordProgress(live_run.pk, flush_every_s=3600)
+    recorder = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
     state = TrainState(step=40, total_steps=120, elapsed_s=20.0)
     recorder.on_step_end(state, Control(), {"loss/task": 0.5})
 
@@ -355,3 +371,86 @@ def test_it_keeps_storing_points_when_redis_is_unreachable(settings, live_run, c
     live_run.refresh_from_db()
     assert live_run.step == 40 and live_run.progress == pytest.approx(1 / 3)
     assert "not published" in caplog.text
+
+
+def test_the_backfill_carries_the_tail_of_the_log(member, live_run):
+    from jobs import services
+    from jobs.selectors import LOG_TAIL_LINES
+
+    services.run_log(live_run.pk, *(f"line {i}" for i in range(LOG_TAIL_LINES + 5)))
+
+    @async_to_sync
+    async def scenario():
+        communicator, backfill, _status = await _open(live_run.pk, member)
+        await communicator.disconnect()
+        return backfill
+
+    assert scenario()["log"] == [f"line {i}" for i in range(5, LOG_TAIL_LINES + 5)]  # the newest, oldest first
+
+
+# --- the runs list -------------------------------------------------------------------------------------------
+
+
+def _list_socket(user=None) -> WebsocketCommunicator:
+    headers = [LOCAL_ORIGIN, (b"host", b"localhost")] + ([_cookie(user)] if user else [])
+    return WebsocketCommunicator(application, "/ws/runs/", headers=headers)
+
+
+def test_the_runs_list_hears_the_status_of_its_teams_runs_only(viewer, outsider, live_run, other_team):
+    """A status sent with the team id reaches the lists of that team's members, not other teams' lists;
+    metrics and log lines stay on the run's own socket."""
+    status = events.status_event(live_run)
+    metrics = {"type": "metrics", "points": [{"name": "loss/task", "step": 31, "value": 0.25}]}
+
+    @async_to_sync
+    async def scenario():
+        mine, theirs = await sync_to_async(_list_socket)(viewer), await sync_to_async(_list_socket)(outsider)
+        for c in (mine, theirs):
+            assert (await c.connect(timeout=TIMEOUT))[0]
+        send = sync_to_async(events.run_event_send)
+        assert await send(live_run.pk, metrics, team_id=live_run.team_id)
+        assert await send(live_run.pk, status, team_id=live_run.team_id)
+        received = await mine.receive_json_from(timeout=TIMEOUT)
+        nothing_more = await mine.receive_nothing(timeout=0.3)
+        nothing_theirs = await theirs.receive_nothing(timeout=0.3)
+        for c in (mine, theirs):
+            await c.disconnect()
+        return received, nothing_more, nothing_theirs
+
+    received, nothing_more, nothing_theirs = scenario()
+    assert received == status and received["run_id"] == live_run.pk
+    assert nothing_more and nothing_theirs
+
+
+def test_the_runs_list_refuses_someone_not_logged_in(live_run):
+    assert async_to_sync(_refusal)(_list_socket()) == 4403
+
+
+def test_points_not_published_while_redis_is_down_go_out_once_it_is_back(settings, member, live_run):
+    """The worker keeps what it could not publish and sends it with the next batch: an open page's chart
+    stays complete through a Redis restart, without waiting for a reconnect."""
+    live_layers = settings.CHANNEL_LAYERS
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    monitor = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
+    state = TrainState(step=40, total_steps=120, elapsed_s=20.0)
+    monitor.on_step_end(state, Control(), {"loss/task": 0.5})
+    monitor.flush(state)  # stored, not published
+    settings.CHANNEL_LAYERS = live_layers  # Redis is back
+
+    @async_to_sync
+    async def scenario():
+        communicator, _, _ = await _open(live_run.pk, member, "?after=40")
+        state.step = 41
+        await sync_to_async(monitor.on_step_end)(state, Control(), {"loss/task": 0.25})
+        await sync_to_async(monitor.flush)(state)
+        metrics = await communicator.receive_json_from(timeout=TIMEOUT)
+        await communicator.disconnect()
+        return metrics
+
+    assert scenario()["points"] == [
+        {"name": "loss/task", "step": 40, "value": 0.5},
+        {"name": "loss/task", "step": 41, "value": 0.25},
+    ]
+    assert monitor.unpublished == []

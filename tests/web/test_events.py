@@ -18,10 +18,15 @@ from jobs import events
 from jobs.models import Run
 
 METRICS = {"type": "metrics", "points": [{"name": "loss/feature", "step": 120, "value": 0.41}]}
-STATUS = {"type": "status", "status": "running", "progress": 0.42, "eta_s": 310}
-STATUS_FULL = {**STATUS, "eta_s": None, "step": 42, "total_steps": 100}
-LOG = {"type": "log", "line": "step 120: loss 0.41"}
-BACKFILL = {"type": "backfill", "series": {"loss/task": [[1, 0.7], [2, None]]}, "last_step": 2}
+STATUS = {"type": "status", "run_id": 7, "status": "running", "progress": 0.42, "eta_s": 310}
+STATUS_FULL = {**STATUS, "eta_s": None, "step": 42, "total_steps": 100, "cancel_requested": True}
+LOG = {"type": "log", "lines": ["step 120: loss 0.41", "step 120 · validation accuracy 0.8125"]}
+BACKFILL = {
+    "type": "backfill",
+    "series": {"loss/task": [[1, 0.7], [2, None]]},
+    "last_step": 2,
+    "log": ["training 2 steps"],
+}
 
 
 @pytest.fixture
@@ -57,9 +62,13 @@ def test_it_validates_each_message_type_and_round_trips_it_through_json(payload)
         ({**STATUS, "progress": 1.5}, "progress"),
         ({**STATUS, "eta_s": "soon"}, "eta_s"),
         ({**STATUS, "step": True}, "integers"),
-        ({"type": "log", "line": b"bytes"}, "line must be a string"),
-        ({"type": "backfill", "series": {"loss/task": [(1, 0.7)]}, "last_step": 1}, "list of"),
-        ({"type": "backfill", "series": {}, "last_step": None}, "last_step"),
+        ({**STATUS, "run_id": "7"}, "run_id must be an integer"),
+        ({**STATUS, "cancel_requested": 1}, "cancel_requested must be a boolean"),
+        ({"type": "log", "lines": [b"bytes"]}, "lines must be a list of strings"),
+        ({"type": "log", "lines": "one line"}, "lines must be a list of strings"),
+        ({**BACKFILL, "series": {"loss/task": [(1, 0.7)]}}, "list of"),
+        ({**BACKFILL, "last_step": None}, "last_step"),
+        ({**BACKFILL, "log": [None]}, "log must be a list of strings"),
     ],
 )
 def test_it_refuses_a_payload_that_breaks_its_schema(payload, error):
@@ -72,8 +81,9 @@ def test_it_refuses_to_send_a_bad_payload(unreachable_redis):
         events.run_event_send(1, {"type": "status", "status": "running"})
 
 
-def test_it_names_the_group_of_a_run():
+def test_it_names_the_groups_of_a_run_and_of_a_team():
     assert events.run_group(42) == "run-42"
+    assert events.team_group(3) == "team-3"
 
 
 @pytest.mark.parametrize("payload", [METRICS, STATUS, LOG], ids=lambda p: p["type"])
@@ -103,13 +113,15 @@ def test_it_checks_an_on_commit_payload_at_once(unreachable_redis):
 
 
 def test_it_builds_the_status_of_a_run():
-    run = Run(status=Run.Status.RUNNING, progress=0.5, eta_s=12.5, step=5, total_steps=10)
+    run = Run(pk=9, status=Run.Status.RUNNING, progress=0.5, eta_s=12.5, step=5, total_steps=10)
     assert events.status_event(run) == {
         "type": "status",
+        "run_id": 9,
         "status": "running",
         "progress": 0.5,
         "eta_s": 12.5,
         "step": 5,
         "total_steps": 10,
+        "cancel_requested": False,
     }
     events.check_event(events.status_event(run))

@@ -133,3 +133,41 @@ def test_selectors_list_the_teams_objects_only(request, objects, name):
     assert list(selectors.run_list(user)) == ([objects[Run]] if visible else [])
     assert list(selectors.teacher_list(user)) == ([objects[Teacher]] if visible else [])
     assert list(selectors.dataset_list(user)) == ([objects[DatasetSpec]] if visible else [])
+
+
+# persona -> (HTTP status of POST cancel, the run's status after it)
+CANCEL_PAGE = {
+    "owner": (302, Run.Status.CANCELLED),
+    "member": (302, Run.Status.CANCELLED),
+    "viewer": (403, Run.Status.QUEUED),
+    "outsider": (404, Run.Status.QUEUED),
+    "anonymous": (302, Run.Status.QUEUED),  # to the login page
+}
+
+
+@pytest.mark.parametrize("name", PERSONAS)
+def test_cancel_and_resume_pages(request, client, queued_run, name):
+    if name != "anonymous":
+        client.force_login(persona(request, name))
+    expected_code, expected_status = CANCEL_PAGE[name]
+
+    response = client.post(f"/runs/{queued_run.pk}/cancel/")
+
+    assert response.status_code == expected_code
+    queued_run.refresh_from_db()
+    assert queued_run.status == expected_status
+    if name == "anonymous":
+        assert response["Location"].startswith("/login/")
+    if expected_status == Run.Status.CANCELLED:
+        assert response["Location"] == f"/runs/{queued_run.pk}/"
+        response = client.post(f"/runs/{queued_run.pk}/resume/", follow=True)
+        queued_run.refresh_from_db()
+        assert queued_run.status == Run.Status.QUEUED
+        assert b"Resumed: the run continues from its last checkpoint" in response.content
+
+
+def test_cancel_refuses_a_get_and_explains_an_impossible_action(client, owner, queued_run):
+    client.force_login(owner)
+    assert client.get(f"/runs/{queued_run.pk}/cancel/").status_code == 405
+    response = client.post(f"/runs/{queued_run.pk}/resume/", follow=True)  # a queued run
+    assert b"Only a cancelled or interrupted run can be resumed; this one is queued." in response.content

@@ -3,17 +3,21 @@ worker's side (claim, progress, failure), all against the real database and the 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
 from django.test import override_settings
+from django.utils import timezone
 
 from distill.layer_map import OUT_OF_RANGE
 from jobs import services
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
 from jobs.tasks import run_execute
-from tests.web.conftest import KD_SECTIONS, reviews_dataset
+from tests.web.conftest import KD_SECTIONS, enqueued, reviews_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -218,7 +222,7 @@ def test_run_create_saves_the_config_and_enqueues_on_commit(
 ):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         run = create_run(member, tiny_teacher, tiny_dataset, KD_SECTIONS)
-    assert len(callbacks) == 1
+    assert enqueued(callbacks) == 1  # besides the status for the runs lists
     run.refresh_from_db()
     assert (run.team, run.created_by, run.kind, run.status) == (team, member, "kd_feature", Run.Status.QUEUED)
     assert run.queue == settings.CELERY_TASK_DEFAULT_QUEUE and run.celery_task_id == ""
@@ -364,3 +368,117 @@ def test_it_refuses_paths_into_kdwebs_own_data_folder(team, owner, settings, tmp
         upload = tmp_path / "media" / "uploads" / "x.csv"
         services.dataset_create(user=owner, team=team, name="stolen", source=str(upload))
     assert info.value.message_dict == {"source": [services.IN_DATA_DIR]}
+
+
+# --- cancel, resume, heartbeats, interruption --------------------------------------------------------------
+
+
+def running(run: Run, *, beat_seconds_ago: float = 0.0, host: str = "w1@gpu") -> Run:
+    services.run_claim(run.pk, host=host, task_id="t")
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=beat_seconds_ago))
+    run.refresh_from_db()
+    return run
+
+
+def log_of(run: Run) -> list[str]:
+    return list(run.log_lines.order_by("id").values_list("text", flat=True))
+
+
+def test_cancelling_a_queued_run_ends_it_and_its_message_does_nothing(queued_run, member):
+    services.run_cancel(user=member, run=queued_run)
+    queued_run.refresh_from_db()
+    assert queued_run.status == Run.Status.CANCELLED and queued_run.finished_at is not None
+    assert services.run_claim(queued_run.pk, host="h", task_id="t") is None
+    assert log_of(queued_run) == ["cancel requested by mateo"]
+
+
+def test_cancelling_a_running_run_asks_its_worker_to_stop(queued_run, owner):
+    run = running(queued_run)
+    assert services.run_heartbeat(run.pk) is False
+
+    services.run_cancel(user=owner, run=run)
+    run.refresh_from_db()
+    assert (run.status, run.cancel_requested) == (Run.Status.RUNNING, True)
+    assert services.run_heartbeat(run.pk) is True  # what the worker's heartbeat thread reads
+
+    services.run_stopped(run.pk)  # the trainer checkpointed and returned
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED and run.is_resumable
+
+
+@pytest.mark.parametrize("status", [Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.CANCELLED])
+def test_a_finished_run_cannot_be_cancelled(queued_run, owner, status):
+    Run.objects.filter(pk=queued_run.pk).update(status=status)
+    with pytest.raises(ValidationError, match=f"A {status} run cannot be cancelled"):
+        services.run_cancel(user=owner, run=queued_run)
+
+
+def test_a_viewer_can_neither_cancel_nor_resume(queued_run, viewer):
+    with pytest.raises(PermissionDenied):
+        services.run_cancel(user=viewer, run=queued_run)
+    Run.objects.filter(pk=queued_run.pk).update(status=Run.Status.INTERRUPTED)
+    with pytest.raises(PermissionDenied):
+        services.run_resume(user=viewer, run=queued_run)
+    queued_run.refresh_from_db()
+    assert queued_run.status == Run.Status.INTERRUPTED
+
+
+@pytest.mark.parametrize("status", [Run.Status.CANCELLED, Run.Status.INTERRUPTED])
+def test_resuming_queues_the_same_run_again_on_commit(queued_run, member, status, django_capture_on_commit_callbacks):
+    run = running(queued_run)
+    Run.objects.filter(pk=run.pk).update(status=status, cancel_requested=True, finished_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.run_resume(user=member, run=run)
+    run.refresh_from_db()
+    assert (run.status, run.cancel_requested, run.finished_at) == (Run.Status.QUEUED, False, None)
+    assert enqueued(callbacks) == 1  # sent to the broker once committed (besides the log line and the status)
+
+    claimed = services.run_claim(run.pk, host="w2@gpu", task_id="t2")  # the next worker takes it from here
+    assert (claimed.attempts, claimed.started_at, claimed.host) == (2, run.started_at, "w2@gpu")
+
+
+@pytest.mark.parametrize("status", [Run.Status.QUEUED, Run.Status.RUNNING, Run.Status.SUCCEEDED, Run.Status.FAILED])
+def test_only_a_stopped_run_can_be_resumed(queued_run, owner, status):
+    Run.objects.filter(pk=queued_run.pk).update(status=status)
+    with pytest.raises(ValidationError, match=f"this one is {status}"):
+        services.run_resume(user=owner, run=queued_run)
+
+
+def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny_teacher, tiny_dataset):
+    stale = running(queued_run, beat_seconds_ago=120)
+    fresh = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="fresh"), beat_seconds_ago=5)
+
+    assert services.runs_interrupt(stale_after_s=60) == [stale.pk]
+
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (stale.status, fresh.status) == (Run.Status.INTERRUPTED, Run.Status.RUNNING)
+    assert log_of(stale)[-1].startswith("interrupted at step 0: no heartbeat for 60 s")
+    assert services.run_heartbeat(stale.pk) is True  # its worker, if it is alive after all, stops
+    assert services.runs_interrupt(stale_after_s=60) == []
+
+
+def test_a_restarted_worker_interrupts_the_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
+    mine = running(queued_run, host="w1@gpu")
+    other = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="other"), host="w2@gpu")
+
+    assert services.runs_interrupt(host="w1@gpu") == [mine.pk]
+
+    mine.refresh_from_db()
+    other.refresh_from_db()
+    assert (mine.status, other.status) == (Run.Status.INTERRUPTED, Run.Status.RUNNING)
+    assert "w1@gpu started again" in log_of(mine)[-1]
+
+
+def test_the_watchdog_command_refuses_a_staleness_below_the_heartbeat(settings):
+    settings.KDWEB_HEARTBEAT_S = 5
+    with pytest.raises(CommandError, match="must exceed the heartbeat interval"):
+        call_command("watchdog", "--once", "--stale-after", "5")
+
+
+def test_the_watchdog_command_interrupts_stale_runs(queued_run, capsys):
+    stale = running(queued_run, beat_seconds_ago=120)
+    call_command("watchdog", "--once", "--stale-after", "60")
+    stale.refresh_from_db()
+    assert stale.status == Run.Status.INTERRUPTED
+    assert f"run {stale.pk}: no heartbeat for 60 s, marked interrupted" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
 from jobs import services, wizard
 from jobs.models import Membership, Run, Teacher
-from tests.web.conftest import reviews_dataset, teacher_row
+from tests.web.conftest import enqueued, reviews_dataset, teacher_row
 
 # --- fixtures ---------------------------------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ def test_it_launches_the_run_with_the_engine_validated_config(
         response = wiz_client.post(url("review"), {"name": "wiz-first"})
     run = Run.objects.get(name="wiz-first")
     assert response.status_code == 302 and response["Location"] == reverse("run_detail", kwargs={"run_id": run.pk})
-    assert len(callbacks) == 1  # the Celery task, enqueued on commit (not sent here)
+    assert enqueued(callbacks) == 1  # the Celery task, enqueued on commit (not sent here)
     assert (run.kind, run.teacher, run.dataset, run.team) == ("kd_feature", tiny_teacher, tiny_dataset, team)
     assert run.queue == settings.CELERY_TASK_DEFAULT_QUEUE and run.status == Run.Status.QUEUED
     cfg = run.config

@@ -1,33 +1,28 @@
-// The live view of a running run: a websocket to /ws/runs/<id>/ (jobs/consumers.py, messages of DESIGN §8).
-// The page starts with the stored series (embedded, the same downsampled backfill the socket sends) and asks
-// the socket only for the points after the last step it has (?after=<step>), again after every reconnect.
+// The live view of a queued or running run: a websocket to /ws/runs/<id>/ (jobs/consumers.py RunConsumer,
+// messages of jobs/events.py). The page starts with the stored series (embedded, the same downsampled
+// backfill the socket sends) and the log tail, and asks the socket only for the points after the last step
+// it has (?after=<step>), again after every reconnect.
 // - backfill and metrics messages extend the charts (charts.js RunCharts.extend); points at or before the
 //   last step already drawn for their series are dropped (a point may come both in a backfill and live);
-// - status messages update the status block (badge, progress bar, ETA, step); a run that stops reloads
-//   the page for its results;
-// - a lost socket shows "reconnecting…" and retries with exponential backoff (1 s doubling to 30 s, with
-//   jitter); codes 4403/4404 (not logged in, no such run) stop the retries.
+// - the backfill's log replaces the log panel, log messages append to it (logtail.js);
+// - status messages update the status block (badge, progress bar, ETA, step) and show "cancelling…" once a
+//   cancel is requested; a change between queued and running refreshes the status block (its notes, host,
+//   start time) from the server; a run that stops reloads the page for its results;
+// - a lost socket shows "reconnecting…" and retries with exponential backoff (status_ui.ReconnectingSocket);
+//   codes 4403/4404 (not logged in, no such run) stop the retries.
 // While the socket is not connected, the htmx polling of the status block (partials/run_status.html) runs:
 // it reads window.kdwebLiveConnected.
+// State for tests and curious users: window.kdwebLive (seriesLast, lastStep, status), and the data
+// attributes of #charts (charts.js) and #run-log (data-lines).
 
-const FINISHED = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
-const REFUSED = { 4403: "Live view refused: you are logged out. Reload the page after logging in.", 4404: "Live view refused: this run is not visible to you any more." };
-const MIN_DELAY_MS = 1000;
-const MAX_DELAY_MS = 30000;
-
-function etaText(seconds) {
-  if (seconds === null || seconds === undefined || seconds < 0) return "";
-  const s = Math.round(seconds);
-  const pad = (n) => String(n).padStart(2, "0");
-  if (s >= 3600) return `${Math.floor(s / 3600)} h ${pad(Math.floor((s % 3600) / 60))} min`;
-  if (s >= 60) return `${Math.floor(s / 60)} min ${pad(s % 60)} s`;
-  return `${s} s`;
-}
+import { startLogTail } from "./logtail.js";
+import { FINISHED, ReconnectingSocket, setBadge, setProgress } from "./status_ui.js";
 
 class LiveRun {
-  constructor(stateEl, charts) {
+  constructor(stateEl, charts, log) {
     this.stateEl = stateEl;
     this.charts = charts;
+    this.log = log;
     this.runId = stateEl.dataset.run;
     this.lastStep = Number(stateEl.dataset.lastStep || 0); // last step the page has, over every series
     this.seriesLast = new Map(); // name -> last step drawn
@@ -35,9 +30,24 @@ class LiveRun {
     for (const [name, points] of Object.entries(embedded ? JSON.parse(embedded.textContent) : {})) {
       if (points.length) this.seriesLast.set(name, points[points.length - 1][0]);
     }
-    this.delay = MIN_DELAY_MS;
-    this.stopped = false;
-    this.connect();
+    const block = document.getElementById("run-status");
+    this.status = block ? block.dataset.status : undefined;
+    this.cancelling = Boolean(document.querySelector('#run-status [data-live="cancelling"]'));
+    this.lastStatus = null;
+    this.watchCancelForm();
+    document.body.addEventListener("htmx:afterSettle", () => this.afterSwap());
+    this.socket = new ReconnectingSocket({
+      url: () => this.url(),
+      onMessage: (message) => this.onMessage(message),
+      onDown: (wait) => {
+        window.kdwebLiveConnected = false;
+        this.show("reconnecting", `Reconnecting… (next try in ${Math.round(wait / 1000)} s; the status is polled meanwhile)`);
+      },
+      onRefused: (_code, text) => {
+        window.kdwebLiveConnected = false;
+        this.show("refused", text);
+      },
+    });
   }
 
   url() {
@@ -51,34 +61,11 @@ class LiveRun {
     this.stateEl.textContent = text;
   }
 
-  connect() {
-    const socket = new WebSocket(this.url());
-    this.socket = socket;
-    socket.addEventListener("message", (e) => {
-      if (this.socket !== socket) return;
-      this.onMessage(JSON.parse(e.data));
-    });
-    socket.addEventListener("close", (e) => {
-      if (this.socket !== socket) return;
-      window.kdwebLiveConnected = false;
-      if (this.stopped) return;
-      if (REFUSED[e.code]) {
-        this.stopped = true;
-        this.show("refused", REFUSED[e.code]);
-        return;
-      }
-      const wait = Math.min(this.delay, MAX_DELAY_MS) * (0.8 + Math.random() * 0.4);
-      this.delay = Math.min(this.delay * 2, MAX_DELAY_MS);
-      this.show("reconnecting", `Reconnecting… (next try in ${Math.round(wait / 1000)} s; the status is polled meanwhile)`);
-      window.setTimeout(() => this.connect(), wait);
-    });
-  }
-
   onMessage(message) {
     switch (message.type) {
       case "backfill": {
         // the first message of every connection: the socket works
-        this.delay = MIN_DELAY_MS;
+        this.socket.healthy();
         window.kdwebLiveConnected = true;
         this.show("connected", "Live");
         const points = [];
@@ -87,6 +74,7 @@ class LiveRun {
         }
         this.extend(points);
         this.lastStep = Math.max(this.lastStep, message.last_step);
+        if (this.log) this.log.replace(message.log);
         break;
       }
       case "metrics":
@@ -96,59 +84,98 @@ class LiveRun {
         this.updateStatus(message);
         break;
       case "log":
-        break; // the log tail of the page comes with a later slice
+        if (this.log) this.log.append(message.lines);
+        break;
       default:
         break;
     }
   }
 
   extend(points) {
-    const fresh = points.filter((p) => p.step > (this.seriesLast.get(p.name) ?? -Infinity));
-    if (!fresh.length) return;
-    fresh.sort((a, b) => a.step - b.step);
-    for (const p of fresh) {
+    const fresh = [];
+    for (const p of [...points].sort((a, b) => a.step - b.step)) {
+      if (p.step <= (this.seriesLast.get(p.name) ?? -Infinity)) continue;
       this.seriesLast.set(p.name, p.step);
       this.lastStep = Math.max(this.lastStep, p.step);
+      fresh.push(p);
     }
-    if (this.charts) this.charts.extend(fresh);
+    if (fresh.length && this.charts) this.charts.extend(fresh);
   }
 
-  updateStatus({ status, progress, eta_s: eta, step, total_steps: total }) {
+  /** Points per series on the page (charts.js counts them). */
+  pointCounts() {
+    return this.charts ? this.charts.pointCounts() : {};
+  }
+
+  watchCancelForm() {
+    // one click is enough: the button waits for the answer disabled
+    document.body.addEventListener("submit", (e) => {
+      const button = e.target.querySelector && e.target.querySelector('button[data-action="cancel"]');
+      if (button) window.setTimeout(() => (button.disabled = true), 0);
+    });
+  }
+
+  /** The "cancelling…" state: a note, and the cancel button disabled (the run stops at its next step). */
+  showCancelling() {
     const block = document.getElementById("run-status");
-    const label = status.charAt(0).toUpperCase() + status.slice(1);
-    for (const badge of document.querySelectorAll("h1 .badge, #run-status .badge")) {
-      badge.className = `badge status-${status}`;
-      badge.textContent = label;
+    if (!block) return;
+    const button = block.querySelector('button[data-action="cancel"]');
+    if (button) {
+      button.disabled = true;
+      button.textContent = "Cancelling…";
     }
-    if (block) {
-      const pct = Math.round(Math.min(Math.max(progress, 0), 1) * 100);
-      const bar = block.querySelector(".progress");
-      if (bar) {
-        bar.className = `progress status-${status}`;
-        bar.setAttribute("aria-valuenow", String(pct));
-        bar.querySelector("span").style.width = `${pct}%`;
-      }
-      const pctEl = block.querySelector(".pct");
-      if (pctEl) pctEl.textContent = `${pct}%`;
-      let etaEl = block.querySelector(".eta");
-      const text = status === "running" ? etaText(eta) : "";
-      if (text && !etaEl && pctEl) {
-        etaEl = document.createElement("span");
-        etaEl.className = "eta";
-        pctEl.after(" ", etaEl);
-      }
-      if (etaEl) {
-        etaEl.textContent = text ? `ETA ${text}` : "";
-        etaEl.hidden = !text;
-      }
-      const stepEl = block.querySelector('[data-live="step"]');
-      if (stepEl && step !== undefined) stepEl.textContent = total ? `${step} / ${total}` : String(step);
+    if (!block.querySelector('[data-live="cancelling"]')) {
+      const note = document.createElement("p");
+      note.className = "note cancelling";
+      note.dataset.live = "cancelling";
+      note.textContent = "Cancelling… the run stops at its next step, with a checkpoint.";
+      const actions = block.querySelector(".run-actions");
+      block.insertBefore(note, actions || block.querySelector(".run-error"));
     }
+  }
+
+  afterSwap() {
+    // the status block came again from the server (htmx): what the socket said since may be newer
+    const block = document.getElementById("run-status");
+    if (!block || !this.lastStatus || this.lastStatus.status !== block.dataset.status) return;
+    const rendered = parseInt(block.querySelector('[data-live="step"]')?.textContent || "0", 10) || 0;
+    if ((this.lastStatus.step ?? 0) > rendered) this.applyStatus(this.lastStatus);
+    else if (this.cancelling && this.status === "running") this.showCancelling();
+  }
+
+  applyStatus(message) {
+    const { status, step, total_steps: total } = message;
+    for (const badge of document.querySelectorAll("h1 .badge, #run-status .badge")) setBadge(badge, status);
+    const block = document.getElementById("run-status");
+    if (!block) return;
+    setProgress(block, message);
+    const stepEl = block.querySelector('[data-live="step"]');
+    if (stepEl && step !== undefined) stepEl.textContent = total ? `${step} / ${total}` : String(step);
+    if (status !== "queued") block.querySelector('[data-live="queued"]')?.remove();
+    if (this.cancelling && status === "running") this.showCancelling();
+  }
+
+  updateStatus(message) {
+    const { status } = message;
+    const changed = status !== this.status;
+    // a cancel holds until the run stops: the worker's own status messages say so only once it has read
+    // the flag (at its next flush or heartbeat), a moment after the service's message
+    if (status !== "running") this.cancelling = false;
+    else if (message.cancel_requested) this.cancelling = true;
+    this.status = status;
+    this.lastStatus = message;
+    this.applyStatus(message);
     if (FINISHED.has(status)) {
       // the results, the artifacts and the final curves are on the page as rendered after the run
-      this.stopped = true;
-      this.socket.close();
+      window.kdwebLiveConnected = false;
+      this.socket.stop();
+      this.show("finished", "The run stopped: loading its results…");
       window.location.reload();
+      return;
+    }
+    if (changed && window.htmx && document.getElementById("run-status")) {
+      // queued <-> running: the notes, the host and the start time come from the server
+      window.htmx.ajax("GET", `${window.location.pathname}?partial=status`, { target: "#run-status", swap: "outerHTML" });
     }
   }
 }
@@ -157,7 +184,7 @@ function start() {
   const stateEl = document.getElementById("live-state");
   if (!stateEl || !("WebSocket" in window)) return;
   const charts = document.getElementById("charts");
-  window.kdwebLive = new LiveRun(stateEl, charts ? charts.runCharts : null);
+  window.kdwebLive = new LiveRun(stateEl, charts ? charts.runCharts : null, startLogTail());
 }
 
 // charts.js (a module before this one) has built container.runCharts by now

