@@ -11,12 +11,13 @@ TEST_TIMEOUT ?= 900
 
 venv: $(STAMP)
 
-# Reinstall only when a requirements file changes.
-$(STAMP): requirements.txt requirements-assets.txt
+# Reinstall only when a requirements file (or pyproject.toml: the `kdweb` client command) changes.
+$(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-assets.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # README command 1: migrate, load the demo, start Redis (embedded unless REDIS_URL is set), web and one

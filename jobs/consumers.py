@@ -11,6 +11,10 @@ may see the run: every member of its team may watch, viewers included. It then j
 then forwards every ``run.event`` group message (``jobs.events``) as it comes. A live point may also be in
 the backfill (published while it was read): the page drops points at or before the last step it has.
 
+``/ws/public/<token>/`` (``PublicRunConsumer``) is the same live view for the holder of a share link of a run
+(``permissions.shared_object``: 4404 for a link unknown, revoked or expired), without a session and without
+the run's log (its lines name users and hosts).
+
 ``/ws/runs/`` (``RunListConsumer``) serves the runs list: the status events of every run of the user's teams,
 as they change (the groups ``team-<id>``); the page already shows the rest.
 
@@ -23,16 +27,18 @@ network failure, so the page would keep reconnecting; with 4403/4404 it stops an
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.utils import timezone
 
 from jobs import events, selectors
-from jobs.models import Run
-from jobs.permissions import get_for_user, teams_for_user
+from jobs.models import Run, ShareLink
+from jobs.permissions import get_for_user, shared_object, teams_for_user
 
 CLOSE_NOT_LOGGED_IN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -117,3 +123,41 @@ class RunListConsumer(EventConsumer):
             return
         await self.join([events.team_group(t) for t in await _team_ids(self.scope["user"])])
         await self.accept()
+
+
+@database_sync_to_async
+def _shared_link(token: str) -> ShareLink:
+    return shared_object(token)
+
+
+class PublicRunConsumer(EventConsumer):
+    """The live view of a run shared by a public link: the run page's messages minus its log.
+
+    It also joins the link's own group: revoking the link (``events.share_link_closed_on_commit``) closes
+    the sockets open on it, and a message past the link's expiry closes it too."""
+
+    expires_at: datetime | None = None
+
+    async def connect(self) -> None:
+        try:
+            link = await _shared_link(self.scope["url_route"]["kwargs"]["token"])
+        except Http404:
+            link = None
+        if link is None or link.run_id is None:  # a study's link has no live view
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        self.expires_at = link.expires_at
+        await self.join([events.run_group(link.run_id), events.share_group(link.pk)])
+        await self.accept()
+        backfill, status = await _backfill_and_status(link.run_id, _after_step(self.scope.get("query_string", b"")))
+        await self.send_json({**backfill, "log": []})
+        await self.send_json(status)
+
+    async def run_event(self, message: dict) -> None:
+        if self.expires_at is not None and timezone.now() >= self.expires_at:
+            await self.close(code=CLOSE_NOT_FOUND)
+        elif message["event"]["type"] != "log":
+            await super().run_event(message)
+
+    async def share_closed(self, message: dict) -> None:
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -230,6 +230,25 @@ def status_event(run) -> StatusEvent:
     }
 
 
+def share_group(link_id: int) -> str:
+    """The Channels group of the public sockets open on share link ``link_id``."""
+    return f"share-{link_id}"
+
+
+def share_link_closed_on_commit(link_id: int) -> None:
+    """Once the transaction commits, close the public sockets open on a revoked link (best effort: a socket
+    that misses it is refused at its next connect, like every new one)."""
+
+    def send() -> None:
+        layer = get_channel_layer()
+        try:
+            async_to_sync(layer.group_send)(share_group(link_id), {"type": "share.closed"})
+        except (RedisError, OSError) as exc:
+            log.warning("public sockets of link %s not closed (%s: %s)", link_id, type(exc).__name__, exc)
+
+    transaction.on_commit(send)
+
+
 def status_send_on_commit(run) -> None:
     """The run's stored status, to its watchers and its team's runs lists, once the transaction commits."""
     run_event_send_on_commit(run.pk, status_event(run), team_id=run.team_id)

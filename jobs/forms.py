@@ -21,6 +21,7 @@ from distill.config import ConfigError, LossConfig, OptimConfig, parse_config
 from distill.students import validate_against
 from distill.teachers import Architecture
 from jobs.models import DatasetSpec, Run, Teacher
+from jobs.selectors import ABLATIONS
 
 FINETUNE = Run.Kind.TEACHER_FINETUNE
 
@@ -435,6 +436,39 @@ class QueueStepForm(forms.Form):
 
 
 class ReviewStepForm(forms.Form):
+    """The run's name and, for distillation runs, whether to launch it as a study with its baselines."""
+
     name = forms.CharField(
         max_length=100, help_text="How the run appears in lists and comparisons; you can reuse a name."
     )
+    baselines = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Compare with baselines",
+        help_text="Launch a study: this student trained with feature KD (the full method), logits-only KD and no "
+        "KD, with the same shape, data, budget and seed; each run also measures the teacher on the same split "
+        "and host. The name above becomes the study's.",
+    )
+    ablations = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        choices=[
+            (variant, f"{variant} (feature KD without the {zeroed} term)") for variant, zeroed in ABLATIONS.items()
+        ],
+        label="Ablations",
+    )
+    seeds = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Seeds",
+        help_text="One or more, comma-separated (0 or 0,1,2): every run of the study is trained once per seed, and "
+        "the scorecard shows each variant's mean ± spread.",
+    )
+
+    def clean_seeds(self) -> list[int]:
+        """``"0, 1,2"`` -> ``[0, 1, 2]`` (each once); blank -> ``[]``, the seed of the training step."""
+        parts = [part.strip() for part in self.cleaned_data["seeds"].split(",") if part.strip()]
+        try:
+            return list(dict.fromkeys(int(part) for part in parts))
+        except ValueError:
+            raise forms.ValidationError("Seeds are whole numbers separated by commas, e.g. 0,1,2.") from None

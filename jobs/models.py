@@ -6,8 +6,16 @@ A run's configuration is the engine's own config (``distill.config.RunConfig``) 
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+
+def new_token() -> str:
+    """256 random bits, URL-safe: share links and invitations are found by this alone."""
+    return secrets.token_urlsafe(32)
 
 
 class Team(models.Model):
@@ -84,11 +92,17 @@ class DatasetSpec(models.Model):
 
 
 class Study(models.Model):
-    """Runs that are compared with each other (e.g. the three kinds on one teacher and task)."""
+    """Runs that are compared with each other: the full method and its baselines (``kd_feature``,
+    ``kd_logits``, ``no_kd``, optional ablations) of one student shape, data, budget and seeds."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="studies")
     name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return self.name
@@ -209,3 +223,46 @@ class Artifact(models.Model):
     sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
 
+
+class Invitation(models.Model):
+    """An invitation into a team, by e-mail, for someone who may not have an account yet: the link
+    ``/invites/<token>/`` is the secret (mailed to the address, shown to the inviter); the first logged-in
+    user who opens it joins with ``role``, once."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token = models.CharField(max_length=64, unique=True, default=new_token)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+
+class ShareLink(models.Model):
+    """A public, read-only link to one run or one study: unguessable, revocable, optionally expiring."""
+
+    token = models.CharField(max_length=64, unique=True, default=new_token)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="share_links")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="share_links")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.CASCADE, related_name="share_links")
+    allow_downloads = models.BooleanField(default=False, help_text="the exported students may be downloaded")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(run__isnull=False, study__isnull=True)
+                | models.Q(run__isnull=True, study__isnull=False),
+                name="share_link_one_target",
+            )
+        ]
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())

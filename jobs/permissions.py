@@ -9,14 +9,17 @@ from __future__ import annotations
 from typing import TypeVar
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
-from jobs.models import Membership, Team
+from jobs.models import Membership, ShareLink, Team
 
 M = TypeVar("M", bound=Model)
 
 READ_ONLY = "Viewers can look but not change anything in this team."
+OWNERS_ONLY = "Only the team's owners can manage its members."
 
 
 def teams_for_user(user, *, write: bool = False) -> QuerySet[Team]:
@@ -47,7 +50,50 @@ def get_writable(queryset: type[M] | QuerySet[M], user, pk: int) -> M:
     return obj
 
 
+def get_all_for_user(queryset: type[M] | QuerySet[M], user, pks: list[int]) -> list[M]:
+    """The objects of ``pks`` (in that order), if the user may see every one; 404 if any is missing or of
+    another team, so a list cannot probe which ids exist."""
+    qs = queryset if isinstance(queryset, QuerySet) else queryset.objects.all()
+    if not user.is_authenticated:
+        raise PermissionDenied
+    found = qs.filter(team__in=teams_for_user(user)).in_bulk(pks)
+    if len(found) != len(set(pks)):
+        raise Http404("No such object.")
+    return [found[pk] for pk in dict.fromkeys(pks)]
+
+
 def require_write(user, team: Team) -> None:
     """Raise 403 unless the user is an owner or member of ``team``."""
     if not teams_for_user(user, write=True).filter(pk=team.pk).exists():
         raise PermissionDenied(READ_ONLY)
+
+
+# --- teams and sharing ---------------------------------------------------------------------------------
+
+
+def team_for_user(user, pk: int) -> tuple[Team, str]:
+    """``(team, role)`` for a team the user belongs to; 404 for any other team, 403 when not logged in."""
+    if not user.is_authenticated:
+        raise PermissionDenied
+    membership = get_object_or_404(Membership.objects.select_related("team"), team_id=pk, user=user)
+    return membership.team, membership.role
+
+
+def require_owner(user, team: Team) -> None:
+    """Raise 403 unless the user is an owner of ``team``."""
+    if not (
+        user.is_authenticated and Membership.objects.filter(team=team, user=user, role=Membership.Role.OWNER).exists()
+    ):
+        raise PermissionDenied(OWNERS_ONLY)
+
+
+def shared_object(token: str) -> ShareLink:
+    """The active share link of ``token`` (its run or study selected); 404 for unknown, revoked or expired
+    links alike, so a dead link says no more than a wrong one."""
+    active = ShareLink.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
+    link = active.select_related("run", "study").filter(token=token).first()
+    if link is None:
+        raise Http404("No such link.")
+    return link

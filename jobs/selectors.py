@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from django.db import connection
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.utils import timezone
 
+from distill.metrics import compression, retention, speedup
 from jobs.downsample import DEFAULT_MAX_POINTS, lttb_indices
-from jobs.models import DatasetSpec, Evaluation, LogLine, MetricPoint, Run, Teacher
+from jobs.models import (
+    Artifact,
+    DatasetSpec,
+    Evaluation,
+    Invitation,
+    LogLine,
+    Membership,
+    MetricPoint,
+    Run,
+    ShareLink,
+    Study,
+    Teacher,
+    Team,
+)
 from jobs.permissions import teams_for_user
 
 
@@ -104,3 +122,309 @@ def live_queues(timeout: float = 1.0) -> list[str]:
     except OSError:  # the broker is down: no worker can be reached either
         return []
     return sorted({q["name"] for queues in replies.values() for q in queues})
+
+
+# --- final measurements, and runs side by side (run page, study page, comparison) ----------------------------
+
+FULL_METHOD = "kd_feature"
+# an ablation of the full method -> the loss weight it sets to 0
+ABLATIONS: dict[str, str] = {"output+feature": "attention", "output+attention": "feature"}
+BASELINES: tuple[str, ...] = ("kd_logits", "no_kd")
+VARIANT_ORDER: tuple[str, ...] = (FULL_METHOD, *ABLATIONS, *BASELINES, Run.Kind.TEACHER_FINETUNE)
+# shown first, in this order; a task's own metrics (pearson, spearman...) follow; the eval loss is no task metric
+METRIC_ORDER: tuple[str, ...] = ("accuracy", "f1", "mcc")
+NOT_TASK_METRICS = frozenset({"loss"})
+# per-run numbers of a scorecard row, averaged over seeds in its variant's group (besides the task metrics)
+MEASURES: tuple[str, ...] = ("retention", "params", "mb", "smaller", "bs1_ms", "bs32_ms", "faster_bs1", "faster_bs32")
+# differ between every two runs, so they say nothing in a config diff
+DIFF_IGNORED = frozenset({"name", "output_dir"})
+
+
+def trained_role(run: Run) -> str:
+    """The role of the model a run trains: the teacher for fine-tuning runs, the student otherwise."""
+    return "teacher" if run.kind == Run.Kind.TEACHER_FINETUNE else "student"
+
+
+def latency_ms(ev: Evaluation, batch: str) -> float | None:
+    """Median forward latency in ms at ``batch`` (``bs1``, ``bs32``); None when not measured."""
+    entry = (ev.latency or {}).get(batch) or {}
+    return entry.get("median_ms")
+
+
+def latency_threads(ev: Evaluation) -> int | None:
+    """The torch thread count the latencies were measured with."""
+    return next((entry.get("threads") for entry in (ev.latency or {}).values() if entry.get("threads")), None)
+
+
+def safe_ratio(ratio: Callable[..., float], *args: float | None) -> float | None:
+    """``ratio(*args)``, or None when a number is missing or the denominator is 0."""
+    if any(a is None for a in args):
+        return None
+    try:
+        return ratio(*args)
+    except ValueError:  # a zero denominator: the ratio is undefined
+        return None
+
+
+def versus_teacher(student: Evaluation, teacher: Evaluation, metric: str = "accuracy") -> dict[str, float | None]:
+    """What a student keeps and saves against its teacher (distill.metrics' ratios): retention of ``metric``,
+    × smaller (parameters), × faster at batch 1 and 32."""
+    return {
+        "retention": safe_ratio(retention, student.metrics.get(metric), teacher.metrics.get(metric)),
+        "smaller": safe_ratio(compression, teacher.params, student.params),
+        "faster_bs1": safe_ratio(speedup, latency_ms(teacher, "bs1"), latency_ms(student, "bs1")),
+        "faster_bs32": safe_ratio(speedup, latency_ms(teacher, "bs32"), latency_ms(student, "bs32")),
+    }
+
+
+def run_variant(config: dict[str, Any]) -> str:
+    """What a run's config compares: its kind, or the ablation of the full method it is."""
+    kind = config.get("kind", "")
+    if kind == FULL_METHOD:
+        loss = config.get("loss") or {}
+        for variant, zeroed in ABLATIONS.items():
+            if loss.get(zeroed) == 0:
+                return variant
+    return kind
+
+
+def study_list(user) -> QuerySet[Study]:
+    """The user's studies, newest first, with how many runs each has and how many finished."""
+    finished = Count("runs", filter=Q(runs__status__in=Run.FINISHED))
+    studies = Study.objects.filter(team__in=teams_for_user(user)).select_related("team", "created_by")
+    return studies.annotate(run_count=Count("runs"), finished_count=finished)
+
+
+def scorecard_runs(runs: QuerySet[Run]) -> QuerySet[Run]:
+    """``runs`` with what a scorecard reads, fetched in a fixed number of queries."""
+    return runs.select_related("team", "teacher", "dataset").prefetch_related("evaluations", "artifacts")
+
+
+def _measures(ev: Evaluation) -> dict[str, Any]:
+    return {
+        "params": ev.params,
+        "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
+        "bs1_ms": latency_ms(ev, "bs1"),
+        "bs32_ms": latency_ms(ev, "bs32"),
+        "threads": latency_threads(ev),
+    }
+
+
+def _evaluations(run: Run) -> dict[str, Evaluation]:
+    """role -> the run's evaluation on its eval split (the one split the engine measures both models on)."""
+    split = (run.config.get("data") or {}).get("eval_split", "validation")
+    evaluations = sorted(run.evaluations.all(), key=lambda ev: ev.split != split)
+    return {ev.role: ev for ev in reversed(evaluations)}  # the eval split's wins
+
+
+def _ordered_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    names = {name for row in rows for name in row["metrics"]} - NOT_TASK_METRICS
+    return [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _groups(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """One row per variant with the mean ± std over its seeds, of the rows that have measurements."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["measured"]:
+            by_variant.setdefault(row["variant"], []).append(row)
+    groups = []
+    for variant, members in by_variant.items():
+        stats = {}
+        for key in (*metrics, *MEASURES):
+            values = [v for row in members if (v := row["metrics"].get(key, row.get(key))) is not None]
+            if values:
+                stats[key] = _spread(values)
+        groups.append(
+            {
+                "variant": variant,
+                "role": members[0]["role"],
+                "n": len(members),
+                "seeds": [row["seed"] for row in members],
+                "stats": stats,
+                "best": False,
+            }
+        )
+    return groups
+
+
+def _mark_best(items: list[dict[str, Any]], score: Callable[[dict[str, Any]], float | None]) -> None:
+    """Flag the student item of the highest score (ties: the first)."""
+    scored = [(s, i) for i, item in enumerate(items) if item["role"] == "student" and (s := score(item)) is not None]
+    if scored:
+        items[max(scored, key=lambda pair: (pair[0], -pair[1]))[1]]["best"] = True
+
+
+def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
+    """The scorecard of runs side by side: a Study's runs or any selected ones (``scorecard_runs`` fetches them).
+
+    ``rows``: one per run (variant, seed, task metrics, % of its teacher, parameters, MB, × smaller, latency at
+    batch 1 and 32, × faster, host and threads); each student is compared with the teacher measured at the end
+    of the same run, on the same split, host and thread count. ``groups``: with several seeds of a variant, one
+    row per variant with each number's mean and std. ``teacher``: the teacher measurement shown, taken from the
+    full method's first run that has one. ``best``: the student of the highest primary metric (the first task
+    metric, accuracy for classification). ``hosts``: the distinct (host, threads) of every measurement.
+    """
+    runs = sorted(
+        runs,
+        key=lambda r: (
+            VARIANT_ORDER.index(v) if (v := run_variant(r.config)) in VARIANT_ORDER else len(VARIANT_ORDER),
+            r.config.get("seed", 0),
+            r.pk,
+        ),
+    )
+    rows, teacher, pairs = [], None, []
+    for run in runs:
+        evaluations = _evaluations(run)
+        role = trained_role(run)
+        trained, its_teacher = evaluations.get(role), evaluations.get("teacher") if role == "student" else None
+        row: dict[str, Any] = {
+            "run": run,
+            "variant": run_variant(run.config),
+            "seed": run.config.get("seed", 0),
+            "role": role,
+            "measured": trained is not None,
+            "split": trained.split if trained else None,
+            "metrics": dict(trained.metrics) if trained else {},
+            "host": run.host,
+            "best": False,
+            "artifact": next((a for a in run.artifacts.all() if a.kind == Artifact.Kind.STUDENT), None),
+            **dict.fromkeys(MEASURES),
+            "threads": None,
+        }
+        if trained:
+            row.update(_measures(trained))
+        rows.append(row)
+        pairs.append((trained, its_teacher))
+        if its_teacher and teacher is None:
+            teacher = {"run": run, "split": its_teacher.split, "metrics": dict(its_teacher.metrics), "host": run.host}
+            teacher.update(_measures(its_teacher))
+    metrics = _ordered_metrics(rows + ([teacher] if teacher else []))
+    primary = metrics[0] if metrics else "accuracy"
+    for row, (trained, its_teacher) in zip(rows, pairs, strict=True):
+        if trained and its_teacher:
+            row.update(versus_teacher(trained, its_teacher, primary))
+    groups = _groups(rows, metrics)
+    if all(g["n"] == 1 for g in groups):  # one seed per variant: the rows say it all
+        groups = []
+    _mark_best(rows, lambda row: row["metrics"].get(primary))
+    _mark_best(groups, lambda g: g["stats"].get(primary, {}).get("mean"))
+    hosts = sorted({(row["host"], row["threads"]) for row in rows if row["measured"]}, key=str)
+    return {
+        "rows": rows,
+        "groups": groups,
+        "teacher": teacher,
+        "metrics": metrics,
+        "primary": primary,
+        "hosts": hosts,
+        "diff": config_diff([row["run"] for row in rows]),
+    }
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"task": 1}}`` -> ``{"loss.task": 1}``; lists stay whole (a layer map is one value)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def config_diff(runs: list[Run]) -> list[dict[str, Any]]:
+    """The flattened config keys whose values differ between the runs: ``[{"key", "values": [per run]}]``
+    (a key a run lacks has the value None there). Nothing for fewer than two runs."""
+    if len(runs) < 2:
+        return []
+    flat = [_flatten(run.config) for run in runs]
+    keys = sorted({key for f in flat for key in f} - DIFF_IGNORED)
+    diff = []
+    for key in keys:
+        values = [f.get(key) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            diff.append({"key": key, "values": values})
+    return diff
+
+
+STUDY_CURVE_POINTS = 400  # per series and run: a study overlays many runs on one chart
+
+
+def scorecard_plots(card: dict[str, Any], max_points: int = STUDY_CURVE_POINTS) -> dict[str, Any]:
+    """The plots of a scorecard as JSON for ``study_charts.js``: the primary metric against parameters (each
+    measured run a point, the teacher marked), and per series (each loss term, the validation metric) one
+    trace per run, from the stored points (``run_backfill``, downsampled)."""
+    primary = card["primary"]
+    points = [
+        {
+            "name": row["run"].name,
+            "variant": row["variant"],
+            "params": row["params"],
+            "mb": row["mb"],
+            "value": row["metrics"].get(primary),
+            "best": row["best"],
+        }
+        for row in card["rows"]
+        if row["measured"] and row["metrics"].get(primary) is not None
+    ]
+    teacher = card["teacher"]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for row in card["rows"]:
+        series = run_backfill(row["run"], max_points=max_points)["series"]
+        for name, pts in series.items():
+            if name.startswith("loss/") or name == f"val/{primary}":
+                curves.setdefault(name, []).append({"name": row["run"].name, "variant": row["variant"], "points": pts})
+    return {
+        "metric": primary,
+        "points": points,
+        "teacher": {
+            "name": f"teacher ({teacher['run'].teacher.name})",
+            "params": teacher["params"],
+            "mb": teacher["mb"],
+            "value": teacher["metrics"].get(primary),
+        }
+        if teacher
+        else None,
+        "curves": curves,
+    }
+
+
+# --- teams and sharing -------------------------------------------------------------------------------------
+
+
+def team_list(user) -> QuerySet[Team]:
+    """The user's teams by name, each with ``role`` (the user's) and ``member_count``."""
+    role = Membership.objects.filter(team=OuterRef("pk"), user=user).values("role")[:1]
+    return teams_for_user(user).annotate(role=Subquery(role), member_count=Count("memberships")).order_by("name")
+
+
+ROLE_ORDER = {Membership.Role.OWNER: 0, Membership.Role.MEMBER: 1, Membership.Role.VIEWER: 2}
+
+
+def team_members(team: Team) -> list[Membership]:
+    """The team's memberships, owners first, then members and viewers, each by username."""
+    memberships = Membership.objects.filter(team=team).select_related("user")
+    return sorted(memberships, key=lambda m: (ROLE_ORDER[m.role], m.user.get_username()))
+
+
+def invitations_pending(team: Team) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(team=team, accepted_at__isnull=True).order_by("-created_at")
+
+
+def share_links_active(target: Run | Study) -> QuerySet[ShareLink]:
+    """The links of a run or a study that still open it, newest first."""
+    kind = "run" if isinstance(target, Run) else "study"
+    return (
+        ShareLink.objects.filter(**{kind: target}, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .order_by("-created_at")
+    )
+
+
+def shared_runs(link: ShareLink) -> QuerySet[Run]:
+    """The runs a share link shows: its run, or the runs of its study."""
+    return Run.objects.filter(pk=link.run_id) if link.run_id else Run.objects.filter(study_id=link.study_id)

@@ -11,27 +11,44 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
 from distill.teachers import Architecture, inspect_teacher
-from jobs.events import log_event, run_event_send_on_commit, status_send_on_commit
-from jobs.models import Artifact, DatasetSpec, Evaluation, LogLine, MetricPoint, Run, Teacher, Team
-from jobs.permissions import require_write
+from jobs.events import log_event, run_event_send_on_commit, share_link_closed_on_commit, status_send_on_commit
+from jobs.models import (
+    Artifact,
+    DatasetSpec,
+    Evaluation,
+    Invitation,
+    LogLine,
+    Membership,
+    MetricPoint,
+    Run,
+    ShareLink,
+    Study,
+    Teacher,
+    Team,
+)
+from jobs.permissions import require_owner, require_write
+from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD
 
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
@@ -384,3 +401,216 @@ def run_fail(run_id: int, error: str) -> None:
     )
     run_log(run_id, f"failed: {error.splitlines()[0] if error else 'no message'}")
     status_send_on_commit(Run.objects.get(pk=run_id))
+
+
+# --- teams and sharing -------------------------------------------------------------------------------------
+
+INVITATION_SUBJECT = "You are invited to the team {team} on kdweb"
+INVITATION_BODY = "{inviter} invites you to the team {team} on kdweb, as {role}.\n\nJoin it here (once): {url}\n"
+LAST_OWNER = "A team keeps at least one owner: make someone else an owner first."
+
+
+@transaction.atomic
+def team_create(*, user, name: str) -> Team:
+    """A new team, with its creator as its first owner."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the team a name."})
+    if Team.objects.filter(name__iexact=name).exists():
+        raise ValidationError({"name": f"There is already a team named {name!r}."})
+    team = Team.objects.create(name=name)
+    Membership.objects.create(team=team, user=user, role=Membership.Role.OWNER)
+    return team
+
+
+def invitation_url(invitation: Invitation, site: str = "") -> str:
+    """The link that accepts ``invitation``; absolute when ``site`` (``scheme://host``) is given."""
+    return f"{site}{reverse('invitation_accept', args=[invitation.token])}"
+
+
+@transaction.atomic
+def member_invite(
+    *, user, team: Team, who: str, role: str = Membership.Role.MEMBER, site: str = ""
+) -> Membership | Invitation:
+    """Add someone to ``team`` (owners only), by username or e-mail address.
+
+    A known username or e-mail address becomes a membership at once; an unknown address gets an
+    Invitation, mailed to it with its link (which the page also shows the inviter, to pass on).
+    """
+    require_owner(user, team)
+    who = who.strip()
+    if role not in Membership.Role.values:
+        raise ValidationError({"role": f"Choose one of {', '.join(Membership.Role.values)}."})
+    users = get_user_model().objects.filter(is_active=True)
+    by_email = "@" in who
+    invitee = users.filter(email__iexact=who).order_by("pk").first() if by_email else users.filter(username=who).first()
+    if invitee is None and not by_email:
+        raise ValidationError({"who": f"No user is named {who!r}; invite them by e-mail address instead."})
+    if invitee is None:
+        invitation = Invitation.objects.create(team=team, email=who, role=role, invited_by=user)
+        url = invitation_url(invitation, site)
+        body = INVITATION_BODY.format(inviter=user.get_username(), team=team.name, role=role, url=url)
+        # sent after the commit: a rolled-back invitation must not reach anyone
+        transaction.on_commit(lambda: send_mail(INVITATION_SUBJECT.format(team=team.name), body, None, [who]))
+        return invitation
+    if Membership.objects.filter(team=team, user=invitee).exists():
+        raise ValidationError({"who": f"{invitee.get_username()} is already a member of {team.name}."})
+    return Membership.objects.create(team=team, user=invitee, role=role)
+
+
+@transaction.atomic
+def invitation_accept(*, user, token: str) -> Membership:
+    """Join the invitation's team with its role; an invitation is used once."""
+    invitation = Invitation.objects.select_for_update().select_related("team").filter(token=token).first()
+    if invitation is None or invitation.accepted_at is not None:
+        raise ValidationError("This invitation is unknown or has been used already.")
+    if Membership.objects.filter(team=invitation.team, user=user).exists():
+        raise ValidationError(f"You are already a member of {invitation.team.name}.")
+    invitation.accepted_by, invitation.accepted_at = user, timezone.now()
+    invitation.save(update_fields=["accepted_by", "accepted_at"])
+    return Membership.objects.create(team=invitation.team, user=user, role=invitation.role)
+
+
+def _keep_an_owner(membership: Membership) -> None:
+    """Refuse a change that would leave the membership's team without an owner (its owners locked first,
+    so two owners demoting each other at once cannot both succeed)."""
+    owners = Membership.objects.select_for_update().filter(team_id=membership.team_id, role=Membership.Role.OWNER)
+    if membership.role == Membership.Role.OWNER and list(owners.values_list("pk", flat=True)) == [membership.pk]:
+        raise ValidationError(LAST_OWNER)
+
+
+@transaction.atomic
+def member_set_role(*, user, membership: Membership, role: str) -> Membership:
+    """Change a member's role (owners only)."""
+    require_owner(user, membership.team)
+    if role not in Membership.Role.values:
+        raise ValidationError({"role": f"Choose one of {', '.join(Membership.Role.values)}."})
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if role != Membership.Role.OWNER:
+        _keep_an_owner(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, user, membership: Membership) -> None:
+    """Take someone out of a team (owners only)."""
+    require_owner(user, membership.team)
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    _keep_an_owner(membership)
+    membership.delete()
+
+
+@transaction.atomic
+def share_link_create(
+    *, user, target: Run | Study, expires_at: datetime | None = None, allow_downloads: bool = False
+) -> ShareLink:
+    """A public read-only link to a run or a study (owners and members of its team)."""
+    require_write(user, target.team)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    kind = "run" if isinstance(target, Run) else "study"
+    return ShareLink.objects.create(
+        team=target.team, allow_downloads=allow_downloads, expires_at=expires_at, created_by=user, **{kind: target}
+    )
+
+
+@transaction.atomic
+def share_link_revoke(*, user, link: ShareLink) -> ShareLink:
+    """Revoke a link for good (owners and members of its team); revoking twice changes nothing."""
+    require_write(user, link.team)
+    link = ShareLink.objects.select_for_update().get(pk=link.pk)
+    if link.revoked_at is None:
+        link.revoked_at = timezone.now()
+        link.save(update_fields=["revoked_at"])
+        share_link_closed_on_commit(link.pk)
+    return link
+
+
+# --- studies ------------------------------------------------------------------------------------------------
+
+MAX_STUDY_SEEDS = 10
+
+
+def study_variants(ablations: Iterable[str]) -> list[tuple[str, str, dict[str, float]]]:
+    """``(variant, kind, loss weights set to 0)`` of a study: the full method, the chosen ablations of it, then
+    the baselines, in the order the scorecard shows them."""
+    chosen = set(ablations)
+    unknown = sorted(chosen - set(ABLATIONS))
+    if unknown:
+        raise ValidationError(
+            {"ablations": f"Unknown ablation {', '.join(unknown)}: choose from {', '.join(ABLATIONS)}."}
+        )
+    return [
+        (FULL_METHOD, FULL_METHOD, {}),
+        *((variant, FULL_METHOD, {zeroed: 0.0}) for variant, zeroed in ABLATIONS.items() if variant in chosen),
+        *((kind, kind, {}) for kind in BASELINES),
+    ]
+
+
+def study_run_name(study: str, variant: str, seed: int) -> str:
+    """``<study> · <variant> · seed <n>``, the study's name shortened to fit a run's name."""
+    suffix = f" · {variant} · seed {seed}"
+    return study[: Run._meta.get_field("name").max_length - len(suffix)] + suffix
+
+
+def _labelled(exc: ValidationError, label: str) -> ValidationError:
+    """The same errors (keyed by the same fields), each message saying which run of the study it concerns."""
+    if hasattr(exc, "error_dict"):
+        return ValidationError({key: [f"{label}: {m}" for m in ms] for key, ms in exc.message_dict.items()})
+    return ValidationError([f"{label}: {m}" for m in exc.messages])
+
+
+@transaction.atomic
+def study_create(
+    *,
+    user,
+    teacher: Teacher,
+    dataset: DatasetSpec,
+    name: str,
+    sections: dict,
+    ablations: Iterable[str] = (),
+    seeds: Iterable[int] = (0,),
+    queue: str = "",
+) -> Study:
+    """A study of the full method (kd_feature) against its baselines (kd_logits, no_kd) and the chosen
+    ablations (``output+feature``: kd_feature without the attention term, ``output+attention``: without the
+    feature term), each trained once per seed with the same student shape, data, budget and queue.
+
+    One transaction: every run is validated and created by ``run_create`` (so each is enqueued on commit), or
+    none is. Every run evaluates its teacher at its end, on the same split and host as its student
+    (``Evaluation`` role ``teacher``): the scorecard compares with that, so no separate teacher run is needed.
+    """
+    require_write(user, teacher.team)
+    variants = study_variants(ablations)
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds:
+        raise ValidationError({"seeds": "Give at least one seed."})
+    if len(seeds) > MAX_STUDY_SEEDS:
+        raise ValidationError({"seeds": f"At most {MAX_STUDY_SEEDS} seeds ({len(seeds)} given)."})
+    names = ", ".join(variant for variant, _, _ in variants)
+    study = Study.objects.create(
+        team=teacher.team,
+        name=name,
+        description=f"{names} on {dataset.name}; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}",
+        created_by=user,
+    )
+    for seed in seeds:
+        for variant, kind, zeroed in variants:
+            run_sections = {**sections, "seed": seed, "loss": {**sections.get("loss", {}), **zeroed}}
+            try:
+                run = run_create(
+                    user=user,
+                    teacher=teacher,
+                    dataset=dataset,
+                    kind=kind,
+                    name=study_run_name(name, variant, seed),
+                    sections=run_sections,
+                    queue=queue,
+                )
+            except ValidationError as exc:
+                raise _labelled(exc, f"{variant}, seed {seed}") from None
+            run.study = study
+            run.save(update_fields=["study"])
+    return study

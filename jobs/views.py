@@ -15,6 +15,7 @@ import yaml
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -22,11 +23,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from pydantic import BaseModel
 
 from distill.config import RunConfig
-from distill.metrics import compression, retention, speedup
 from jobs import selectors, services
-from jobs.models import DatasetSpec, Evaluation, Run
+from jobs.models import Artifact, DatasetSpec, Evaluation, Run
 from jobs.page_forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
 from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
+from jobs.selectors import latency_ms, trained_role, versus_teacher
+from jobs.teams import share_panel
 
 LIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 SPLIT_ORDER = ("train", "validation", "test")
@@ -78,31 +80,12 @@ def params_text(n: int | None) -> str:
     return str(n)
 
 
-def trained_role(run: Run) -> str:
-    """The role of the model a run trains: the teacher for fine-tuning runs, the student otherwise."""
-    return "teacher" if run.kind == Run.Kind.TEACHER_FINETUNE else "student"
-
-
 def final_accuracy(run: Run, evaluations: list[Evaluation]) -> float | None:
     role = trained_role(run)
     for ev in evaluations:
         if ev.role == role and "accuracy" in ev.metrics:
             return ev.metrics["accuracy"]
     return None
-
-
-def _latency_ms(ev: Evaluation, batch: str) -> float | None:
-    entry = (ev.latency or {}).get(batch) or {}
-    return entry.get("median_ms")
-
-
-def _safe(ratio, *args) -> float | None:
-    if any(a is None for a in args):
-        return None
-    try:
-        return ratio(*args)
-    except ValueError:  # a zero denominator: the ratio is undefined
-        return None
 
 
 def evaluation_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
@@ -115,8 +98,8 @@ def evaluation_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
             "mcc": ev.metrics.get("mcc"),
             "params": params_text(ev.params),
             "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
-            "bs1_ms": _latency_ms(ev, "bs1"),
-            "bs32_ms": _latency_ms(ev, "bs32"),
+            "bs1_ms": latency_ms(ev, "bs1"),
+            "bs32_ms": latency_ms(ev, "bs32"),
         }
         for ev in evaluations
     ]
@@ -132,15 +115,7 @@ def comparison_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
         student, teacher = roles.get("student"), roles.get("teacher")
         if not (student and teacher):
             continue
-        rows.append(
-            {
-                "split": split,
-                "retention": _safe(retention, student.metrics.get("accuracy"), teacher.metrics.get("accuracy")),
-                "smaller": _safe(compression, teacher.params, student.params),
-                "faster_bs1": _safe(speedup, _latency_ms(teacher, "bs1"), _latency_ms(student, "bs1")),
-                "faster_bs32": _safe(speedup, _latency_ms(teacher, "bs32"), _latency_ms(student, "bs32")),
-            }
-        )
+        rows.append({"split": split, **versus_teacher(student, teacher)})
     return rows
 
 
@@ -187,17 +162,13 @@ def run_action(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
     return redirect("run_detail", run_id=run.pk)
 
 
-@login_required
-@require_GET
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run, can_write = get_for_user(
-        Run.objects.select_related("team", "teacher", "dataset", "study"), request.user, run_id
-    )
+def run_page(request: HttpRequest, run: Run, template: str, config: dict, **extra: Any) -> HttpResponse:
+    """The run page (or, with ``?partial=status``, its status block, which htmx polls while the live socket
+    is down; once the run has stopped it reloads the whole page for its results and curves). The team's page
+    and the public one differ only in ``template``, the config shown and ``extra``."""
     run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
-    status_context = {"run": run, "live": run.status in LIVE, "can_write": can_write}
+    status_context = {"run": run, "live": run.status in LIVE, "can_write": False, **extra}
     if request.GET.get("partial") == "status":
-        # htmx polling, while the live socket is not connected (live.js): once the run has stopped, reload
-        # the whole page for its results and curves
         response = render(request, "jobs/partials/run_status.html", status_context)
         if run.status not in LIVE:
             response["HX-Refresh"] = "true"
@@ -206,15 +177,32 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows
     context = {
         **status_context,
-        "config_yaml": yaml.safe_dump(in_field_order(run.config), sort_keys=False, allow_unicode=True, width=100),
+        "config_yaml": yaml.safe_dump(in_field_order(config), sort_keys=False, allow_unicode=True, width=100),
         "evaluations": evaluation_rows(evaluations),
         "comparisons": comparison_rows(evaluations),
         "series": backfill["series"],
         "last_step": backfill["last_step"],
         "log_tail": backfill["log"],
-        "artifacts": run.artifacts.order_by("kind", "created_at"),
+        **extra,  # last: the public page replaces the log tail
     }
-    return render(request, "jobs/run_detail.html", context)
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run, can_write = get_for_user(
+        Run.objects.select_related("team", "teacher", "dataset", "study"), request.user, run_id
+    )
+    return run_page(
+        request,
+        run,
+        "jobs/run_detail.html",
+        run.config,
+        can_write=can_write,
+        artifacts=run.artifacts.order_by("kind", "created_at"),
+        **share_panel(run, can_write),
+    )
 
 
 @login_required
@@ -222,11 +210,15 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 def artifact_download(request: HttpRequest, run_id: int, artifact_id: int) -> FileResponse:
     run, _ = get_for_user(Run, request.user, run_id)
     artifact = get_object_or_404(run.artifacts, pk=artifact_id)
+    return FileResponse(open_artifact(artifact), as_attachment=True, filename=PurePosixPath(artifact.path).name)
+
+
+def open_artifact(artifact: Artifact) -> File:
+    """The artifact's stored file, open for reading; 404 when storage no longer has it."""
     try:
-        handle = default_storage.open(artifact.path, "rb")
+        return default_storage.open(artifact.path, "rb")
     except FileNotFoundError:
         raise Http404("The artifact's file is no longer in storage.") from None
-    return FileResponse(handle, as_attachment=True, filename=PurePosixPath(artifact.path).name)
 
 
 # --- teachers and data sets -------------------------------------------------------------------------

@@ -230,6 +230,11 @@ class Wizard:
             out["student"] = student
         return out
 
+    def study_options(self) -> dict[str, Any]:
+        """The review step's study choices: as last submitted, else baselines on and the training seed."""
+        default = {"baselines": True, "ablations": [], "seeds": str(self.state.get("training", {}).get("seed", 0))}
+        return {**default, **self.state.get("study", {})}
+
     def default_name(self) -> str:
         teacher = self.teacher.name if self.teacher else "run"
         if self.kind == FINETUNE:
@@ -594,7 +599,7 @@ def error_step(key: str, kind: str) -> tuple[str, str | None]:
         return "training", field or ("seed" if section == "seed" else None)
     if section == "queue":
         return "queue", "queue"
-    return "review", "name" if section == "name" else None
+    return "review", section if section in ("name", "seeds", "ablations") else None
 
 
 def _collect_errors(wiz: Wizard, exc: ValidationError) -> dict[str, list[list[str | None]]]:
@@ -673,8 +678,13 @@ def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
 
 def _review_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     name = wiz.state.get("name") or wiz.default_name()
-    form = _form(wiz, "review", ReviewStepForm, {"name": name})
-    context: dict[str, Any] = {"form": form, "summary": _summary(wiz), "problems": []}
+    form = _form(wiz, "review", ReviewStepForm, {"name": name, **wiz.study_options()})
+    context: dict[str, Any] = {
+        "form": form,
+        "summary": _summary(wiz),
+        "problems": [],
+        "study_fields": [form["baselines"], form["ablations"], form["seeds"]] if wiz.kind != FINETUNE else [],
+    }
     try:
         cfg = services.run_config_build(
             kind=wiz.kind, teacher=wiz.teacher, dataset=wiz.dataset, name=name, sections=wiz.sections()
@@ -704,22 +714,27 @@ def _launch(request: HttpRequest) -> HttpResponse:
     if wiz.teacher is None or wiz.dataset is None or wiz.first_open() != "review":
         return redirect("wizard_step", step=wiz.first_open() if wiz.teacher else "teacher")
     form = ReviewStepForm(request.POST)
+    wiz.state["study"] = {
+        "baselines": bool(request.POST.get("baselines")),
+        "ablations": request.POST.getlist("ablations"),
+        "seeds": request.POST.get("seeds", ""),
+    }
     if not form.is_valid():
-        wiz.state["errors"] = {**wiz.state.get("errors", {}), "review": [["name", m] for m in form.errors["name"]]}
+        found = [[field, m] for field, ms in form.errors.items() for m in ms]
+        wiz.state["errors"] = {**wiz.state.get("errors", {}), "review": found}
         wiz.save()
         return redirect("wizard_step", step="review")
     name = form.cleaned_data["name"]
     wiz.state["name"] = name
+    as_study = wiz.kind != FINETUNE and form.cleaned_data["baselines"]
+    common = {"user": request.user, "teacher": teacher, "dataset": wiz.dataset, "name": name}
+    common.update(sections=wiz.sections(), queue=wiz.state.get("queue", ""))
     try:
-        run = services.run_create(
-            user=request.user,
-            teacher=teacher,
-            dataset=wiz.dataset,
-            kind=wiz.kind,
-            name=name,
-            sections=wiz.sections(),
-            queue=wiz.state.get("queue", ""),
-        )
+        if as_study:
+            seeds = form.cleaned_data["seeds"] or [wiz.sections()["seed"]]
+            study = services.study_create(**common, ablations=form.cleaned_data["ablations"], seeds=seeds)
+        else:
+            run = services.run_create(**common, kind=wiz.kind)
     except ValidationError as exc:
         found = _collect_errors(wiz, exc)
         wiz.state["errors"] = found
@@ -728,6 +743,9 @@ def _launch(request: HttpRequest) -> HttpResponse:
         messages.error(request, "The run was not launched: the highlighted fields need a change.")
         return redirect("wizard_step", step=first)
     request.session.pop(SESSION_KEY, None)
+    if as_study:
+        messages.success(request, f"Study “{study.name}”: {study.runs.count()} runs are queued.")
+        return redirect("study_detail", study_id=study.pk)
     messages.success(request, f"“{run.name}” is queued on {run.queue}.")
     return redirect("run_detail", run_id=run.pk)
 

@@ -44,6 +44,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from the package rather than a CDN
     "jobs",
 ]
 MIDDLEWARE = [
@@ -127,6 +131,33 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one training job at a time per worker p
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not the broker
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# The REST API (jobs/api.py, /api/v1/): a token (the CLI client) or the browser's session; JSON only.
+REST_FRAMEWORK = {
+    # token first: an anonymous request gets 401 with "WWW-Authenticate: Token"
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "jobs.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "kdweb API",
+    "DESCRIPTION": "Teachers, data sets, distillation runs, their metric series and exported students.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.document_errors"],
+    "ENUM_NAME_OVERRIDES": {"RunKindEnum": "jobs.models.Run.Kind", "ArtifactKindEnum": "jobs.models.Artifact.Kind"},
+}
 
 LOGGING = {
     "version": 1,

@@ -269,7 +269,10 @@ def review_and_launch(s: BrowserSession, queue: str) -> None:
     expect(page.locator(".wz-review-grid")).to_contain_text("Optimizer steps")
     expect(page.get_by_label("Name")).to_have_value(f"{TEACHER_NAME}-2x32-kd_feature")
     s.shot("wizard-7-review")
-    s.click(page.get_by_role("button", name="Launch the run"))
+    baselines = page.get_by_label("Compare with baselines")
+    expect(baselines).to_be_checked()  # a study by default: this test launches the single run
+    s.click(baselines)
+    s.click(page.get_by_role("button", name="Launch"))
 
 
 def wait_until_finished(s: BrowserSession, timeout: float) -> str:

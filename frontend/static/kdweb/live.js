@@ -1,5 +1,5 @@
 // The live view of a queued or running run: a websocket to /ws/runs/<id>/ (jobs/consumers.py RunConsumer,
-// messages of jobs/events.py). The page starts with the stored series (embedded, the same downsampled
+// messages of jobs/events.py), or the one #live-state names in data-socket (a public page: PublicRunConsumer). The page starts with the stored series (embedded, the same downsampled
 // backfill the socket sends) and the log tail, and asks the socket only for the points after the last step
 // it has (?after=<step>), again after every reconnect.
 // - backfill and metrics messages extend the charts (charts.js RunCharts.extend); points at or before the
@@ -24,6 +24,8 @@ class LiveRun {
     this.charts = charts;
     this.log = log;
     this.runId = stateEl.dataset.run;
+    // a public page (jobs/public.py) names its own socket, /ws/public/<token>/
+    this.socketPath = stateEl.dataset.socket || `/ws/runs/${this.runId}/`;
     this.lastStep = Number(stateEl.dataset.lastStep || 0); // last step the page has, over every series
     this.seriesLast = new Map(); // name -> last step drawn
     const embedded = document.getElementById("run-series");
@@ -53,7 +55,7 @@ class LiveRun {
   url() {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
     const after = this.lastStep > 0 ? `?after=${this.lastStep}` : "";
-    return `${scheme}://${window.location.host}/ws/runs/${this.runId}/${after}`;
+    return `${scheme}://${window.location.host}${this.socketPath}${after}`;
   }
 
   show(state, text) {

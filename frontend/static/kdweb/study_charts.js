@@ -1,0 +1,138 @@
+// Plots of a scorecard page (a study, or runs compared), drawn with Plotly (served locally, a classic script).
+// The page embeds, with json_script "study-plots" (selectors.scorecard_plots):
+//   {metric, points: [{name, variant, params, mb, value, best}], teacher: {name, params, mb, value} | null,
+//    curves: {"loss/total": [{name, variant, points: [[step, value], ...]}], ..., "val/<metric>": [...]}}
+// - #plot-size: the primary metric against parameters, one colour per variant, the teacher a star;
+// - #plot-val: the validation metric over steps, one line per run;
+// - #plot-losses: one chart per loss term, one line per run (unweighted terms, as the run page shows them).
+// Each chart carries data-traces (its number of traces) and #plot-size data-points / data-teacher, which the
+// browser tests read.
+
+const LOSS_ORDER = ["loss/total", "loss/task", "loss/output", "loss/feature", "loss/attention"];
+const LOSS_TITLES = {
+  "loss/total": "Total loss (weighted sum)",
+  "loss/task": "Task loss (cross-entropy)",
+  "loss/output": "Output loss (KL of softened logits)",
+  "loss/feature": "Feature loss (hidden states)",
+  "loss/attention": "Attention loss",
+};
+const VARIANT_COLORS = {
+  kd_feature: "#137a3a",
+  "output+feature": "#2a9d8f",
+  "output+attention": "#8e44ad",
+  kd_logits: "#d9822b",
+  no_kd: "#2856c9",
+  teacher_finetune: "#6b7280",
+};
+const CONFIG = { displaylogo: false, responsive: true };
+
+function colorOf(variant) {
+  return VARIANT_COLORS[variant] || "#1d2330";
+}
+
+function layout(title, xTitle, yTitle, extra = {}) {
+  return {
+    title: { text: title, font: { size: 14 } },
+    height: 320,
+    margin: { l: 60, r: 15, t: 40, b: 90 },
+    xaxis: { title: { text: xTitle } },
+    yaxis: { title: { text: yTitle } },
+    legend: { orientation: "h", y: -0.3, yanchor: "top" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    ...extra,
+  };
+}
+
+function draw(div, traces, plotLayout) {
+  window.Plotly.newPlot(div, traces, plotLayout, CONFIG);
+  div.dataset.traces = String(traces.length);
+}
+
+function sizePlot(div, data) {
+  const variants = [...new Set(data.points.map((p) => p.variant))];
+  const traces = variants.map((variant) => {
+    const points = data.points.filter((p) => p.variant === variant);
+    return {
+      type: "scatter",
+      mode: "markers",
+      name: variant,
+      x: points.map((p) => p.params),
+      y: points.map((p) => p.value),
+      text: points.map((p) => `${p.name}${p.best ? " (best)" : ""}`),
+      hovertemplate: `%{text}<br>%{x:,} parameters<br>${data.metric} %{y:.4f}<extra></extra>`,
+      marker: {
+        size: points.map((p) => (p.best ? 15 : 10)),
+        color: colorOf(variant),
+        line: { width: points.map((p) => (p.best ? 2 : 0)), color: "#1d2330" },
+      },
+    };
+  });
+  if (data.teacher) {
+    traces.push({
+      type: "scatter",
+      mode: "markers+text",
+      name: "teacher",
+      x: [data.teacher.params],
+      y: [data.teacher.value],
+      text: ["teacher"],
+      textposition: "top center",
+      hovertemplate: `${data.teacher.name}<br>%{x:,} parameters<br>${data.metric} %{y:.4f}<extra></extra>`,
+      marker: { symbol: "star", size: 16, color: "#c0392b" },
+    });
+  }
+  draw(div, traces, layout(`${data.metric} vs size`, "parameters (log scale)", data.metric, { xaxis: { type: "log", title: { text: "parameters (log scale)" } } }));
+  div.dataset.points = String(data.points.length);
+  div.dataset.teacher = data.teacher ? "1" : "0";
+}
+
+function curveTraces(runs) {
+  return runs.map((run) => ({
+    type: "scatter",
+    mode: run.points.length > 1 ? "lines" : "markers",
+    name: run.name,
+    x: run.points.map((p) => p[0]),
+    y: run.points.map((p) => p[1]),
+    line: { color: colorOf(run.variant), width: 1.5 },
+    marker: { color: colorOf(run.variant) },
+  }));
+}
+
+function start() {
+  const source = document.getElementById("study-plots");
+  const container = document.getElementById("study-charts");
+  if (!source || !container) return;
+  if (!window.Plotly) {
+    container.textContent = "The chart library did not load.";
+    return;
+  }
+  const data = JSON.parse(source.textContent);
+  const sizeDiv = document.getElementById("plot-size");
+  const valDiv = document.getElementById("plot-val");
+  if (data.points.length || data.teacher) sizePlot(sizeDiv, data);
+  else sizeDiv.remove();
+  const val = data.curves[`val/${data.metric}`];
+  if (val) draw(valDiv, curveTraces(val), layout(`Validation ${data.metric} over steps`, "step", data.metric));
+  else valDiv.remove();
+  const losses = document.getElementById("plot-losses");
+  const terms = Object.keys(data.curves).filter((name) => name.startsWith("loss/"));
+  terms.sort((a, b) => (LOSS_ORDER.indexOf(a) + 1 || 99) - (LOSS_ORDER.indexOf(b) + 1 || 99) || a.localeCompare(b));
+  for (const term of terms) {
+    const div = document.createElement("div");
+    div.className = "chart chart-loss";
+    div.dataset.term = term;
+    losses.append(div);
+    draw(div, curveTraces(data.curves[term]), layout(LOSS_TITLES[term] || term, "step", "loss", { yaxis: { exponentformat: "power" } }));
+  }
+  if (!container.querySelector(".chart")) {
+    const note = document.createElement("p");
+    note.className = "empty";
+    note.textContent = container.dataset.empty;
+    container.append(note);
+  }
+}
+
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", start);
+} else {
+  start();
+}

@@ -1,0 +1,530 @@
+"""The REST API (``/api/v1/``): teams, teachers, data sets, runs, their metric series and exported students,
+studies; and the page that shows a user's API token.
+
+Views stay as thin as the pages' (``jobs.views``): a serializer checks the shape of the input, ``jobs.permissions``
+decides access (other teams' objects answer 404, viewers 403 on writes), one selector or service does the
+work. A run is created with the wizard's own call, ``services.run_create``, so the engine validates it the same
+way; its errors, keyed by config path (``student.layer_map[2]``), answer 400 as ``{"field": ["message"]}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.storage import default_storage
+from django.db.models import Prefetch, QuerySet
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from jobs import selectors, services
+from jobs.downsample import DEFAULT_MAX_POINTS
+from jobs.models import Artifact, DatasetSpec, Evaluation, Run, Study, Teacher, Team
+from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
+
+# ids are bigint columns: larger numbers cannot name anything
+MAX_ID = 2**63 - 1
+# steps are int columns
+MIN_STEP, MAX_STEP = -(2**31), 2**31 - 1
+MAX_SERIES_POINTS = 20_000
+# the engine's config sections that services spread into the config: they must be objects
+OBJECT_SECTIONS = ("student", "data", "loss", "optim")
+NON_FIELD = "non_field_errors"  # DRF's key for errors of no one field
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus the services' Django ``ValidationError``: 400 ``{"field": ["message"]}``, keyed by
+    the service's field (a config path for the engine's errors), ``non_field_errors`` for the others."""
+    if isinstance(exc, DjangoValidationError):
+        if hasattr(exc, "error_dict"):
+            data = {(NON_FIELD if key == "__all__" else key): messages for key, messages in exc.message_dict.items()}
+        else:
+            data = {NON_FIELD: exc.messages}
+        return Response(data, status=status.HTTP_400_BAD_REQUEST)
+    return drf_exception_handler(exc, context)
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": 'An error: {"detail": "message"}, or for invalid input {"field": ["message", ...]} with '
+    "the field's path (a config path such as student.layer_map[2] for the engine's checks).",
+    "additionalProperties": {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "object"}]
+    },
+}
+ERRORS = {
+    "400": "Invalid input: the fields and their messages.",
+    "401": "No or a wrong token (Authorization: Token <key>).",
+    "403": "Not allowed: viewers cannot change anything in their team.",
+    "404": "No such object, or one of another team.",
+}
+
+
+def document_errors(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    """drf-spectacular post-processing hook: every operation documents the error answers it can give."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    ref = {"$ref": "#/components/schemas/Error"}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            codes = ["401", "403"]
+            if method in ("post", "put", "patch") or any(p["in"] == "query" for p in operation.get("parameters", [])):
+                codes.append("400")
+            if "{" in path:
+                codes.append("404")
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(
+                    code, {"description": ERRORS[code], "content": {"application/json": {"schema": ref}}}
+                )
+    return result
+
+
+# --- pagination ----------------------------------------------------------------------------------------------
+
+
+class Pages(LimitOffsetPagination):
+    """``?limit=&offset=``, bounded so that no number reaches the database's limits."""
+
+    default_limit = 50
+    max_limit = 500
+    max_offset = 10**9
+
+    def get_offset(self, request: Request) -> int:
+        return min(super().get_offset(request), self.max_offset)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {self.limit_query_param: (1, self.max_limit), self.offset_query_param: (0, self.max_offset)}
+        for parameter in parameters:
+            low, high = bounds[parameter["name"]]
+            parameter["schema"].update(minimum=low, maximum=high)
+        return parameters
+
+
+# --- serializers ---------------------------------------------------------------------------------------------
+
+
+def _id_field(**kwargs: Any) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    role = serializers.CharField(read_only=True, help_text="Your role: owner, member or viewer.")
+    member_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "role", "member_count"]
+
+
+class TeacherSerializer(serializers.ModelSerializer):
+    labels = serializers.ListField(child=serializers.CharField(), read_only=True, help_text="Empty for a backbone.")
+
+    class Meta:
+        model = Teacher
+        fields = ["id", "team", "name", "source", "architecture", "labels", "from_run", "created_at"]
+
+
+class TeacherCreateSerializer(serializers.Serializer):
+    team = _id_field(required=False, help_text="Optional when you may write to one team only.")
+    name = serializers.CharField(max_length=100)
+    source = serializers.CharField(max_length=500, help_text="package:<pip-name>, a model folder or a hub id.")
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetSpec
+        fields = ["id", "team", "name", "source", "text_column", "label_column", "labels", "sizes", "preview"]
+        fields += ["created_at"]
+
+
+class DatasetCreateSerializer(serializers.Serializer):
+    team = _id_field(required=False, help_text="Optional when you may write to one team only.")
+    name = serializers.CharField(max_length=100)
+    source = serializers.CharField(max_length=500, help_text="packaged:<name>, a .csv/.jsonl path or hf:<id>.")
+    text_column = serializers.CharField(max_length=100, default="text")
+    label_column = serializers.CharField(max_length=100, default="label")
+
+
+class EvaluationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Evaluation
+        fields = ["role", "split", "metrics", "params", "bytes", "latency"]
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    name = serializers.SerializerMethodField()
+    download = serializers.SerializerMethodField(help_text="The URL of the file.")
+
+    class Meta:
+        model = Artifact
+        fields = ["id", "kind", "name", "bytes", "sha256", "created_at", "download"]
+
+    def get_name(self, artifact: Artifact) -> str:
+        return PurePosixPath(artifact.path).name
+
+    def get_download(self, artifact: Artifact) -> str:
+        return reverse("api-run-download", kwargs={"pk": artifact.run_id, "artifact_id": artifact.pk})
+
+
+class RunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Run
+        fields = ["id", "team", "study", "name", "kind", "status", "teacher", "dataset", "queue", "progress"]
+        fields += ["step", "total_steps", "eta_s", "attempts", "created_at", "started_at", "finished_at"]
+
+
+class RunDetailSerializer(RunSerializer):
+    evaluations = EvaluationSerializer(many=True, read_only=True, help_text="Final measurements, once it succeeded.")
+    artifacts = ArtifactSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "config", "error", "host", "evaluations", "artifacts"]
+
+
+def _no_nul(value: Any, path: str) -> None:
+    """PostgreSQL's JSON cannot store the NUL character: refuse it at its path rather than fail on save."""
+    if isinstance(value, str) and "\x00" in value:
+        raise serializers.ValidationError({path: ["Null characters are not allowed."]})
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, path)
+            _no_nul(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _no_nul(item, f"{path}[{i}]")
+
+
+def _check_sections(sections: Any) -> None:
+    """The wizard's ``sections`` shape: an object whose engine sections are objects (the engine checks the rest)."""
+    if not isinstance(sections, dict):
+        raise serializers.ValidationError({"sections": ["Expected an object of config sections."]})
+    for name in OBJECT_SECTIONS:
+        if name in sections and not isinstance(sections[name], dict):
+            raise serializers.ValidationError({name: ["Expected an object."]})
+    _no_nul(sections, "")
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": True,
+        "description": "The engine config without kind, name, teacher and the data's source and columns: "
+        "student, loss, optim, data (max_length, max_train_samples, ...), seed, log_every, ...",
+        "example": {"student": {"layers": 2}, "optim": {"max_steps": 50}},
+    }
+)
+class SectionsField(serializers.JSONField):
+    """Checked by the serializer's ``validate``, so its errors keep their config paths as top-level keys."""
+
+
+class RunCreateSerializer(serializers.Serializer):
+    teacher = _id_field()
+    dataset = _id_field()
+    kind = serializers.ChoiceField(choices=Run.Kind.choices)
+    name = serializers.CharField(max_length=100)
+    sections = SectionsField(default=dict)
+    queue = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
+
+    def validate(self, attrs: dict) -> dict:
+        _check_sections(attrs["sections"])
+        return attrs
+
+
+class StudySerializer(serializers.ModelSerializer):
+    run_count = serializers.IntegerField(read_only=True)
+    finished_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Study
+        fields = ["id", "team", "name", "description", "created_at", "run_count", "finished_count"]
+
+
+class StudyDetailSerializer(StudySerializer):
+    runs = serializers.SerializerMethodField()
+
+    class Meta(StudySerializer.Meta):
+        fields = [*StudySerializer.Meta.fields, "runs"]
+
+    @extend_schema_field(RunSerializer(many=True))
+    def get_runs(self, study: Study) -> list[dict]:
+        return RunSerializer(study.runs.order_by("created_at", "pk"), many=True).data
+
+
+class StudyCreateSerializer(serializers.Serializer):
+    teacher = _id_field()
+    dataset = _id_field()
+    name = serializers.CharField(max_length=100)
+    sections = SectionsField(default=dict)
+    ablations = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(selectors.ABLATIONS)), default=list, max_length=10
+    )
+    seeds = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_STEP), default=lambda: [0], max_length=100
+    )
+    queue = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
+
+    def validate(self, attrs: dict) -> dict:
+        _check_sections(attrs["sections"])
+        return attrs
+
+
+class RunFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
+    kind = serializers.ChoiceField(choices=Run.Kind.choices, required=False)
+    teacher = _id_field(required=False)
+    team = _id_field(required=False)
+    study = _id_field(required=False)
+
+
+class SeriesQuerySerializer(serializers.Serializer):
+    after = serializers.IntegerField(
+        min_value=MIN_STEP, max_value=MAX_STEP, required=False, help_text="Only the points from this step on."
+    )
+    max_points = serializers.IntegerField(
+        min_value=2, max_value=MAX_SERIES_POINTS, default=DEFAULT_MAX_POINTS, help_text="Per series (LTTB)."
+    )
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "name (loss/total, loss/feature, val/accuracy, ...) -> [[step, value or null], ...]",
+        "additionalProperties": {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number", "nullable": True}, "minItems": 2, "maxItems": 2},
+        },
+    }
+)
+class SeriesField(serializers.DictField):
+    pass
+
+
+class SeriesSerializer(serializers.Serializer):
+    series = SeriesField()
+    last_step = serializers.IntegerField(help_text="Send it back as ?after= for what follows.")
+    log = serializers.ListField(child=serializers.CharField(allow_blank=True), help_text="The log's last lines.")
+
+
+# --- views ---------------------------------------------------------------------------------------------------
+
+
+def _checked(serializer_class: type[serializers.Serializer], data: Any) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _team_for_write(user, team_id: int | None) -> Team:
+    """The team named in the body (one of the user's), or the only team the user may write to."""
+    if team_id is not None:
+        team = teams_for_user(user).filter(pk=team_id).first()
+        if team is None:
+            raise serializers.ValidationError({"team": [f"You are in no team with id {team_id}."]})
+        return team
+    writable = list(teams_for_user(user, write=True)[:2])
+    if not writable:
+        raise PermissionDenied(READ_ONLY)
+    if len(writable) > 1:
+        raise serializers.ValidationError({"team": ["You may write to several teams: choose one."]})
+    return writable[0]
+
+
+def _visible(queryset: QuerySet, pk: int, field: str):
+    """A teacher or data set the body names, among those the user may see; 400 at ``field`` otherwise."""
+    obj = queryset.filter(pk=pk).first()
+    if obj is None:
+        raise serializers.ValidationError({field: [f"You have no {field} with id {pk}."]})
+    return obj
+
+
+class TeamViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Your teams and your role in each."""
+
+    serializer_class = TeamSerializer
+    pagination_class = Pages
+    queryset = Team.objects.none()  # for the schema; get_queryset reads the user's
+
+    def get_queryset(self) -> QuerySet[Team]:
+        return selectors.team_list(self.request.user)
+
+
+class TeamObjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """List and get objects of the user's teams; one object through ``get_for_user`` (404 for other teams)."""
+
+    pagination_class = Pages
+    lookup_value_regex = "[0-9]+"
+
+    def get_object(self):
+        obj, _ = get_for_user(self.get_queryset(), self.request.user, self.kwargs["pk"])
+        return obj
+
+
+class TeacherViewSet(TeamObjectViewSet):
+    """Teachers: registered from a package, a model folder or a hub id; fine-tuning runs add theirs."""
+
+    serializer_class = TeacherSerializer
+    queryset = Teacher.objects.none()
+
+    def get_queryset(self) -> QuerySet[Teacher]:
+        return selectors.teacher_list(self.request.user)
+
+    @extend_schema(request=TeacherCreateSerializer, responses={201: TeacherSerializer})
+    def create(self, request: Request) -> Response:
+        """Register a teacher (owners and members): its architecture is read from the source first."""
+        data = _checked(TeacherCreateSerializer, request.data)
+        team = _team_for_write(request.user, data.get("team"))
+        teacher = services.teacher_register(user=request.user, team=team, name=data["name"], source=data["source"])
+        return Response(TeacherSerializer(teacher).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetViewSet(TeamObjectViewSet):
+    """Data sets: packaged, a file on the server, or a hub id; each is read and split when added."""
+
+    serializer_class = DatasetSerializer
+    queryset = DatasetSpec.objects.none()
+
+    def get_queryset(self) -> QuerySet[DatasetSpec]:
+        return selectors.dataset_list(self.request.user)
+
+    @extend_schema(request=DatasetCreateSerializer, responses={201: DatasetSerializer})
+    def create(self, request: Request) -> Response:
+        """Add a data set (owners and members) by source: its labels, splits and preview are read at once."""
+        data = _checked(DatasetCreateSerializer, request.data)
+        team = _team_for_write(request.user, data.pop("team", None))
+        dataset = services.dataset_create(user=request.user, team=team, **data)
+        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class RunViewSet(TeamObjectViewSet):
+    """Runs: launch with the wizard's config and validation, follow, cancel, resume, download the student."""
+
+    queryset = Run.objects.none()
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return RunSerializer if self.action == "list" else RunDetailSerializer
+
+    def get_queryset(self) -> QuerySet[Run]:
+        if self.action == "list":
+            filters = _checked(RunFilterSerializer, self.request.query_params)
+            study = filters.pop("study", None)
+            runs = selectors.run_list(self.request.user, **{k: str(v) for k, v in filters.items()})
+            return runs.filter(study_id=study) if study else runs
+        evaluations = Prefetch("evaluations", queryset=Evaluation.objects.order_by("split", "-role"))
+        return Run.objects.select_related("team").prefetch_related(evaluations, "artifacts")
+
+    @extend_schema(parameters=[RunFilterSerializer])
+    def list(self, request: Request) -> Response:
+        """Your runs, newest first; filter by status, kind, teacher, team or study."""
+        return super().list(request)
+
+    @extend_schema(request=RunCreateSerializer, responses={201: RunDetailSerializer})
+    def create(self, request: Request) -> Response:
+        """Validate a run as the wizard does (``services.run_create``) and queue it."""
+        data = _checked(RunCreateSerializer, request.data)
+        teacher = _visible(selectors.teacher_list(request.user), data["teacher"], "teacher")
+        dataset = _visible(selectors.dataset_list(request.user), data["dataset"], "dataset")
+        run = services.run_create(
+            user=request.user,
+            teacher=teacher,
+            dataset=dataset,
+            kind=data["kind"],
+            name=data["name"],
+            sections=data["sections"],
+            queue=data["queue"],
+        )
+        return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    def _act(self, service: Any) -> Response:
+        run, _ = get_for_user(Run, self.request.user, self.kwargs["pk"])
+        service(user=self.request.user, run=run)
+        return Response(RunDetailSerializer(self.get_object()).data)
+
+    @extend_schema(request=None, responses=RunDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Cancel (owners and members): a queued run at once, a running one at its next step."""
+        return self._act(services.run_cancel)
+
+    @extend_schema(request=None, responses=RunDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        """Queue a cancelled or interrupted run again; it continues from its last checkpoint."""
+        return self._act(services.run_resume)
+
+    @extend_schema(parameters=[SeriesQuerySerializer], responses=SeriesSerializer)
+    @action(detail=True, methods=["get"])
+    def series(self, request: Request, pk: str) -> Response:
+        """Every metric series of the run, downsampled (LTTB) to ``max_points``, and the log's tail."""
+        query = _checked(SeriesQuerySerializer, request.query_params)
+        run, _ = get_for_user(Run, request.user, pk)
+        backfill = selectors.run_backfill(run, after_step=query.get("after"), max_points=query["max_points"])
+        return Response(SeriesSerializer(backfill).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("artifact_id", OpenApiTypes.INT, OpenApiParameter.PATH)],
+        responses={(200, "application/zip"): OpenApiTypes.BINARY},
+    )
+    @action(detail=True, methods=["get"], url_path=r"artifacts/(?P<artifact_id>[0-9]+)/download", url_name="download")
+    def download(self, request: Request, pk: str, artifact_id: str) -> FileResponse:
+        """The artifact's file (the exported student: a zip)."""
+        run, _ = get_for_user(Run, request.user, pk)
+        artifact = get_object_or_404(run.artifacts, pk=artifact_id)
+        try:
+            handle = default_storage.open(artifact.path, "rb")
+        except FileNotFoundError:
+            raise Http404("The artifact's file is no longer in storage.") from None
+        return FileResponse(handle, as_attachment=True, filename=PurePosixPath(artifact.path).name)
+
+
+class StudyViewSet(TeamObjectViewSet):
+    """Studies: the full method, its ablations and baselines, over seeds, with one student shape and budget."""
+
+    queryset = Study.objects.none()
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return StudySerializer if self.action == "list" else StudyDetailSerializer
+
+    def get_queryset(self) -> QuerySet[Study]:
+        return selectors.study_list(self.request.user)
+
+    @extend_schema(request=StudyCreateSerializer, responses={201: StudyDetailSerializer})
+    def create(self, request: Request) -> Response:
+        """Launch a study (``services.study_create``): one run per variant and seed, validated as the wizard's."""
+        data = _checked(StudyCreateSerializer, request.data)
+        teacher = _visible(selectors.teacher_list(request.user), data.pop("teacher"), "teacher")
+        dataset = _visible(selectors.dataset_list(request.user), data.pop("dataset"), "dataset")
+        study = services.study_create(user=request.user, teacher=teacher, dataset=dataset, **data)
+        return Response(StudyDetailSerializer(self.get_queryset().get(pk=study.pk)).data, status=201)
+
+
+# --- the token page ------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_page(request: HttpRequest) -> HttpResponse:
+    """``/account/token/``: the user's API token; POST replaces it (the old one stops working)."""
+    if request.method == "POST":
+        Token.objects.filter(user=request.user).delete()
+        Token.objects.create(user=request.user)
+        return redirect("api_token")
+    token, _ = Token.objects.get_or_create(user=request.user)
+    return render(request, "jobs/api_token.html", {"token": token, "api_root": request.build_absolute_uri("/")})

@@ -1,0 +1,21 @@
+"""URLs of the REST API, mounted at ``/api/v1/``: the viewsets, the OpenAPI schema and its Swagger UI."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from jobs import api
+
+router = SimpleRouter()
+router.register("teams", api.TeamViewSet, basename="api-team")
+router.register("teachers", api.TeacherViewSet, basename="api-teacher")
+router.register("datasets", api.DatasetViewSet, basename="api-dataset")
+router.register("runs", api.RunViewSet, basename="api-run")
+router.register("studies", api.StudyViewSet, basename="api-study")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # Swagger UI's files come from drf-spectacular-sidecar (static files), never from a CDN
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    *router.urls,
+]
