@@ -1,14 +1,16 @@
 """The Celery task's view of training: ``RunMonitor`` records, publishes, heartbeats and cancels.
 
-- Points are buffered and written in one bulk insert every ``flush_every_s`` seconds (and at every
-  evaluation and at the end), so the database sees a few writes per second at most, whatever the step rate.
-  Each batch, once stored, is published to the run's watchers (``jobs.events``) with the run's status;
-  publishing is best effort: without Redis training goes on, the database keeps every point, and pages
-  backfill when their socket reconnects.
-- A heartbeat thread stamps the run every ``heartbeat_s`` seconds, also while the trainer is busy outside
-  its steps (loading, evaluating, exporting); a run whose stamp goes stale was lost with its worker
-  (``services.runs_interrupt``). Each beat and each flush read the cancel flag: the next step end then asks
-  the trainer to stop, and the trainer checkpoints before it returns.
+- The training thread only appends each step's points to a buffer. The monitor's own thread stores them in
+  one bulk insert every ``flush_every_s`` seconds and publishes the same batch to the run's watchers
+  (``jobs.events``) with the run's status, so a slow database or an unreachable Redis never holds a step up.
+  Evaluations, checkpoints and the end flush on the training thread: a checkpoint is written only once the
+  points before it are stored (a resumed run starts after it). A batch that could not be stored is kept for
+  the next try; one that could not be published (Redis down) goes out with the next batch, so open pages
+  keep a complete chart, and pages that reconnect backfill from the database.
+- The same thread heartbeats the run when it has nothing to store (loading, evaluating, exporting), every
+  ``heartbeat_s`` seconds; a run whose stamp goes stale was lost with its worker
+  (``services.runs_interrupt``). Every write reads the cancel flag: the next step end then asks the trainer
+  to stop, and the trainer checkpoints before it returns.
 - A few lines go to the run's log: start or resume, every tenth of the run, each evaluation, a stop.
 """
 
@@ -18,6 +20,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -43,13 +46,16 @@ class RunMonitor(Callback):
         self.heartbeat_s = settings.KDWEB_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.buffer: list[tuple[str, int, float]] = []  # to store
         self.unpublished: list[tuple[str, int, float]] = []  # stored, not yet sent to the watchers
-        self.last_flush = time.monotonic()
+        self.latest: TrainState | None = None  # the state at the last step end, for the thread's flushes
+        self.last_write = time.monotonic()
         self.next_log_step = math.inf  # set when training begins
         self.stop_requested = threading.Event()
+        self._buffer_lock = threading.Lock()  # appends and swaps only: the training thread never waits long
+        self._flush_lock = threading.Lock()  # one flush at a time, so batches are published in step order
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeat, name=f"heartbeat-run-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._background, name=f"monitor-run-{run_id}", daemon=True)
 
-    # --- heartbeat -----------------------------------------------------------------------------------
+    # --- the monitor's thread -----------------------------------------------------------------------------
 
     def __enter__(self) -> RunMonitor:
         self._thread.start()
@@ -59,16 +65,19 @@ class RunMonitor(Callback):
         self._done.set()
         self._thread.join()
 
-    def _heartbeat(self) -> None:
+    def _background(self) -> None:
         try:
-            while not self._done.is_set():
+            while not self._done.wait(self.flush_every_s):
                 try:
-                    if services.run_heartbeat(self.run_id):
-                        self.stop_requested.set()
-                except Exception:  # the database may be back at the next beat; training goes on meanwhile
-                    log.exception("heartbeat of run %s not stored", self.run_id)
+                    if self.buffer and self.latest is not None:
+                        self.flush(self.latest)
+                    elif time.monotonic() - self.last_write >= self.heartbeat_s:
+                        if services.run_heartbeat(self.run_id):
+                            self.stop_requested.set()
+                        self.last_write = time.monotonic()
+                except Exception:  # the database may be back at the next try; training goes on meanwhile
+                    log.exception("points or heartbeat of run %s not stored", self.run_id)
                     connection.close()  # a broken connection is not reused
-                self._done.wait(self.heartbeat_s)
         finally:
             connection.close()  # this thread's own connection
 
@@ -78,14 +87,26 @@ class RunMonitor(Callback):
         return state.elapsed_s / state.step * (state.total_steps - state.step) if state.step else None
 
     def flush(self, state: TrainState) -> None:
-        points, self.buffer = self.buffer, []
-        eta_s = self._eta(state)
-        if services.run_progress(self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s):
-            self.stop_requested.set()  # read at every flush too: a cancel takes effect within a second
-        self.last_flush = time.monotonic()
-        self.unpublished.extend(points)
-        del self.unpublished[:-MAX_UNPUBLISHED]
-        self.publish(state, eta_s)
+        """Store the buffered points and the progress, then publish them. A batch that cannot be stored goes
+        back to the buffer and the error propagates (the caller logs it or, at a checkpoint, fails)."""
+        with self._flush_lock:
+            with self._buffer_lock:
+                points, self.buffer = self.buffer, []
+            eta_s = self._eta(state)
+            try:
+                stop = services.run_progress(
+                    self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s
+                )
+            except Exception:
+                with self._buffer_lock:
+                    self.buffer[:0] = points
+                raise
+            if stop:
+                self.stop_requested.set()
+            self.last_write = time.monotonic()
+            self.unpublished.extend(points)
+            del self.unpublished[:-MAX_UNPUBLISHED]
+            self.publish(state, eta_s)
 
     def publish(self, state: TrainState, eta_s: float | None) -> None:
         """The points not yet published and the progress, to the run's watchers.
@@ -137,7 +158,9 @@ class RunMonitor(Callback):
         self.flush(state)
 
     def on_step_end(self, state: TrainState, control: Control, logs: dict[str, float]) -> None:
-        self.buffer.extend((name, state.step, value) for name, value in logs.items())
+        with self._buffer_lock:
+            self.buffer.extend((name, state.step, value) for name, value in logs.items())
+        self.latest = replace(state)  # a copy: the trainer goes on changing its own
         if self.stop_requested.is_set() and not control.should_stop:
             control.should_stop = True  # the trainer checkpoints this step, then returns
             self.say(f"stopping at step {state.step}: saving a checkpoint")
@@ -148,12 +171,11 @@ class RunMonitor(Callback):
                 f"step {state.step} / {state.total_steps} · loss {logs.get('loss/total', math.nan):.4f}"
                 f" · {rate:.1f} steps/s"
             )
-        if time.monotonic() - self.last_flush >= self.flush_every_s:
-            self.flush(state)
 
     def on_evaluate(self, state: TrainState, control: Control, metrics: dict[str, Any]) -> None:
         scores = {name: value for name, value in metrics.items() if isinstance(value, float)}
-        self.buffer.extend((f"val/{name}", state.step, value) for name, value in scores.items())
+        with self._buffer_lock:
+            self.buffer.extend((f"val/{name}", state.step, value) for name, value in scores.items())
         self.flush(state)
         self.say(f"step {state.step} · validation " + " · ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if state.step >= state.total_steps:  # what comes next takes a while and logs no steps

@@ -8,6 +8,7 @@ another thread). Each test drives its sockets inside one ``async_to_sync`` call.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -454,3 +455,20 @@ def test_points_not_published_while_redis_is_down_go_out_once_it_is_back(setting
         {"name": "loss/task", "step": 41, "value": 0.25},
     ]
     assert monitor.unpublished == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_monitors_thread_stores_what_the_training_thread_only_appends(live_run):
+    """A step end costs the trainer an append: storing and publishing happen on the monitor's own thread
+    (nothing here calls ``flush``)."""
+    state = TrainState(step=0, total_steps=120, elapsed_s=0.0)
+    with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=0.05, heartbeat_s=60) as monitor:
+        for step in (31, 32):
+            state.step, state.elapsed_s = step, step * 0.5
+            monitor.on_step_end(state, Control(), {"loss/task": 1 / step})
+        deadline = time.monotonic() + 10
+        while MetricPoint.objects.filter(run=live_run).count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sorted(MetricPoint.objects.filter(run=live_run).values_list("step", "value")) == [(31, 1 / 31), (32, 1 / 32)]
+    live_run.refresh_from_db()
+    assert (live_run.step, monitor.buffer) == (32, [])
