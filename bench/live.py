@@ -5,22 +5,25 @@ and emptied at the start; never the tests' ``kdweb``/``test_kdweb`` or Redis db 
 
 1. **Latency.** daphne serves ``kdweb.asgi`` in a subprocess, as ``make up`` does. The viewers, websocket
    clients in a process of their own, log in with a session cookie and open ``/ws/runs/<id>/`` as the run
-   page does. Each emitting run is a process that drives the worker's callback (``jobs.progress.RunMonitor``)
-   with steps at a fixed rate, so it flushes as in a worker: store the points (``services.run_progress``),
-   then publish them and the status (``events.run_event_send``). One point of each flush, ``bench/emit_s``,
+   page does. Each emitting run is a process that feeds the worker's callback (``jobs.progress.RunMonitor``)
+   steps and makes it flush at a fixed rate, as its thread does in a worker: store the points
+   (``services.run_progress``), then publish them and the status (``events.run_event_send``). One point of
+   each flush, ``bench/emit_s``,
    carries as its value the wall time at which its step ended; a viewer subtracts it from the wall time at
    which the message arrived (one machine, one clock). Scenarios: 1 viewer of 1 run, 50 viewers of 1 run,
    10 runs emitting at once with 5 viewers each.
 2. **Monitoring overhead.** In this one process, the same small KD run is trained with ``RunMonitor`` (as
-   ``jobs.tasks`` uses it) and without, in alternating rounds; the cost is the ratio of the mean step time.
+   ``jobs.tasks`` uses it) and without, in alternating pairs; the cost is the ratio of the mean step time.
 3. **Backfill.** A run with 100,000 stored points in each of its 6 series: the time ``selectors.run_backfill``
    takes to build the message the consumer sends on connect, its size, and the time from opening a socket
    to receiving it through daphne.
 
-    .venv/bin/python bench/live.py            # ~7 min; writes bench/results/live.json and .md
-    .venv/bin/python bench/live.py --quick    # a smoke run of every part (~2 min); results not written
+    .venv/bin/python bench/live.py            # ~8 min; writes bench/results/live.json and .md
+    .venv/bin/python bench/live.py --quick    # a smoke run of every part (~3 min); results not written
 
-Timings are only as good as the machine is quiet: the load average at the start and at the end is recorded.
+Timings are only as good as the machine is quiet. Before each part the benchmark waits (a while) for other
+work to stop, a pair of trainings counts only if none ran meanwhile, and the CPU use of each part, the
+benchmark's and the rest, is recorded with the results.
 """
 
 from __future__ import annotations
@@ -603,8 +606,8 @@ class StepClock(Callback):
 
 class HookTimer:
     """Stands in for ``inner`` among the trainer's callbacks: forwards every hook to it, and keeps the time
-    each ``on_step_end`` took: the callback's own cost on the training thread (its flushes included), apart
-    from what it costs the machine around it."""
+    each ``on_step_end`` took: the callback's own cost on the training thread, apart from what it costs the
+    machine around it."""
 
     def __init__(self, inner: Callback) -> None:
         self.inner = inner
@@ -679,7 +682,7 @@ def measure_overhead(fx: Fixture, scratch: Path, args) -> dict:
             if timer is not None:
                 hooks = np.asarray(timer.step_end_s[args.skip_steps + 1 :])  # those inside the timed intervals
                 pair[variant]["in_callback"] = float(hooks.sum() / (wall[-1] - wall[0]))
-                pair[variant]["writes_ms"] = (hooks[hooks > 0.002] * 1000).tolist()  # flushes, log lines
+                pair[variant]["writes_ms"] = (hooks[hooks > 0.002] * 1000).tolist()  # those that wrote
         pair["counts"] = max(pair[v]["other_pct"] for v in order) < QUIET_OTHER_PCT
         pairs.append(pair)
         shown = {v: round(pair[v]["step_s"] * 1000, 2) for v in order} | {"counts": pair["counts"]}
@@ -899,11 +902,11 @@ def report(results: dict) -> str:
         + (verdict(ov["overhead_pct"], TARGETS["overhead_pct"]) if ov["valid"] else "not measured")
         + " |",
         "",
-        f"Inside the callback itself, on the training thread: {ov['in_callback_pct']:.2f}% of the timed wall time "
-        "(median over pairs), nearly all of it in the calls that write (flushes, about one a second, and log "
-        f"lines): {ov['writes_timed']} timed, {ov['write_ms_median']:.1f} ms each (median). The A/B difference "
-        "adds what the callback costs around it: its heartbeat thread, and PostgreSQL and Redis working on the "
-        "same cores.",
+        f"Inside the callback's step hook, on the training thread: {ov['in_callback_pct']:.2f}% of the timed wall "
+        "time (median over pairs), most of it in the calls that write to the database there (over 2 ms: "
+        f"{ov['writes_timed']} timed, {ov['write_ms_median']:.1f} ms each, median). The A/B difference adds what "
+        "the callback costs around the training thread: its own thread (flushes, heartbeat), and PostgreSQL and "
+        "Redis working on the same two cores.",
         "",
         "One flush, part by part (each timed alone, median of "
         f"{fa['repeats']}): storing 120 points (`services.run_progress`) {fa['store_ms']:.1f} ms, publishing them "
@@ -959,7 +962,7 @@ def main() -> None:
     p.add_argument("--database-url", default=DATABASE_URL, help="dropped and recreated (its name must say bench)")
     p.add_argument("--redis-url", default=REDIS_URL, help="emptied at the start (not db 0)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of emitting per latency scenario")
-    p.add_argument("--rounds", type=int, default=6, help="overhead: pairs (with, without) that must count")
+    p.add_argument("--rounds", type=int, default=10, help="overhead: pairs (with, without) that must count")
     p.add_argument("--overhead-budget", type=float, default=600, help="overhead: seconds to get them in")
     p.add_argument("--wait", type=float, default=120, help="seconds to wait for a quiet machine before a part")
     p.add_argument("--steps", type=int, default=160, help="overhead: steps per training")
