@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Kind = Literal["teacher_finetune", "kd_feature", "kd_logits", "no_kd"]
 KD_KINDS: tuple[str, ...] = ("kd_feature", "kd_logits")
 TERMS: tuple[str, ...] = ("task", "output", "feature", "attention")
+Task = Literal["classification", "causal_lm"]
+LmMetric = Literal["perplexity", "bleu", "rouge_l", "cer"]
+LM_METRICS: tuple[str, ...] = ("perplexity", "bleu", "rouge_l", "cer")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0.0)]
@@ -124,8 +127,30 @@ class OptimConfig(_Frozen):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
+class LoraConfig(_Frozen):
+    """Low-rank adapters (peft) for teacher fine-tuning; merged into the weights at export."""
+
+    rank: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0.0)] = 16.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: tuple[str, ...] | None = Field(
+        None, description="names of the linear layers to adapt; default: the architecture's attention projections"
+    )
+
+
+class GenerationConfig(_Frozen):
+    """Causal-LM evaluation: perplexity on held-out text, and a continuation task (prompt = the start of a
+    held-out text, reference = the text that follows) scored by BLEU, ROUGE-L and CER."""
+
+    metrics: tuple[LmMetric, ...] = LM_METRICS
+    samples: PositiveInt = Field(32, description="held-out texts continued for BLEU, ROUGE-L and CER")
+    prompt_tokens: PositiveInt = 48
+    new_tokens: PositiveInt = 32
+
+
 class RunConfig(_Frozen):
     kind: Kind
+    task: Task = Field("classification", description="classification, or causal_lm (next-token prediction)")
     name: str = "run"
     seed: int = 0
     teacher: TeacherConfig
@@ -133,6 +158,8 @@ class RunConfig(_Frozen):
     data: DataConfig
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
+    lora: LoraConfig | None = Field(None, description="teacher_finetune only: train LoRA adapters, not all weights")
+    generation: GenerationConfig = GenerationConfig()
     output_dir: str = Field("runs/run", description="checkpoints, logs and the export go here")
     log_every: PositiveInt = 10
     eval_every: PositiveInt | None = Field(None, description="steps between evaluations; default: each epoch")
@@ -146,6 +173,8 @@ class RunConfig(_Frozen):
             raise ValueError("student: a teacher_finetune run trains the teacher; remove the student section")
         if self.kind != "teacher_finetune" and self.student is None:
             raise ValueError(f"student: required for kind {self.kind}")
+        if self.lora is not None and self.kind != "teacher_finetune":
+            raise ValueError("lora: LoRA adapters fine-tune a teacher; use kind teacher_finetune")
         if not any(self.loss_weights().values()):
             raise ValueError(f"loss: every term used by kind {self.kind} has weight 0")
         features = self.loss.feature + self.loss.attention
