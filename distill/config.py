@@ -48,6 +48,9 @@ class TeacherConfig(_Frozen):
         min_length=1,
         description="package:<pip-name>, a local model directory (e.g. a run's export) or a hub id",
     )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the frozen teacher's weights; bfloat16 halves its memory in distillation runs"
+    )
 
 
 class LayerPair(_Frozen):
