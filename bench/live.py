@@ -7,9 +7,9 @@ and emptied at the start; never the tests' ``kdweb``/``test_kdweb`` or Redis db 
    clients in a process of their own, log in with a session cookie and open ``/ws/runs/<id>/`` as the run
    page does. Each emitting run is a process that feeds the worker's callback (``jobs.progress.RunMonitor``)
    steps and makes it flush at a fixed rate, as its thread does in a worker: store the points
-   (``services.run_progress``), then publish them and the status (``events.run_event_send``). One point of
-   each flush, ``bench/emit_s``,
-   carries as its value the wall time at which its step ended; a viewer subtracts it from the wall time at
+   (``services.run_progress``); the monitor's thread then publishes them and the status
+   (``events.run_event_publish`` on its own event loop). One point of each flush, ``bench/emit_s``, carries
+   as its value the wall time at which its step ended; a viewer subtracts it from the wall time at
    which the message arrived (one machine, one clock). Scenarios: 1 viewer of 1 run, 50 viewers of 1 run,
    10 runs emitting at once with 5 viewers each.
 2. **Monitoring overhead.** In this one process, the same small KD run is trained with ``RunMonitor`` (as
@@ -409,8 +409,9 @@ def emitter_main(commands: mp.Queue, results: mp.Queue) -> None:
 
 def emit(task: dict) -> dict:
     """``task["count"]`` flushes of ``task["steps"]`` steps each, one every ``interval`` seconds from
-    ``start_at`` (wall clock) on, through ``RunMonitor`` exactly as in the worker (it stores the points,
-    then publishes them and the status; it also stamps the run and writes log lines).
+    ``start_at`` (wall clock) on, through ``RunMonitor`` exactly as in the worker (it stores the points, then
+    its thread publishes them and the status; it also stamps the run and writes log lines). ``flush_ms`` is
+    the store alone: the publishing that follows on the monitor's thread counts in the latency.
 
     The first step of each batch is flushed at once, as the monitor's thread flushes (its own timer is set
     out of the way): it carries the emit time, taken as the step ends, and goes out with the steps buffered
@@ -732,12 +733,15 @@ def measure_overhead(fx: Fixture, scratch: Path, args) -> dict:
 
 def flush_anatomy(fx: Fixture, repeats: int = 30) -> dict:
     """What one flush of the callback costs, part by part, each timed alone (median ms): storing a second of
-    points at 20 steps a second, publishing them, publishing the status (to the run and to its team)."""
+    points at 20 steps a second, publishing them and the status (to the run and to its team) on one event loop
+    as the monitor's thread does, and what ``async_to_sync`` would add to each publish (a new loop, and so a
+    new Redis connection, per call)."""
     from asgiref.sync import async_to_sync
 
     from jobs import events, services
 
     run = create_run(fx, "flush anatomy", 10**6)
+    loop = asyncio.new_event_loop()
     parts: dict[str, list[float]] = {"store": [], "publish_metrics": [], "publish_status": [], "async_to_sync": []}
 
     async def nothing() -> None:
@@ -749,14 +753,15 @@ def flush_anatomy(fx: Fixture, repeats: int = 30) -> dict:
         t0 = time.perf_counter()
         services.run_progress(run.id, points, step=20 * k + 20, total_steps=10**6, eta_s=1.0)
         t1 = time.perf_counter()
-        events.run_event_send(run.id, metrics)
+        loop.run_until_complete(events.run_event_publish(run.id, metrics))
         t2 = time.perf_counter()
-        events.run_event_send(run.id, events.status_event(run), team_id=run.team_id)
+        loop.run_until_complete(events.run_event_publish(run.id, events.status_event(run), team_id=run.team_id))
         t3 = time.perf_counter()
-        async_to_sync(nothing)()  # what each publish pays before it reaches Redis
+        async_to_sync(nothing)()
         t4 = time.perf_counter()
         for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             parts[name].append(dt)
+    loop.close()
     return {f"{name}_ms": statistics.median(v) * 1000 for name, v in parts.items()} | {"repeats": repeats}
 
 
@@ -858,9 +863,10 @@ def report(results: dict) -> str:
         f"that feeds `RunMonitor` (the worker's callback) {STEPS_PER_S} steps a second of the {len(SERIES)} "
         "series loss/task, loss/output, loss/feature, loss/attention, loss/total and lr, and flushes it "
         "(as the monitor's thread does in a worker, once a second) every interval: `services.run_progress` (one "
-        "transaction), then "
-        "`events.run_event_send` of the points and of the status. Latency: arrival at a viewer minus the end of "
-        "the step whose flush carries the point (store, publish, daphne, viewer), for every viewer; "
+        "transaction), after which the monitor's thread publishes the points and the status "
+        "(`events.run_event_publish`, on its own event loop). Latency: arrival at a viewer minus the end of "
+        "the step whose flush carries the point (store, wake-up of the monitor's thread, publish, daphne, "
+        "viewer), for every viewer; "
         f"{a['duration']:.0f} s of emitting per scenario; the runs' flushes are spread over the interval; a "
         "message not arrived 10 s after the last flush is lost.",
         "",
@@ -877,7 +883,8 @@ def report(results: dict) -> str:
         )
     lines += [
         "",
-        "Flush: the emitter's time in `RunMonitor.flush` (store and publish), inside the latency; the wait of a "
+        "Flush: the emitter's time in `RunMonitor.flush` (the store; publishing follows on its thread), inside "
+        "the latency; the wait of a "
         "point in the buffer for the next flush (up to 1 s in a worker) is batching and not counted.",
         "",
         "## Monitoring overhead on training",
@@ -911,8 +918,9 @@ def report(results: dict) -> str:
         "One flush, part by part (each timed alone, median of "
         f"{fa['repeats']}): storing 120 points (`services.run_progress`) {fa['store_ms']:.1f} ms, publishing them "
         f"{fa['publish_metrics_ms']:.1f} ms, publishing the status to the run and its team "
-        f"{fa['publish_status_ms']:.1f} ms; `async_to_sync` of an empty coroutine, which every publish goes "
-        f"through, {fa['async_to_sync_ms']:.1f} ms.",
+        f"{fa['publish_status_ms']:.1f} ms, both on the monitor's own event loop; `async_to_sync` of an empty "
+        f"coroutine, which each publish would add on a new loop (and a new Redis connection), "
+        f"{fa['async_to_sync_ms']:.1f} ms.",
         "",
         "## Backfill of a long run",
         "",

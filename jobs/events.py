@@ -189,12 +189,13 @@ def _groups(run_id: int, payload: RunEvent, team_id: int | None) -> list[str]:
     return groups
 
 
-def run_event_send(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> bool:
+async def run_event_publish(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> bool:
     """Validate ``payload`` and send it to the watchers of the run; ``False`` (logged) if Redis is unreachable.
 
-    A status event given the run's ``team_id`` also goes to the team's runs lists. Only for code outside a
-    transaction (the worker's progress callback); services use the on-commit form. A payload that breaks
-    its schema is a programming error and raises ``EventSchemaError``.
+    A status event given the run's ``team_id`` also goes to the team's runs lists. The worker's monitor
+    awaits this on an event loop of its own, so one Redis connection serves a whole run (``async_to_sync``
+    starts a new loop, and channels-redis a new connection, for every call). A payload that breaks its
+    schema is a programming error and raises ``EventSchemaError``.
     """
     check_event(payload)
     layer = get_channel_layer()
@@ -203,11 +204,16 @@ def run_event_send(run_id: int, payload: RunEvent, *, team_id: int | None = None
     message = {"type": GROUP_MESSAGE_TYPE, "event": payload}
     try:
         for group in _groups(run_id, payload, team_id):
-            async_to_sync(layer.group_send)(group, message)
+            await layer.group_send(group, message)
     except (RedisError, OSError) as exc:  # ConnectionError, TimeoutError; OSError for a socket path that is gone
         log.warning("live event for run %s not published (%s: %s)", run_id, type(exc).__name__, exc)
         return False
     return True
+
+
+def run_event_send(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> bool:
+    """``run_event_publish`` from synchronous code outside a transaction; services use the on-commit form."""
+    return async_to_sync(run_event_publish)(run_id, payload, team_id=team_id)
 
 
 def run_event_send_on_commit(run_id: int, payload: RunEvent, *, team_id: int | None = None) -> None:

@@ -1,12 +1,14 @@
 """The Celery task's view of training: ``RunMonitor`` records, publishes, heartbeats and cancels.
 
-- The training thread only appends each step's points to a buffer. The monitor's own thread stores them in
-  one bulk insert every ``flush_every_s`` seconds and publishes the same batch to the run's watchers
-  (``jobs.events``) with the run's status, so a slow database or an unreachable Redis never holds a step up.
-  Evaluations, checkpoints and the end flush on the training thread: a checkpoint is written only once the
-  points before it are stored (a resumed run starts after it). A batch that could not be stored is kept for
-  the next try; one that could not be published (Redis down) goes out with the next batch, so open pages
-  keep a complete chart, and pages that reconnect backfill from the database.
+- The training thread only appends each step's points (and the odd log line) to a buffer. The monitor's own
+  thread stores them in one transaction every ``flush_every_s`` seconds and publishes what was stored to the
+  run's watchers (``jobs.events``) with the run's status, so neither a slow database nor Redis holds a step
+  up. Evaluations, checkpoints and the end store on the training thread (a checkpoint is written only once
+  the points before it are stored: a resumed run starts after it) and wake the monitor to publish.
+- Only the monitor's thread talks to Redis, on an event loop of its own: one connection for the whole run,
+  where each ``async_to_sync`` call would open a new one. A batch that could not be stored stays buffered for
+  the next try; what could not be published (Redis down) goes out with the next batch, so open pages keep a
+  complete chart, and pages that reconnect backfill from the database.
 - The same thread heartbeats the run when it has nothing to store (loading, evaluating, exporting), every
   ``heartbeat_s`` seconds; a run whose stamp goes stale was lost with its worker
   (``services.runs_interrupt``). Every write reads the cancel flag: the next step end then asks the trainer
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -45,13 +48,18 @@ class RunMonitor(Callback):
         self.flush_every_s = flush_every_s
         self.heartbeat_s = settings.KDWEB_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.buffer: list[tuple[str, int, float]] = []  # to store
-        self.unpublished: list[tuple[str, int, float]] = []  # stored, not yet sent to the watchers
+        self.lines: list[str] = []  # log lines to store
+        # Stored, not yet sent to the watchers: points, log lines, and the status of the last store.
+        self.unpublished: list[tuple[str, int, float]] = []
+        self.unpublished_lines: list[str] = []
+        self.status: events.StatusEvent | None = None
         self.latest: TrainState | None = None  # the state at the last step end, for the thread's flushes
         self.last_write = time.monotonic()
         self.next_log_step = math.inf  # set when training begins
         self.stop_requested = threading.Event()
         self._buffer_lock = threading.Lock()  # appends and swaps only: the training thread never waits long
-        self._flush_lock = threading.Lock()  # one flush at a time, so batches are published in step order
+        self._flush_lock = threading.Lock()  # one store at a time, so batches are published in step order
+        self._wake = threading.Event()  # something was stored: publish it now
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._background, name=f"monitor-run-{run_id}", daemon=True)
 
@@ -63,23 +71,35 @@ class RunMonitor(Callback):
 
     def __exit__(self, *exc_info: object) -> None:
         self._done.set()
-        self._thread.join()
+        self._wake.set()
+        self._thread.join()  # it stores and publishes what is left first
 
     def _background(self) -> None:
+        loop = asyncio.new_event_loop()
         try:
-            while not self._done.wait(self.flush_every_s):
-                try:
-                    if self.buffer and self.latest is not None:
-                        self.flush(self.latest)
-                    elif time.monotonic() - self.last_write >= self.heartbeat_s:
-                        if services.run_heartbeat(self.run_id):
-                            self.stop_requested.set()
-                        self.last_write = time.monotonic()
-                except Exception:  # the database may be back at the next try; training goes on meanwhile
-                    log.exception("points or heartbeat of run %s not stored", self.run_id)
-                    connection.close()  # a broken connection is not reused
+            while True:
+                self._wake.wait(self.flush_every_s)
+                self._wake.clear()
+                done = self._done.is_set()
+                self._store_or_heartbeat()
+                loop.run_until_complete(self._publish())
+                if done:
+                    return
         finally:
-            connection.close()  # this thread's own connection
+            loop.close()  # channels-redis closes its connections of this loop
+            connection.close()  # this thread's own database connection
+
+    def _store_or_heartbeat(self) -> None:
+        try:
+            if (self.buffer or self.lines) and self.latest is not None:
+                self.flush(self.latest)
+            elif time.monotonic() - self.last_write >= self.heartbeat_s:
+                if services.run_heartbeat(self.run_id):
+                    self.stop_requested.set()
+                self.last_write = time.monotonic()
+        except Exception:  # the database may be back at the next try; training goes on meanwhile
+            log.exception("points or heartbeat of run %s not stored", self.run_id)
+            connection.close()  # a broken connection is not reused
 
     # --- storing and publishing ------------------------------------------------------------------------
 
@@ -87,65 +107,83 @@ class RunMonitor(Callback):
         return state.elapsed_s / state.step * (state.total_steps - state.step) if state.step else None
 
     def flush(self, state: TrainState) -> None:
-        """Store the buffered points and the progress, then publish them. A batch that cannot be stored goes
-        back to the buffer and the error propagates (the caller logs it or, at a checkpoint, fails)."""
+        """Store the buffered points, log lines and the progress, and queue them for publishing. A batch that
+        cannot be stored goes back to the buffer and the error propagates (the caller logs it or, at a
+        checkpoint, fails)."""
         with self._flush_lock:
             with self._buffer_lock:
                 points, self.buffer = self.buffer, []
+                lines, self.lines = self.lines, []
             eta_s = self._eta(state)
             try:
                 stop = services.run_progress(
-                    self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s
+                    self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s, lines=lines
                 )
             except Exception:
                 with self._buffer_lock:
                     self.buffer[:0] = points
+                    self.lines[:0] = lines
                 raise
             if stop:
                 self.stop_requested.set()
             self.last_write = time.monotonic()
-            self.unpublished.extend(points)
-            del self.unpublished[:-MAX_UNPUBLISHED]
-            self.publish(state, eta_s)
+            status: events.StatusEvent = {
+                "type": "status",
+                "run_id": self.run_id,
+                "status": "running",
+                "progress": min(max(state.progress, 0.0), 1.0),
+                "eta_s": eta_s,
+                "step": state.step,
+                "total_steps": state.total_steps,
+                "cancel_requested": self.stop_requested.is_set(),
+            }
+            with self._buffer_lock:
+                self.unpublished.extend(points)
+                del self.unpublished[:-MAX_UNPUBLISHED]
+                self.unpublished_lines.extend(lines)
+                self.status = status
+        if threading.current_thread() is not self._thread:
+            self._wake.set()
 
-    def publish(self, state: TrainState, eta_s: float | None) -> None:
-        """The points not yet published and the progress, to the run's watchers.
+    async def _publish(self) -> None:
+        """Send what was stored and not yet published: points, log lines, then the latest status.
 
-        Points whose send failed (Redis down) go out with the next batch, so open pages keep a complete
-        chart through a Redis restart; failures are logged, never raised."""
-        status: events.StatusEvent = {
-            "type": "status",
-            "run_id": self.run_id,
-            "status": "running",
-            "progress": min(max(state.progress, 0.0), 1.0),
-            "eta_s": eta_s,
-            "step": state.step,
-            "total_steps": state.total_steps,
-            "cancel_requested": self.stop_requested.is_set(),
-        }
+        What a failed send (Redis down) leaves unsent goes out with the next batch, so open pages keep a
+        complete chart through a Redis restart; failures are logged, never raised."""
+        with self._buffer_lock:
+            points, self.unpublished = self.unpublished, []
+            lines, self.unpublished_lines = self.unpublished_lines, []
+            status, self.status = self.status, None
+        sent = {"points": not points, "lines": not lines, "status": status is None}
         try:
-            if self.unpublished:
+            if points:
                 metrics: events.MetricsEvent = {
                     "type": "metrics",
                     "points": [
-                        {"name": n, "step": s, "value": float(v) if math.isfinite(v) else None}
-                        for n, s, v in self.unpublished
+                        {"name": n, "step": s, "value": float(v) if math.isfinite(v) else None} for n, s, v in points
                     ],
                 }
-                if not events.run_event_send(self.run_id, metrics):
-                    return  # Redis is down: the status would fail too
-                self.unpublished = []
-            events.run_event_send(self.run_id, status, team_id=self.team_id)
-        except Exception:  # a bad payload must not stop training either: its points are stored
+                sent["points"] = await events.run_event_publish(self.run_id, metrics)
+            if lines and sent["points"]:  # Redis is down otherwise: the rest would fail too
+                sent["lines"] = await events.run_event_publish(self.run_id, events.log_event(lines))
+            if status is not None and sent["points"] and sent["lines"]:
+                sent["status"] = await events.run_event_publish(self.run_id, status, team_id=self.team_id)
+        except Exception:  # a bad payload must not stop training either: what it carried is stored
             log.exception("live events of run %s not published", self.run_id)
-            self.unpublished = []
+            return
+        with self._buffer_lock:  # newer batches were queued meanwhile: the unsent ones go first
+            if not sent["points"]:
+                self.unpublished[:0] = points
+                del self.unpublished[:-MAX_UNPUBLISHED]
+            if not sent["lines"]:
+                self.unpublished_lines[:0] = lines
+            if not sent["status"] and self.status is None:
+                self.status = status
 
     def say(self, line: str) -> None:
-        """A line in the run's log; like publishing, never a reason to stop training."""
-        try:
-            services.run_log(self.run_id, line)
-        except Exception:
-            log.exception("log line of run %s not stored: %s", self.run_id, line)
+        """A line in the run's log, stored and published with the next batch of points."""
+        with self._buffer_lock:
+            self.lines.append(line)
 
     # --- trainer hooks ---------------------------------------------------------------------------------
 
@@ -155,6 +193,7 @@ class RunMonitor(Callback):
         else:
             self.say(f"training {state.total_steps} steps")
         self.next_log_step = state.step + max(state.total_steps // 10, 1)
+        self.latest = replace(state)
         self.flush(state)
 
     def on_step_end(self, state: TrainState, control: Control, logs: dict[str, float]) -> None:
@@ -176,10 +215,10 @@ class RunMonitor(Callback):
         scores = {name: value for name, value in metrics.items() if isinstance(value, float)}
         with self._buffer_lock:
             self.buffer.extend((f"val/{name}", state.step, value) for name, value in scores.items())
-        self.flush(state)
         self.say(f"step {state.step} · validation " + " · ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if state.step >= state.total_steps:  # what comes next takes a while and logs no steps
             self.say("training done: evaluating the trained model and the teacher, measuring latency, exporting")
+        self.flush(state)
 
     def on_save(self, state: TrainState, control: Control) -> None:
         self.flush(state)  # stored points never lag the checkpoint: a resume would skip the missing steps

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -320,14 +320,23 @@ def run_output_dir(run: Run) -> Path:
 
 
 def run_progress(
-    run_id: int, points: Iterable[tuple[str, int, float]], *, step: int, total_steps: int, eta_s: float | None
+    run_id: int,
+    points: Iterable[tuple[str, int, float]],
+    *,
+    step: int,
+    total_steps: int,
+    eta_s: float | None,
+    lines: Sequence[str] = (),
 ) -> bool:
-    """Store metric points (idempotent per run, name and step) and the progress, as one heartbeat.
+    """Store metric points (idempotent per run, name and step), log lines and the progress, as one heartbeat
+    in one transaction. Publishing is the caller's (the worker's monitor sends what this stored).
     Returns what ``run_heartbeat`` returns: whether the worker should stop."""
     with transaction.atomic():
         MetricPoint.objects.bulk_create(
             [MetricPoint(run_id=run_id, name=n, step=s, value=v) for n, s, v in points], ignore_conflicts=True
         )
+        if lines:
+            LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
         Run.objects.filter(pk=run_id).update(
             step=step,
             total_steps=total_steps,

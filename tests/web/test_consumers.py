@@ -8,6 +8,7 @@ another thread). Each test drives its sockets inside one ``async_to_sync`` call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -314,21 +315,19 @@ def test_it_publishes_status_when_a_run_fails(member, live_run):
 
 
 def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
-    """RunMonitor.flush writes a batch, then sends the same batch and the progress to the watchers."""
-    recorder = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
+    """RunMonitor.flush writes a batch; the monitor's thread then sends the same batch and the progress to the
+    watchers."""
     state = TrainState(step=0, total_steps=120, elapsed_s=0.0)
-
-    def train_two_steps() -> None:
-        for step in (31, 32):
-            state.step, state.elapsed_s = step, step * 0.5
-            recorder.on_step_end(state, Control(), {"loss/task": 1 / step, "loss/total": float("nan")})
-        recorder.flush(state)
 
     @async_to_sync
     async def scenario():
         communicator, _, _ = await _open(live_run.pk, member, "?after=30")
-        await sync_to_async(train_two_steps)()
-        messages = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
+        with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600, heartbeat_s=3600) as recorder:
+            for step in (31, 32):
+                state.step, state.elapsed_s = step, step * 0.5
+                recorder.on_step_end(state, Control(), {"loss/task": 1 / step, "loss/total": float("nan")})
+            await sync_to_async(recorder.flush)(state)
+            messages = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
         await communicator.disconnect()
         return messages
 
@@ -360,11 +359,10 @@ def test_it_keeps_storing_points_when_redis_is_unreachable(settings, live_run, c
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
     }
-    recorder = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
     state = TrainState(step=40, total_steps=120, elapsed_s=20.0)
-    recorder.on_step_end(state, Control(), {"loss/task": 0.5})
-
-    recorder.flush(state)
+    with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600, heartbeat_s=3600) as recorder:
+        recorder.on_step_end(state, Control(), {"loss/task": 0.5})
+        recorder.flush(state)
 
     assert list(MetricPoint.objects.filter(run=live_run).values_list("name", "step", "value")) == [
         ("loss/task", 40, 0.5)
@@ -427,30 +425,34 @@ def test_the_runs_list_refuses_someone_not_logged_in(live_run):
     assert async_to_sync(_refusal)(_list_socket()) == 4403
 
 
-def test_points_not_published_while_redis_is_down_go_out_once_it_is_back(settings, member, live_run):
+def test_points_not_published_while_redis_is_down_go_out_once_it_is_back(settings, member, live_run, caplog):
     """The worker keeps what it could not publish and sends it with the next batch: an open page's chart
     stays complete through a Redis restart, without waiting for a reconnect."""
     live_layers = settings.CHANNEL_LAYERS
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
     }
-    monitor = RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600)
     state = TrainState(step=40, total_steps=120, elapsed_s=20.0)
-    monitor.on_step_end(state, Control(), {"loss/task": 0.5})
-    monitor.flush(state)  # stored, not published
-    settings.CHANNEL_LAYERS = live_layers  # Redis is back
 
     @async_to_sync
     async def scenario():
-        communicator, _, _ = await _open(live_run.pk, member, "?after=40")
-        state.step = 41
-        await sync_to_async(monitor.on_step_end)(state, Control(), {"loss/task": 0.25})
-        await sync_to_async(monitor.flush)(state)
-        metrics = await communicator.receive_json_from(timeout=TIMEOUT)
+        with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600, heartbeat_s=3600) as monitor:
+            monitor.on_step_end(state, Control(), {"loss/task": 0.5})
+            await sync_to_async(monitor.flush)(state)  # stored; the monitor's send fails
+            deadline = time.monotonic() + TIMEOUT
+            while "not published" not in caplog.text and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            settings.CHANNEL_LAYERS = live_layers  # Redis is back
+            communicator, _, _ = await _open(live_run.pk, member, "?after=40")
+            state.step = 41
+            monitor.on_step_end(state, Control(), {"loss/task": 0.25})
+            await sync_to_async(monitor.flush)(state)
+            metrics = await communicator.receive_json_from(timeout=TIMEOUT)
         await communicator.disconnect()
-        return metrics
+        return metrics, monitor
 
-    assert scenario()["points"] == [
+    metrics, monitor = scenario()
+    assert metrics["points"] == [
         {"name": "loss/task", "step": 40, "value": 0.5},
         {"name": "loss/task", "step": 41, "value": 0.25},
     ]
