@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import io
 import json
 import multiprocessing as mp
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from distill.callbacks import Callback  # noqa: E402 (light: no torch, no Django)
+from kdweb.launcher import daphne_on_free_port  # noqa: E402 (no Django either)
 
 RESULTS = ROOT / "bench" / "results"
 DATABASE_URL = "postgres://postgres@127.0.0.1:5432/kdweb_bench_live"
@@ -234,38 +232,6 @@ def wait_for_quiet(deadline: float, window_s: float = 3.0) -> float:
 
 
 # --- part 1: latency ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def daphne(env: dict[str, str], log_path: Path) -> Iterator[int]:
-    """kdweb's ASGI app served by daphne on a free port (as tests/web/test_browser.py starts it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "kdweb.asgi:application"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/login/")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.3)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def viewer_protocol() -> type:
@@ -537,7 +503,8 @@ def measure_latency(fx: Fixture, backfill_run_id: int, env: dict, scratch: Path,
     emitters = Emitters(max(s.runs for s in SCENARIOS))
     out: dict[str, Any] = {"scenarios": {}}
     try:
-        with daphne(env, scratch / "daphne.log") as port:
+        with daphne_on_free_port(env, scratch / "daphne.log") as url:
+            port = int(url.rsplit(":", 1)[1])
             for sc in SCENARIOS:
                 out["scenarios"][sc.name] = r = latency_scenario(sc, runs[sc], fx.team.id, port, cookie, emitters, args)
                 print(f"latency, {sc.name}: " + json.dumps({k: round(v, 1) for k, v in r.items()}), flush=True)

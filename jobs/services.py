@@ -292,10 +292,13 @@ def run_resume(*, user, run: Run) -> Run:
     return run
 
 
-def runs_interrupt(*, stale_after_s: float | None = None, host: str | None = None) -> list[int]:
+def runs_interrupt(
+    *, stale_after_s: float | None = None, host: str | None = None, reason: str | None = None
+) -> list[int]:
     """Mark running runs ``interrupted``: those whose heartbeat is older than ``stale_after_s`` (a worker
     that died or lost the database), or those claimed by ``host`` (a worker that starts again under the name
-    it had, so none of its runs can still be running). Returns the ids marked."""
+    it had, so none of its runs can still be running, or one that is shutting down). ``reason`` goes to the
+    runs' logs. Returns the ids marked."""
     stale = Run.objects.filter(status=Run.Status.RUNNING)
     if stale_after_s is not None:
         stale = stale.filter(heartbeat_at__lt=timezone.now() - timedelta(seconds=stale_after_s))
@@ -308,8 +311,8 @@ def runs_interrupt(*, stale_after_s: float | None = None, host: str | None = Non
             if not stale.filter(pk=run_id).update(status=Run.Status.INTERRUPTED, eta_s=None):
                 continue
             run = Run.objects.get(pk=run_id)
-            reason = f"{run.host} started again" if host else f"no heartbeat for {stale_after_s:g} s"
-            run_log(run_id, f"interrupted at step {run.step}: {reason}; resume continues from the last checkpoint")
+            why = reason or (f"{run.host} started again" if host else f"no heartbeat for {stale_after_s:g} s")
+            run_log(run_id, f"interrupted at step {run.step}: {why}; resume continues from the last checkpoint")
             status_send_on_commit(run)
         marked.append(run_id)
     return marked

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import traceback
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from django.db import connections
 
 from distill.config import parse_config
@@ -51,3 +52,27 @@ def interrupt_runs_of_restarted_worker(sender, **kwargs) -> None:
     if marked:
         log.warning("runs %s were running on %s when it stopped: interrupted", marked, sender.hostname)
     connections.close_all()  # opened in the parent process: forked pool children must not share it
+
+
+@worker_shutting_down.connect
+def interrupt_runs_of_stopping_worker(sender: str, how: str, **kwargs) -> None:
+    """A warm shutdown (SIGTERM) lets running tasks go on until the cold one kills them, checkpoints lost.
+    Marking their runs interrupted at once makes each trainer stop at its next step end (the monitor reads
+    the status within a second), checkpoint there and return, so the worker exits early and the runs resume
+    from where they were. ``sender`` is the node name, the runs' host.
+
+    This runs in a signal handler, which may have interrupted the task's own database work on this thread
+    (solo pool): the update goes through a thread, and so a connection, of its own."""
+    if how != "Warm":
+        return
+
+    def interrupt() -> None:
+        try:
+            if marked := services.runs_interrupt(host=sender, reason=f"{sender} is shutting down"):
+                log.warning("runs %s interrupted: %s is shutting down; they stop at a checkpoint", marked, sender)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=interrupt, name="interrupt-on-shutdown")
+    thread.start()
+    thread.join()

@@ -20,9 +20,10 @@
 
 Each child runs in its own process group (so a terminal's Ctrl-C reaches only the launcher, which stops
 them in order) and gets SIGTERM from the kernel if the launcher itself is killed (PR_SET_PDEATHSIG).
-SIGINT/SIGTERM/SIGHUP: web, worker and watchdog get SIGTERM (the worker's warm shutdown lets a running job go on for
-``KDWEB_STOP_TIMEOUT`` seconds, 10 by default, then a cold SIGQUIT stops it: the run is left for the
-heartbeat to mark interrupted), Redis last, then anything left in their process groups is killed; a second
+SIGINT/SIGTERM/SIGHUP: web, worker and watchdog get SIGTERM (the worker's warm shutdown marks a running job
+interrupted, so its trainer checkpoints at the next step and returns; one that has not after
+``KDWEB_STOP_TIMEOUT`` seconds, 10 by default, is stopped by a cold SIGQUIT and resumes from its last
+checkpoint), Redis last, then anything left in their process groups is killed; a second
 Ctrl-C kills at once. Exit status 0. If a child dies on its own, the others are stopped the same way and the
 status is 1.
 """
@@ -40,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -293,6 +295,32 @@ def page_status(host: str, port: int, path: str) -> int | None:
         return None
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def daphne_on_free_port(env: dict[str, str], log_path: Path, timeout_s: float = 90) -> Iterator[str]:
+    """daphne serving kdweb on a free local port with ``env``, for tests and benchmarks; yields its URL once
+    ``/login/`` answers, raises ``RuntimeError`` with its log if it does not start, and stops it on exit."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "kdweb.asgi:application"]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while page_status("127.0.0.1", port, "/login/") != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"daphne did not start:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def port_free(host: str, port: int) -> bool:

@@ -8,16 +8,13 @@ test database and the test Redis.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -28,6 +25,7 @@ from django.contrib.auth import get_user_model
 
 from jobs import services
 from jobs.models import DatasetSpec, Membership, Run, Teacher, Team
+from kdweb.launcher import daphne_on_free_port as daphne  # the tests' web server, as the benchmarks'
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_READY_TIMEOUT_S = 60
@@ -208,6 +206,12 @@ class WorkerProcess:
             f"error: {run.error!r}\n{self.log()}"
         )
 
+    def launch(self, user, teacher, dataset, sections: dict, kind: str = "kd_feature", name: str = "run") -> Run:
+        """A run created through the services (the wizard's path), queued for this worker."""
+        return services.run_create(
+            user=user, teacher=teacher, dataset=dataset, kind=kind, name=name, sections=sections, queue=self.queue
+        )
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool children: nothing runs its cleanup, as when a host dies."""
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -287,38 +291,6 @@ def _forget_queue(queue: str) -> None:
         bound = Queue(queue, Exchange(queue), routing_key=queue)(connection.default_channel)
         bound.declare()  # makes the binding known to this channel, so delete removes it too
         bound.delete()
-
-
-@contextmanager
-def daphne(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """daphne serving kdweb on a free port with ``env``; yields its URL once it answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "kdweb.asgi:application"]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/login/")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"daphne did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -49,15 +49,8 @@ RUN_TIMEOUT_MS = 90_000
 
 
 def launch(worker, user, teacher, dataset, name: str, steps: int) -> Run:
-    sections = {**SECTIONS, "optim": {"max_steps": steps, "batch_size": 8, "lr": 1e-3}}
-    return services.run_create(
-        user=user,
-        teacher=teacher,
-        dataset=dataset,
-        kind="kd_feature",
-        name=name,
-        sections=sections,
-        queue=worker.queue,
+    return worker.launch(
+        user, teacher, dataset, {**SECTIONS, "optim": {"max_steps": steps, "batch_size": 8, "lr": 1e-3}}, name=name
     )
 
 

@@ -7,6 +7,7 @@ resume continued exactly where training stopped (no gap, no duplicate, no drift 
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -45,18 +46,6 @@ SECTIONS = {
 HEARTBEAT_S = "0.5"  # the killed worker's run goes stale within seconds, not the default 30 s
 
 
-def launch(worker: WorkerProcess, user, teacher, dataset, name: str) -> Run:
-    return services.run_create(
-        user=user,
-        teacher=teacher,
-        dataset=dataset,
-        kind="kd_feature",
-        name=name,
-        sections=SECTIONS,
-        queue=worker.queue,
-    )
-
-
 def stored(run: Run) -> list[tuple[str, int, float]]:
     return sorted(MetricPoint.objects.filter(run=run).values_list("name", "step", "value"))
 
@@ -75,10 +64,10 @@ def assert_same_points(resumed: Run, reference: Run) -> None:
 
 def test_a_cancelled_run_resumes_where_it_stopped(celery_worker_process, owner, tiny_teacher, tiny_dataset):
     worker = celery_worker_process
-    reference = worker.wait_for(launch(worker, owner, tiny_teacher, tiny_dataset, "reference"))
+    reference = worker.wait_for(worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference"))
     assert reference.status == Run.Status.SUCCEEDED, reference.error
 
-    run = at_step(worker, launch(worker, owner, tiny_teacher, tiny_dataset, "cancelled"), 15)
+    run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="cancelled"), 15)
     services.run_cancel(user=owner, run=run)
     run = worker.wait_for(run)
     assert run.status == Run.Status.CANCELLED, run.error
@@ -126,13 +115,13 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
 ):
     """SIGKILL twice: once found by the restarted worker at start-up, once by the watchdog's stale check."""
     reference_worker = celery_worker_process
-    reference = launch(reference_worker, owner, tiny_teacher, tiny_dataset, "reference")
+    reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
 
     queue, data_dir = new_queue(), tmp_path
     env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S)
     worker = start_worker(queue, data_dir, env)
     try:
-        run = at_step(worker, launch(worker, owner, tiny_teacher, tiny_dataset, "crashy"), 15)
+        run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="crashy"), 15)
         worker.kill()  # 1. the host dies mid-run: nothing is cleaned up
         run.refresh_from_db()
         assert run.status == Run.Status.RUNNING  # nobody knows yet
@@ -155,6 +144,41 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
         stop_worker(worker)
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert run.attempts == 3
+
+    reference = reference_worker.wait_for(reference)
+    assert reference.status == Run.Status.SUCCEEDED, reference.error
+    assert_same_points(run, reference)
+
+
+def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
+    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path
+):
+    """SIGTERM (a deploy, Ctrl-C of ``make up``): the worker marks its run interrupted, the trainer checkpoints
+    at its next step and returns, and the worker exits well before a cold shutdown would kill it."""
+    reference_worker = celery_worker_process
+    reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
+
+    queue, data_dir = new_queue(), tmp_path
+    env = process_env(data_dir)
+    worker = start_worker(queue, data_dir, env)
+    try:
+        run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="redeployed"), 15)
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0, worker.log()
+        run.refresh_from_db()
+        assert run.status == Run.Status.INTERRUPTED and 15 <= run.step < STEPS, (run.status, run.step)
+        log = list(run.log_lines.order_by("id").values_list("text", flat=True))
+        said = f": {worker.node} is shutting down; resume continues from the last checkpoint"
+        assert any(line.startswith("interrupted at step ") and line.endswith(said) for line in log), log
+        stopped = _stopped_step(log)  # the checkpoint is at the step where it stopped, not an older one
+
+        worker = start_worker(queue, data_dir, env)
+        services.run_resume(user=owner, run=run)
+        run = worker.wait_for(run)
+    finally:
+        stop_worker(worker)
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    assert f"resumed from the checkpoint at step {stopped} / {STEPS}" in run.log_lines.values_list("text", flat=True)
 
     reference = reference_worker.wait_for(reference)
     assert reference.status == Run.Status.SUCCEEDED, reference.error

@@ -29,12 +29,6 @@ FINETUNE_SECTIONS = {**FAST, "optim": {"max_steps": 3, "batch_size": 8}}
 KD_TERMS = ("loss/task", "loss/output", "loss/feature", "loss/attention", "loss/total")
 
 
-def launch(worker, user, teacher, dataset, kind: str, sections: dict, name: str = "run") -> Run:
-    return services.run_create(
-        user=user, teacher=teacher, dataset=dataset, kind=kind, name=name, sections=sections, queue=worker.queue
-    )
-
-
 def steps_of(run: Run, name: str) -> list[int]:
     return sorted(MetricPoint.objects.filter(run=run, name=name).values_list("step", flat=True))
 
@@ -50,7 +44,7 @@ def test_a_kd_feature_run_trains_evaluates_and_exports(
     celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path
 ):
     worker = celery_worker_process
-    run = launch(worker, owner, tiny_teacher, tiny_dataset, "kd_feature", KD_SECTIONS, name="kd")
+    run = worker.launch(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, kind="kd_feature", name="kd")
     assert run.status == Run.Status.QUEUED  # committed and sent; the worker takes it from here
     run = worker.wait_for(run)
     assert_succeeded(run, worker)
@@ -88,7 +82,7 @@ def test_a_fine_tuned_backbone_becomes_a_teacher_that_can_teach(
 ):
     worker = celery_worker_process
     finetune = worker.wait_for(
-        launch(worker, owner, tiny_backbone, tiny_dataset, "teacher_finetune", FINETUNE_SECTIONS, name="ft")
+        worker.launch(owner, tiny_backbone, tiny_dataset, FINETUNE_SECTIONS, kind="teacher_finetune", name="ft")
     )
     assert_succeeded(finetune, worker)
     assert steps_of(finetune, "loss/task") == steps_of(finetune, "loss/total") == [1, 2, 3]
@@ -102,7 +96,7 @@ def test_a_fine_tuned_backbone_becomes_a_teacher_that_can_teach(
     assert new.architecture["layers"] == tiny_backbone.architecture["layers"]
     assert new.source.startswith(str(worker.data_dir / "runs"))
 
-    kd = worker.wait_for(launch(worker, owner, new, tiny_dataset, "kd_feature", KD_SECTIONS, name="kd-from-ft"))
+    kd = worker.wait_for(worker.launch(owner, new, tiny_dataset, KD_SECTIONS, kind="kd_feature", name="kd-from-ft"))
     assert_succeeded(kd, worker)
     assert kd.config["teacher"]["source"] == new.source
     assert steps_of(kd, "loss/feature") == [1, 2, 3, 4]
@@ -111,7 +105,7 @@ def test_a_fine_tuned_backbone_becomes_a_teacher_that_can_teach(
 
 def test_a_redelivered_message_does_not_train_twice(celery_worker_process, owner, tiny_teacher, tiny_dataset):
     worker = celery_worker_process
-    run = launch(worker, owner, tiny_teacher, tiny_dataset, "kd_logits", KD_SECTIONS)  # message 1, on commit
+    run = worker.launch(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, kind="kd_logits")  # message 1, on commit
     duplicates = [run_execute.apply_async((run.id,), queue=worker.queue).id for _ in range(2)]
     run = worker.wait_for(run)
     assert_succeeded(run, worker)
@@ -141,7 +135,7 @@ def test_a_run_that_fails_in_training_stores_its_error(celery_worker_process, ow
     )
     default_storage.delete(doomed.upload.name)  # valid when registered, gone when the worker reads it
 
-    run = worker.wait_for(launch(worker, owner, tiny_teacher, doomed, "kd_feature", KD_SECTIONS))
+    run = worker.wait_for(worker.launch(owner, tiny_teacher, doomed, KD_SECTIONS, kind="kd_feature"))
     assert run.status == Run.Status.FAILED, worker.log()
     assert run.error.startswith(f"ConfigError: data.source: file not found: {doomed.source}")
     assert "Traceback" in run.error
