@@ -150,7 +150,7 @@ class PublicRunConsumer(EventConsumer):
         await self.join([events.run_group(link.run_id), events.share_group(link.pk)])
         await self.accept()
         backfill, status = await _backfill_and_status(link.run_id, _after_step(self.scope.get("query_string", b"")))
-        await self.send_json({**backfill, "log": []})
+        await self.send_json({**backfill, "log": [], "log_last_id": 0})
         await self.send_json(status)
 
     async def run_event(self, message: dict) -> None:

@@ -50,20 +50,24 @@ class StatusEvent(TypedDict):
 
 
 class LogEvent(TypedDict):
-    """New lines of the run's log, oldest first."""
+    """New lines of the run's log, oldest first, with their ids: a page drops the lines it already has
+    (those up to its backfill's ``log_last_id``)."""
 
     type: Literal["log"]
     lines: list[str]
+    ids: list[int]
 
 
 class BackfillEvent(TypedDict):
     """Sent by the consumer to one socket (never to a group): ``series`` is ``name -> [[step, value], ...]``;
-    ``log`` is the tail of the run's log (the page replaces its own with it)."""
+    ``log`` is the tail of the run's log (the page replaces its own with it) and ``log_last_id`` the id of its
+    newest line (0 for none)."""
 
     type: Literal["backfill"]
     series: dict[str, list[list[float | None]]]
     last_step: int
     log: list[str]
+    log_last_id: int
 
 
 RunEvent = MetricsEvent | StatusEvent | LogEvent
@@ -122,7 +126,12 @@ def _lines(value: Any) -> bool:
 
 
 def _check_log(payload: dict) -> str | None:
-    return None if _lines(payload.get("lines")) else "lines must be a list of strings"
+    if not _lines(payload.get("lines")):
+        return "lines must be a list of strings"
+    ids = payload.get("ids")
+    if not isinstance(ids, list) or len(ids) != len(payload["lines"]) or not all(map(_integer, ids)):
+        return "ids must be a list of integers, one per line"
+    return None
 
 
 def _check_backfill(payload: dict) -> str | None:
@@ -136,6 +145,8 @@ def _check_backfill(payload: dict) -> str | None:
             return f"series {name!r} must be a list of [step, value]"
     if not _lines(payload.get("log")):
         return "log must be a list of strings"
+    if not _integer(payload.get("log_last_id")):
+        return "log_last_id must be an integer"
     return None if _integer(payload.get("last_step")) else "last_step must be an integer"
 
 
@@ -147,8 +158,8 @@ SCHEMAS = {
         {"step", "total_steps", "cancel_requested"},
         _check_status,
     ),
-    "log": ({"type", "lines"}, set(), _check_log),
-    "backfill": ({"type", "series", "last_step", "log"}, set(), _check_backfill),
+    "log": ({"type", "lines", "ids"}, set(), _check_log),
+    "backfill": ({"type", "series", "last_step", "log", "log_last_id"}, set(), _check_backfill),
 }
 
 
@@ -260,5 +271,6 @@ def status_send_on_commit(run) -> None:
     run_event_send_on_commit(run.pk, status_event(run), team_id=run.team_id)
 
 
-def log_event(lines: list[str]) -> LogEvent:
-    return {"type": "log", "lines": lines}
+def log_event(lines: list[tuple[int, str]]) -> LogEvent:
+    """The ``log`` message of stored lines, ``(id, text)`` oldest first."""
+    return {"type": "log", "lines": [text for _, text in lines], "ids": [pk for pk, _ in lines]}

@@ -51,7 +51,7 @@ class RunMonitor(Callback):
         self.lines: list[str] = []  # log lines to store
         # Stored, not yet sent to the watchers: points, log lines, and the status of the last store.
         self.unpublished: list[tuple[str, int, float]] = []
-        self.unpublished_lines: list[str] = []
+        self.unpublished_lines: list[tuple[int, str]] = []  # (id, text)
         self.status: events.StatusEvent | None = None
         self.latest: TrainState | None = None  # the state at the last step end, for the thread's flushes
         self.last_write = time.monotonic()
@@ -116,7 +116,7 @@ class RunMonitor(Callback):
                 lines, self.lines = self.lines, []
             eta_s = self._eta(state)
             try:
-                stop = services.run_progress(
+                stored = services.run_progress(
                     self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s, lines=lines
                 )
             except Exception:
@@ -124,7 +124,7 @@ class RunMonitor(Callback):
                     self.buffer[:0] = points
                     self.lines[:0] = lines
                 raise
-            if stop:
+            if stored.stop:
                 self.stop_requested.set()
             self.last_write = time.monotonic()
             status: events.StatusEvent = {
@@ -140,7 +140,7 @@ class RunMonitor(Callback):
             with self._buffer_lock:
                 self.unpublished.extend(points)
                 del self.unpublished[:-MAX_UNPUBLISHED]
-                self.unpublished_lines.extend(lines)
+                self.unpublished_lines.extend(stored.lines)
                 self.status = status
         if threading.current_thread() is not self._thread:
             self._wake.set()

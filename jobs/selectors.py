@@ -101,16 +101,18 @@ def run_backfill(run: Run, after_step: int | None = None, max_points: int = DEFA
             for s, v in zip(steps[kept].tolist(), kept_values.tolist(), strict=True)
         ]
         last_step = max(last_step, int(steps[-1]))
-    return {"type": "backfill", "series": series, "last_step": last_step, "log": run_log_tail(run)}
+    log, log_last_id = run_log_tail(run)
+    return {"type": "backfill", "series": series, "last_step": last_step, "log": log, "log_last_id": log_last_id}
 
 
 LOG_TAIL_LINES = 200
 
 
-def run_log_tail(run: Run, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last ``lines`` lines of the run's log, oldest first."""
-    newest = LogLine.objects.filter(run=run).order_by("-id").values_list("text", flat=True)[:lines]
-    return list(reversed(newest))
+def run_log_tail(run: Run, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int]:
+    """The last ``lines`` lines of the run's log, oldest first, and the id of the newest (0 for none): in one
+    query, so that a page's live lines with higher ids are exactly the ones the tail lacks."""
+    newest = list(LogLine.objects.filter(run=run).order_by("-id").values_list("id", "text")[:lines])
+    return [text for _, text in reversed(newest)], newest[0][0] if newest else 0
 
 
 def live_queues(timeout: float = 1.0) -> list[str]:

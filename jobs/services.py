@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -230,8 +230,8 @@ def run_claim(run_id: int, *, host: str, task_id: str) -> Run | None:
 
 def run_log(run_id: int, *lines: str) -> None:
     """Append lines to the run's log and send them to its watchers once the transaction commits."""
-    LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
-    run_event_send_on_commit(run_id, log_event(list(lines)))
+    created = LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
+    run_event_send_on_commit(run_id, log_event([(line.pk, line.text) for line in created]))
 
 
 def _should_stop(run_id: int) -> bool:
@@ -322,6 +322,13 @@ def run_output_dir(run: Run) -> Path:
     return Path(settings.RUNS_DIR) / f"run-{run.pk}"
 
 
+class Stored(NamedTuple):
+    """What ``run_progress`` did: whether the worker should stop, and the log lines stored, ``(id, text)``."""
+
+    stop: bool
+    lines: list[tuple[int, str]]
+
+
 def run_progress(
     run_id: int,
     points: Iterable[tuple[str, int, float]],
@@ -330,16 +337,15 @@ def run_progress(
     total_steps: int,
     eta_s: float | None,
     lines: Sequence[str] = (),
-) -> bool:
+) -> Stored:
     """Store metric points (idempotent per run, name and step), log lines and the progress, as one heartbeat
     in one transaction. Publishing is the caller's (the worker's monitor sends what this stored).
-    Returns what ``run_heartbeat`` returns: whether the worker should stop."""
+    ``stop`` is what ``run_heartbeat`` returns: whether the worker should stop."""
     with transaction.atomic():
         MetricPoint.objects.bulk_create(
             [MetricPoint(run_id=run_id, name=n, step=s, value=v) for n, s, v in points], ignore_conflicts=True
         )
-        if lines:
-            LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
+        created = LogLine.objects.bulk_create([LogLine(run_id=run_id, text=line) for line in lines])
         Run.objects.filter(pk=run_id).update(
             step=step,
             total_steps=total_steps,
@@ -347,7 +353,7 @@ def run_progress(
             eta_s=eta_s,
             heartbeat_at=timezone.now(),
         )
-        return _should_stop(run_id)
+        return Stored(_should_stop(run_id), [(line.pk, line.text) for line in created])
 
 
 def _zip_folder(folder: Path, name: str) -> tuple[str, int, str]:

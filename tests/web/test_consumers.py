@@ -130,6 +130,7 @@ def test_it_lets_every_member_of_the_team_watch(request, persona, live_run):
         "series": {"loss/task": [[1, 1.0], [2, 0.5], [3, 1 / 3]]},
         "last_step": 3,
         "log": [],
+        "log_last_id": 0,
     }
     assert status == {
         "type": "status",
@@ -229,7 +230,7 @@ def test_it_sends_only_the_points_from_the_step_a_reconnecting_page_has(member, 
         "val/accuracy": [[98, 1 / 98 + 1], [99, 1 / 99 + 1], [100, 1 / 100 + 1]],
     }
     assert backfill["last_step"] == 100 and status["type"] == "status"
-    assert empty == {"type": "backfill", "series": {}, "last_step": 101, "log": []}
+    assert empty == {"type": "backfill", "series": {}, "last_step": 101, "log": [], "log_last_id": 0}
 
 
 def test_it_sends_an_empty_backfill_for_a_run_without_points(viewer, live_run):
@@ -239,7 +240,7 @@ def test_it_sends_an_empty_backfill_for_a_run_without_points(viewer, live_run):
         await communicator.disconnect()
         return backfill
 
-    assert scenario() == {"type": "backfill", "series": {}, "last_step": 0, "log": []}
+    assert scenario() == {"type": "backfill", "series": {}, "last_step": 0, "log": [], "log_last_id": 0}
 
 
 # --- live events ------------------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def test_it_forwards_live_events_to_every_watcher_of_the_run_and_no_other(owner,
     )  # fmt: skip
     metrics = {"type": "metrics", "points": [{"name": "loss/task", "step": 31, "value": 0.25}]}
     status = {"type": "status", "run_id": live_run.pk, "status": "running", "progress": 0.5, "eta_s": 12.0}
-    log = {"type": "log", "lines": ["step 31: loss 0.25"]}
+    log = {"type": "log", "lines": ["step 31: loss 0.25"], "ids": [31]}
 
     @async_to_sync
     async def scenario():
@@ -299,8 +300,10 @@ def test_it_publishes_status_when_a_run_fails(member, live_run):
         await communicator.disconnect()
         return messages
 
-    assert scenario() == [
-        {"type": "log", "lines": ["failed: RuntimeError: boom"]},
+    messages = scenario()
+    line = live_run.log_lines.get()
+    assert messages == [
+        {"type": "log", "lines": ["failed: RuntimeError: boom"], "ids": [line.pk]},
         {
             "type": "status",
             "run_id": live_run.pk,
@@ -384,7 +387,9 @@ def test_the_backfill_carries_the_tail_of_the_log(member, live_run):
         await communicator.disconnect()
         return backfill
 
-    assert scenario()["log"] == [f"line {i}" for i in range(5, LOG_TAIL_LINES + 5)]  # the newest, oldest first
+    backfill = scenario()
+    assert backfill["log"] == [f"line {i}" for i in range(5, LOG_TAIL_LINES + 5)]  # the newest, oldest first
+    assert backfill["log_last_id"] == live_run.log_lines.latest("id").pk  # live lines up to it are in the tail
 
 
 # --- the runs list -------------------------------------------------------------------------------------------

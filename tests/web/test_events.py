@@ -20,12 +20,13 @@ from jobs.models import Run
 METRICS = {"type": "metrics", "points": [{"name": "loss/feature", "step": 120, "value": 0.41}]}
 STATUS = {"type": "status", "run_id": 7, "status": "running", "progress": 0.42, "eta_s": 310}
 STATUS_FULL = {**STATUS, "eta_s": None, "step": 42, "total_steps": 100, "cancel_requested": True}
-LOG = {"type": "log", "lines": ["step 120: loss 0.41", "step 120 · validation accuracy 0.8125"]}
+LOG = {"type": "log", "lines": ["step 120: loss 0.41", "step 120 · validation accuracy 0.8125"], "ids": [8, 9]}
 BACKFILL = {
     "type": "backfill",
     "series": {"loss/task": [[1, 0.7], [2, None]]},
     "last_step": 2,
     "log": ["training 2 steps"],
+    "log_last_id": 7,
 }
 
 
@@ -64,11 +65,14 @@ def test_it_validates_each_message_type_and_round_trips_it_through_json(payload)
         ({**STATUS, "step": True}, "integers"),
         ({**STATUS, "run_id": "7"}, "run_id must be an integer"),
         ({**STATUS, "cancel_requested": 1}, "cancel_requested must be a boolean"),
-        ({"type": "log", "lines": [b"bytes"]}, "lines must be a list of strings"),
-        ({"type": "log", "lines": "one line"}, "lines must be a list of strings"),
+        ({**LOG, "lines": [b"bytes", "x"]}, "lines must be a list of strings"),
+        ({**LOG, "lines": "one line"}, "lines must be a list of strings"),
+        ({**LOG, "ids": [8]}, "one per line"),
+        ({**LOG, "ids": [8, "9"]}, "ids must be a list of integers"),
         ({**BACKFILL, "series": {"loss/task": [(1, 0.7)]}}, "list of"),
         ({**BACKFILL, "last_step": None}, "last_step"),
         ({**BACKFILL, "log": [None]}, "log must be a list of strings"),
+        ({**BACKFILL, "log_last_id": None}, "log_last_id must be an integer"),
     ],
 )
 def test_it_refuses_a_payload_that_breaks_its_schema(payload, error):

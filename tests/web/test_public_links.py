@@ -277,7 +277,7 @@ def test_the_public_socket_streams_the_run_without_its_log(owner, team):
     LogLine.objects.create(run=run, text="attempt 1 started on node-secret")
     link = link_to(run, owner)
     metrics = {"type": "metrics", "points": [{"name": "loss/total", "step": 2, "value": 0.25}]}
-    log = {"type": "log", "lines": ["resume requested by olivia"]}
+    log = {"type": "log", "lines": ["resume requested by olivia"], "ids": [2**31]}
 
     @async_to_sync
     async def scenario():
@@ -293,7 +293,9 @@ def test_the_public_socket_streams_the_run_without_its_log(owner, team):
         return first, live, nothing_more
 
     (backfill, status), live, nothing_more = scenario()
-    assert backfill == {"type": "backfill", "series": {"loss/total": [[1, 0.5]]}, "last_step": 1, "log": []}
+    assert backfill == {
+        "type": "backfill", "series": {"loss/total": [[1, 0.5]]}, "last_step": 1, "log": [], "log_last_id": 0
+    }
     assert (status["type"], status["run_id"], status["step"]) == ("status", run.pk, 2)
     assert live == metrics and nothing_more  # the log line was not forwarded
 

@@ -76,7 +76,7 @@ class LiveRun {
         }
         this.extend(points);
         this.lastStep = Math.max(this.lastStep, message.last_step);
-        if (this.log) this.log.replace(message.log);
+        if (this.log) this.log.replace(message.log, message.log_last_id);
         break;
       }
       case "metrics":
@@ -86,7 +86,7 @@ class LiveRun {
         this.updateStatus(message);
         break;
       case "log":
-        if (this.log) this.log.append(message.lines);
+        if (this.log) this.log.append(message.lines, message.ids);
         break;
       default:
         break;

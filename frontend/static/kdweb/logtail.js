@@ -3,12 +3,11 @@
 // on a finished run it only starts at the end. data-lines holds the number of lines shown.
 
 const LOG_MAX_LINES = 500;
-const LOG_OVERLAP_LINES = 50; // lines of a backfill that live log messages may repeat (see LogTail.append)
 
 export class LogTail {
   constructor(el) {
     this.el = el;
-    this.overlap = [];
+    this.lastId = 0; // the id of the newest line shown (the backfill's log_last_id, then live lines')
     this.scrollToEnd();
     this.publish();
   }
@@ -49,36 +48,22 @@ export class LogTail {
   }
 
   /** The backfill's tail replaces the panel (it is what the database has, the page's may be older). */
-  replace(lines) {
+  replace(lines, lastId) {
     const follow = this.atEnd();
     for (const line of this.el.querySelectorAll(".log-line")) line.remove();
     this.add(lines);
-    this.overlap = lines.slice(-LOG_OVERLAP_LINES);
+    this.lastId = lastId;
     if (follow) this.scrollToEnd();
   }
 
   /**
-   * New lines. The consumer joins the run's group before it reads the tail it sends, so the first log
-   * messages after a backfill may repeat its last lines: those (a contiguous run of the backfill's end,
-   * in order) are dropped; the first message that is not such a repeat ends the overlap.
+   * New lines with their ids. The consumer joins the run's group before it reads the tail it sends, so
+   * the first log messages after a backfill may carry lines the tail has: those have ids up to its last.
    */
-  append(lines) {
-    if (this.overlap.length && lines.length) {
-      const at = this.indexIn(this.overlap, lines);
-      if (at >= 0) {
-        this.overlap = this.overlap.slice(at + lines.length);
-        return;
-      }
-      this.overlap = [];
-    }
-    this.add(lines);
-  }
-
-  indexIn(haystack, needle) {
-    for (let i = 0; i + needle.length <= haystack.length; i++) {
-      if (needle.every((line, j) => haystack[i + j] === line)) return i;
-    }
-    return -1;
+  append(lines, ids) {
+    const fresh = lines.filter((_, i) => ids[i] > this.lastId);
+    if (ids.length) this.lastId = Math.max(this.lastId, ...ids);
+    this.add(fresh);
   }
 }
 
