@@ -8,6 +8,7 @@ field paths, so forms can show each at the field it concerns. Work for the worke
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -28,10 +29,15 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from transformers import PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
-from distill.teachers import Architecture, inspect_teacher
+from distill.teachers import Architecture, describe, load_config
 from jobs.events import log_event, run_event_send_on_commit, share_link_closed_on_commit, status_send_on_commit
 from jobs.models import (
     Artifact,
@@ -67,6 +73,37 @@ def config_errors(exc: ConfigError) -> ValidationError:
 # --- teachers and data sets ------------------------------------------------------------------------
 
 
+def config_task(config: PretrainedConfig) -> str:
+    """The run task a model can teach, from its config: ``causal_lm`` for a causal LM head (``*ForCausalLM``,
+    ``*LMHeadModel``) or a decoder-only model type saved without one (a GGUF's config names no architecture),
+    ``classification`` otherwise (a classifier, or an encoder backbone to fine-tune)."""
+    archs = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return Teacher.Task.CAUSAL_LM
+    decoder_only = (
+        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    if decoder_only and not any(a.endswith("ForSequenceClassification") for a in archs):
+        return Teacher.Task.CAUSAL_LM
+    return Teacher.Task.CLASSIFICATION
+
+
+def teacher_facts(source: str) -> dict[str, Any]:
+    """What a Teacher row stores about its source: architecture, task and the transformers config, read from
+    the config alone (no weights). Engine errors are keyed ``source``."""
+    try:
+        config = load_config(source)
+        arch = describe(config)
+    except ConfigError as exc:
+        raise ValidationError({"source": [m for _, m in exc.errors]}) from None
+    return {
+        "architecture": arch.as_dict(),
+        "task": config_task(config),
+        "hf_config": json.loads(config.to_json_string(use_diff=False)),
+    }
+
+
 @transaction.atomic
 def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     """Register a teacher after reading its architecture (which proves the source is usable)."""
@@ -74,11 +111,7 @@ def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     if Teacher.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a teacher named {name!r}."})
     _refuse_data_dir(source, "source")
-    try:
-        arch = inspect_teacher(source)
-    except ConfigError as exc:
-        raise ValidationError({"source": [m for _, m in exc.errors]}) from None
-    return Teacher.objects.create(team=team, name=name, source=source, architecture=arch.as_dict(), created_by=user)
+    return Teacher.objects.create(team=team, name=name, source=source, created_by=user, **teacher_facts(source))
 
 
 def _refuse_data_dir(source: str, field: str) -> None:
@@ -151,20 +184,38 @@ def dataset_create(
 # --- runs: creation ---------------------------------------------------------------------------------
 
 
+TASK_MISMATCH = (
+    "{teacher} is a {have} model: it teaches {have} runs only; choose that task, or a teacher registered for {want}"
+)
+
+
 def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name: str, sections: dict) -> RunConfig:
     """The engine config of a run, validated by the engine against the teacher and the data's labels.
 
-    ``sections`` holds the user's choices (student, loss, optim, data limits, seed...); teacher and data
-    sources come from the registered objects, so a run cannot point at another team's files.
+    ``sections`` holds the user's choices (student, loss, optim, data limits, seed, generation, lora,
+    teacher.dtype...); teacher and data sources come from the registered objects, so a run cannot point at
+    another team's files. The task is the teacher's unless ``sections`` names one, which must then be it.
     """
     data = {**sections.get("data", {}), **dataset.data_config()}
-    raw = {**sections, "kind": kind, "name": name, "teacher": {"source": teacher.source}, "data": data}
+    raw = {
+        "task": teacher.task,
+        **sections,
+        "kind": kind,
+        "name": name,
+        "teacher": {**sections.get("teacher", {}), "source": teacher.source},
+        "data": data,
+    }
     try:
         cfg = parse_config(raw)
         validate_against(cfg, Architecture(**teacher.architecture))
     except ConfigError as exc:
         raise config_errors(exc) from None
-    if kind != Run.Kind.TEACHER_FINETUNE and teacher.labels != list(dataset.labels):
+    if cfg.task != teacher.task:
+        labels = dict(Teacher.Task.choices)
+        message = TASK_MISMATCH.format(teacher=teacher.name, have=labels[teacher.task], want=labels[cfg.task])
+        raise ValidationError({"task": message})
+    labelled = cfg.task == Teacher.Task.CLASSIFICATION and kind != Run.Kind.TEACHER_FINETUNE
+    if labelled and teacher.labels != list(dataset.labels):
         message = (
             f"{teacher.name} is fine-tuned for {teacher.labels or 'no task'}, the data has {list(dataset.labels)}: "
             "fine-tune it on this data first"
@@ -374,8 +425,8 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             team=run.team,
             name=_free_teacher_name(run),
             source=str(export),
-            architecture=inspect_teacher(str(export)).as_dict(),
             from_run=run,
+            **teacher_facts(str(export)),
             created_by=run.created_by,
         )
     run.status, run.progress, run.eta_s, run.finished_at = Run.Status.SUCCEEDED, 1.0, None, timezone.now()

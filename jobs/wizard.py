@@ -26,6 +26,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from distill.config import ConfigError, LayerPair, LossConfig, OptimConfig, StudentConfig
 from distill.estimate import config_from_architecture, estimate, format_bytes, format_duration
@@ -34,13 +35,20 @@ from distill.students import count_student_parameters, student_config, student_s
 from distill.teachers import Architecture, resolve_source
 from jobs import selectors, services
 from jobs.forms import (
+    CAUSAL_LM,
     DATA_FIELDS,
     DISTILLATION_FIELDS,
     FINETUNE,
+    GENERATION_FIELDS,
     KINDS,
+    LORA_FIELDS,
+    LORA_FORM_FIELDS,
     LOSS_FIELDS,
     LOSS_WEIGHTS,
+    METRIC_TITLES,
     OPTIM_FIELDS,
+    TASK_TITLES,
+    TASKS,
     DataStepForm,
     LayerMapStepForm,
     QueueStepForm,
@@ -48,6 +56,8 @@ from jobs.forms import (
     StudentStepForm,
     TeacherStepForm,
     TrainingStepForm,
+    generation_initial,
+    lora_default_targets,
     training_initial,
 )
 from jobs.models import DatasetSpec, Teacher
@@ -65,10 +75,10 @@ class Step:
 
 
 STEPS = (
-    Step("teacher", "Teacher", "What kind of run, and which registered teacher it starts from."),
+    Step("teacher", "Teacher", "The task, what kind of run, and which registered teacher it starts from."),
     Step("student", "Student", "The shape of the small model the teacher is distilled into."),
     Step("layer-map", "Layer map", "Which student layer learns from which teacher layer."),
-    Step("data", "Data", "The labelled texts to train and evaluate on."),
+    Step("data", "Data", "The texts to train and evaluate on, and what to measure."),
     Step("training", "Losses & optimizer", "How the loss terms are weighted and how the optimizer runs."),
     Step("queue", "Queue", "Which workers may pick the run up."),
     Step("review", "Review", "Check the whole configuration, its size and its cost, then launch."),
@@ -97,8 +107,13 @@ def _read_config(folder: str, mtime_ns: int) -> PretrainedConfig:
 
 
 def teacher_hf_config(teacher: Teacher) -> PretrainedConfig:
-    """The teacher's transformers config: its own config.json when the source is on this machine (a
-    package or a folder), else rebuilt from the stored architecture, so no page waits on the network."""
+    """The teacher's transformers config: as stored at registration; for teachers registered before it was
+    stored, its own config.json when the source is on this machine (a package or a folder), else rebuilt from
+    the stored architecture. No page opens a model file (a GGUF teacher is converted by the engine on its
+    first run, never by a page) or waits on the network."""
+    if teacher.hf_config:
+        values = dict(teacher.hf_config)
+        return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
     try:
         config_file = Path(resolve_source(teacher.source)) / "config.json"
         if config_file.is_file():
@@ -148,6 +163,14 @@ class Wizard:
     @property
     def kind(self) -> str:
         return self.state.get("kind", "kd_feature")
+
+    @property
+    def task(self) -> str:
+        return self.state.get("task") or (self.teacher.task if self.teacher else Teacher.Task.CLASSIFICATION)
+
+    @property
+    def is_lm(self) -> bool:
+        return self.task == CAUSAL_LM
 
     @functools.cached_property
     def teacher(self) -> Teacher | None:
@@ -216,11 +239,18 @@ class Wizard:
         training = self.state.get("training", {})
         data = self.state.get("data", {})
         out: dict[str, Any] = {
+            "task": self.task,
             "loss": training.get("loss", {}),
             "optim": training.get("optim", {}),
             "data": {k: data[k] for k in DATA_FIELDS if data.get(k) is not None},
             "seed": training.get("seed", 0),
         }
+        if self.is_lm and self.state.get("generation"):
+            out["generation"] = self.state["generation"]
+        if self.kind == FINETUNE and training.get("lora"):
+            out["lora"] = training["lora"]
+        if self.state.get("teacher_dtype"):
+            out["teacher"] = {"dtype": self.state["teacher_dtype"]}
         if self.kind != FINETUNE:
             student = {k: v for k, v in self.student().items() if v is not None}
             if self.kind == "kd_feature":
@@ -300,6 +330,8 @@ def _render(request: HttpRequest, wiz: Wizard, slug: str, template: str, context
         "teacher": wiz.teacher,
         "kind": wiz.kind,
         "kind_title": KIND_TITLES.get(wiz.kind, wiz.kind),
+        "task": wiz.task,
+        "task_title": TASK_TITLES.get(wiz.task, wiz.task),
     }
     return render(request, template, {**base, **context})
 
@@ -309,21 +341,26 @@ def _render(request: HttpRequest, wiz: Wizard, slug: str, template: str, context
 
 def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     teachers = writable_teachers(request.user)
+    preselected = teachers.filter(pk=request.GET.get("teacher")).first() if request.GET.get("teacher") else None
     initial = {
+        "task": wiz.state.get("task") or request.GET.get("task") or getattr(preselected, "task", None),
         "kind": wiz.state.get("kind") or request.GET.get("kind") or "kd_feature",
         "teacher": wiz.state.get("teacher") or request.GET.get("teacher"),
     }
+    initial["task"] = initial["task"] or Teacher.Task.CLASSIFICATION
     if request.method == "POST":
         form = TeacherStepForm(request.POST, teachers=teachers)
         if form.is_valid():
-            teacher, kind = form.cleaned_data["teacher"], form.cleaned_data["kind"]
-            if teacher.pk != wiz.state.get("teacher") or kind != wiz.state.get("kind"):
-                _restart(wiz, teacher, kind)
+            teacher, kind, task = (form.cleaned_data[k] for k in ("teacher", "kind", "task"))
+            if (teacher.pk, kind, task) != tuple(wiz.state.get(k) for k in ("teacher", "kind", "task")):
+                _restart(wiz, teacher, kind, task)
             return wiz.advance("teacher")
     else:
         form = _form(wiz, "teacher", TeacherStepForm, initial, teachers=teachers)
+    chosen_task = str(form["task"].value() or Teacher.Task.CLASSIFICATION)
     chosen_kind = str(form["kind"].value() or "kd_feature")
     chosen_teacher = str(form["teacher"].value() or "")
+    tasks = [{"value": v, "title": t, "help": h, "checked": v == chosen_task} for v, t, h in TASKS]
     kinds = [
         {"value": v, "title": t, "help": h, "checked": v == chosen_kind} for v, t, h in KINDS
     ]  # radios with a one-line explanation each
@@ -333,6 +370,7 @@ def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         cards.append({"obj": t, "arch": describe_architecture(arch), "checked": str(t.pk) == chosen_teacher})
     context = {
         "form": form,
+        "tasks": tasks,
         "kinds": kinds,
         "teacher_cards": cards,
         "can_write": teams_for_user(request.user, write=True).exists(),
@@ -340,15 +378,19 @@ def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     return _render(request, wiz, "teacher", "jobs/wizard/teacher.html", context)
 
 
-def _restart(wiz: Wizard, teacher: Teacher, kind: str) -> None:
-    """A new teacher or kind: later steps are walked again (their values are kept where they still fit)."""
+def _restart(wiz: Wizard, teacher: Teacher, kind: str, task: str) -> None:
+    """A new teacher, kind or task: later steps are walked again (their values are kept where they still fit)."""
     if teacher.pk != wiz.state.get("teacher"):
         wiz.state.pop("layer_map", None)  # pairs of another depth
         wiz.state.pop("student", None)  # a shape relative to another teacher
+        wiz.state.pop("teacher_dtype", None)
         old = wiz.teacher
         if old is None or old.team_id != teacher.team_id:
             wiz.state.get("data", {}).pop("dataset", None)
-    wiz.state.update(teacher=teacher.pk, kind=kind, done=[], errors={})
+    if task != wiz.state.get("task"):
+        wiz.state.pop("generation", None)
+        wiz.state.get("training", {}).pop("lora", None)  # default target modules of another architecture
+    wiz.state.update(teacher=teacher.pk, kind=kind, task=task, done=[], errors={})
     for cached in ("teacher", "arch", "dataset"):
         wiz.__dict__.pop(cached, None)
 
@@ -515,7 +557,7 @@ def _bad_rows(errors: list) -> set[int]:
 def _dataset_cards(wiz: Wizard, chosen: str) -> list[dict[str, Any]]:
     cards = []
     for d in wiz.datasets():
-        matches = wiz.kind == FINETUNE or list(d.labels) == wiz.teacher.labels
+        matches = wiz.is_lm or wiz.kind == FINETUNE or list(d.labels) == wiz.teacher.labels
         sizes = [(split, f"{d.sizes[split]:,}") for split in ("train", "validation", "test") if split in d.sizes]
         cards.append({"obj": d, "checked": str(d.pk) == chosen, "matches": matches, "sizes": sizes})
     return cards
@@ -525,20 +567,28 @@ def _data_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     kwargs = {"kind": wiz.kind, "teacher": wiz.teacher, "arch": wiz.arch, "datasets": wiz.datasets()}
     positions = wiz.arch.max_positions or 128
     initial = {"max_length": min(128, positions), "eval_split": "validation", **wiz.state.get("data", {})}
+    if wiz.is_lm:
+        initial.update(generation_initial(wiz.state.get("generation")))
     if request.method == "POST":
         form = DataStepForm(request.POST, **kwargs)
         if form.is_valid():
             wiz.state["data"] = {"dataset": form.cleaned_data["dataset"].pk, **form.data_dict()}
+            wiz.state["generation"] = form.generation_dict()
             return wiz.advance("data")
     else:
         form = _form(wiz, "data", DataStepForm, initial, **kwargs)
-    context = {"form": form, "cards": _dataset_cards(wiz, str(form["dataset"].value() or ""))}
+    context = {
+        "form": form,
+        "cards": _dataset_cards(wiz, str(form["dataset"].value() or "")),
+        "is_lm": wiz.is_lm,
+        "generation_fields": [form[f] for f in GENERATION_FIELDS[1:] if f in form.fields],
+    }
     return _render(request, wiz, "data", "jobs/wizard/data.html", context)
 
 
 def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     stored = wiz.state.get("training", {})
-    initial = training_initial(stored.get("loss", {}), stored.get("optim", {}), stored.get("seed"))
+    initial = training_initial(stored.get("loss", {}), stored.get("optim", {}), stored.get("seed"), stored.get("lora"))
     kwargs = {"kind": wiz.kind, "teacher": wiz.teacher, "arch": wiz.arch}
     if request.method == "POST":
         form = TrainingStepForm(request.POST, initial=initial, **kwargs)
@@ -547,6 +597,7 @@ def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
                 "loss": form.loss_dict(),
                 "optim": form.optim_dict(),
                 "seed": form.cleaned_data["seed"],
+                "lora": form.lora_dict(),
             }
             return wiz.advance("training")
     else:
@@ -555,6 +606,7 @@ def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         ("Loss weights", "How much each term counts in the total loss; 0 switches a term off.", LOSS_WEIGHTS),
         ("Distillation", "How the teacher's signals are compared with the student's.", DISTILLATION_FIELDS),
         ("Optimizer", "AdamW with warm-up and a learning-rate schedule.", OPTIM_FIELDS),
+        ("LoRA", "Parameter-efficient fine-tuning of the teacher.", ("lora", *LORA_FORM_FIELDS)),
         ("Reproducibility", "", ("seed",)),
     ]
     fieldsets = [
@@ -587,7 +639,7 @@ def error_step(key: str, kind: str) -> tuple[str, str | None]:
     """The step and field a ``run_create`` error key concerns: ``optim.lr`` -> (training, lr)."""
     section, _, leaf = key.partition(".")
     field = leaf.split("[")[0] or None
-    if section in ("teacher", "kind"):
+    if section in ("teacher", "kind", "task"):
         return "teacher", "teacher"
     if section == "student":
         if field in ("layer_map", "map_embeddings"):
@@ -595,6 +647,10 @@ def error_step(key: str, kind: str) -> tuple[str, str | None]:
         return "student", field
     if section in ("data", "dataset"):
         return "data", field if field in DATA_FIELDS else "dataset"
+    if section == "generation":
+        return "data", field if field in GENERATION_FIELDS else None
+    if section == "lora":
+        return "training", f"lora_{field}" if field in LORA_FIELDS else "lora"
     if section in ("loss", "optim", "seed"):
         return "training", field or ("seed" if section == "seed" else None)
     if section == "queue":
@@ -616,7 +672,10 @@ def _collect_errors(wiz: Wizard, exc: ValidationError) -> dict[str, list[list[st
 
 def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     """One line per step for the review, with a link back to it."""
-    lines = {"teacher": f"{KIND_TITLES[wiz.kind]} from {wiz.teacher.name} ({wiz.teacher.team.name})"}
+    lines = {
+        "teacher": f"{TASK_TITLES[wiz.task]}: {KIND_TITLES[wiz.kind].lower()} from {wiz.teacher.name} "
+        f"({wiz.teacher.team.name})"
+    }
     if wiz.kind != FINETUNE:
         s = wiz.student()
         hidden, heads, intermediate = student_shape(StudentConfig(layers=s["layers"], **_shape(s)), wiz.arch)
@@ -631,6 +690,13 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     parts = [wiz.dataset.name if wiz.dataset else "—", f"max length {data.get('max_length')}"]
     parts += [f"at most {data[k]:,} {k.split('_')[1]} samples" for k in DATA_FIELDS[1:3] if data.get(k)]
     parts.append(f"evaluate on {data.get('eval_split', 'validation')}")
+    generation = wiz.state.get("generation")
+    if wiz.is_lm and generation:
+        parts.append(
+            f"metrics {', '.join(METRIC_TITLES[m] for m in generation['metrics'])} "
+            f"({generation['samples']} samples, {generation['prompt_tokens']} prompt + {generation['new_tokens']} "
+            "new tokens)"
+        )
     lines["data"] = ", ".join(parts)
     training = wiz.state.get("training", {})
     loss = {**LossConfig().model_dump(), **training.get("loss", {})}
@@ -638,6 +704,9 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     weights = " · ".join(f"{t} {loss[t]:g}" for t in LOSS_WEIGHTS if t in LOSS_FIELDS[wiz.kind])
     length = f"{optim['max_steps']} steps" if optim.get("max_steps") else f"{optim['epochs']:g} epochs"
     lines["training"] = f"{weights}; lr {optim['lr']:g}, {length}, batch {optim['batch_size']}"
+    if wiz.kind == FINETUNE and (lora := training.get("lora")):
+        modules = ", ".join(lora["target_modules"] or lora_default_targets(wiz.arch.model_type))
+        lines["training"] += f"; LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {modules}"
     queue = wiz.state.get("queue") or f"any worker (default queue “{settings.CELERY_TASK_DEFAULT_QUEUE}”)"
     lines["queue"] = queue
     return [

@@ -229,7 +229,7 @@ def test_run_create_saves_the_config_and_enqueues_on_commit(
     assert (run.progress, run.step, run.host, run.started_at) == (0.0, 0, "", None)
     cfg = run.config
     assert cfg["kind"] == "kd_feature" and cfg["name"] == "run"
-    assert cfg["teacher"] == {"source": tiny_teacher.source}
+    assert cfg["teacher"] == {"source": tiny_teacher.source, "dtype": "float32"}
     assert cfg["data"]["source"] == tiny_dataset.source and cfg["data"]["max_length"] == 24
     assert (cfg["data"]["text_column"], cfg["data"]["label_column"]) == ("review", "sentiment")
     assert cfg["student"]["layers"] == 2 and cfg["optim"]["max_steps"] == 4
