@@ -33,6 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER_READY_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 180
 KD_SECTIONS = {"student": {"layers": 2}, "optim": {"max_steps": 4, "batch_size": 8}, "data": {"max_length": 24}}
+# a causal-LM run of the tiny Llama on the toy reviews' texts: few steps, short generations
+LM_SECTIONS = {
+    **KD_SECTIONS,
+    "task": "causal_lm",
+    "generation": {"samples": 4, "prompt_tokens": 6, "new_tokens": 4},
+}
 
 
 # --- where files go ---------------------------------------------------------------------------------
@@ -115,6 +121,45 @@ def teacher_row(team: Team, name: str, architecture: dict) -> Teacher:
 def tiny_teacher(owner, team, assets) -> Teacher:
     """The tiny fine-tuned BERT (4 blocks, width 32, labels neg/pos), registered for team alpha."""
     return services.teacher_register(user=owner, team=team, name="tiny-bert", source=str(assets["teacher"]))
+
+
+def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A tiny random Llama causal LM with grouped-query attention (4 blocks × 32, 4 query heads sharing 2
+    key/value heads) and the toy word tokenizer, saved like a real model folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import _tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("assets-lm") / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_llama(owner, team, tiny_llama_folder) -> Teacher:
+    """The tiny Llama (GQA), registered for team alpha: a causal-LM teacher."""
+    return services.teacher_register(user=owner, team=team, name="tiny-llama", source=str(tiny_llama_folder))
 
 
 @pytest.fixture
