@@ -161,6 +161,11 @@ class DatasetCreateSerializer(serializers.Serializer):
     source = serializers.CharField(max_length=500, help_text="packaged:<name>, a .csv/.jsonl path or hf:<id>.")
     text_column = serializers.CharField(max_length=100, default="text")
     label_column = serializers.CharField(max_length=100, default="label")
+    task = serializers.ChoiceField(
+        choices=Teacher.Task.choices,
+        default=Teacher.Task.CLASSIFICATION,
+        help_text="causal_lm: plain text for language models, read without labels (a .txt file also works).",
+    )
 
 
 class EvaluationSerializer(serializers.ModelSerializer):

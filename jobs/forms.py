@@ -97,7 +97,7 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher_finetune": ("task",),
 }
 OPTIM_FIELDS = ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup_ratio", "scheduler", "weight_decay")
-STUDENT_FIELDS = ("layers", "hidden_size", "heads", "intermediate_size", "init")
+STUDENT_FIELDS = ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size", "init")
 DATA_FIELDS = ("max_length", "max_train_samples", "max_eval_samples", "eval_split")
 GENERATION_FIELDS = ("metrics", "samples", "prompt_tokens", "new_tokens")
 LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
@@ -222,6 +222,7 @@ class StudentStepForm(forms.Form):
     layers = number("Blocks", "", integer=True)
     hidden_size = number("Hidden size", "", required=False, integer=True)
     heads = number("Attention heads", "", required=False, integer=True)
+    kv_heads = number("Key/value heads", "", required=False, integer=True)
     intermediate_size = number("Feed-forward size", "", required=False, integer=True)
     init = radios(
         "Initialisation",
@@ -243,6 +244,13 @@ class StudentStepForm(forms.Form):
             f"Width of every block; blank keeps the teacher's {arch.hidden_size}. Another width needs random init."
         )
         f["heads"].help_text = f"Must divide the hidden size; blank keeps the teacher's {arch.heads}."
+        if teacher.task == CAUSAL_LM and arch.kv_heads != arch.heads:
+            f["kv_heads"].help_text = (
+                f"Grouped-query attention: key/value heads shared by the query heads, must divide them; blank keeps "
+                f"the teacher's ratio ({arch.heads} query heads share {arch.kv_heads})."
+            )
+        else:  # only a teacher with grouped-query attention has kv heads to choose
+            del f["kv_heads"]
         f["intermediate_size"].help_text = (
             f"Inner width of each feed-forward layer; blank: the teacher's {arch.intermediate_size} at its width, "
             "else 4 × hidden size."

@@ -56,9 +56,9 @@ from jobs.models import (
 from jobs.permissions import require_owner, require_write
 from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD
 
-UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json")
+UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
-UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file."
+UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file (or, plain text for language models, a .txt file)."
 IN_DATA_DIR = "That folder holds kdweb's own runs and uploads; they are registered by their team, not by path."
 
 
@@ -128,13 +128,14 @@ def _store_upload(upload: UploadedFile) -> str:
     return default_storage.save(f"uploads/{upload.name}", upload)
 
 
-def dataset_describe(data_cfg: DataConfig) -> dict[str, Any]:
-    """Labels, split sizes and the first rows of a data set, read with the engine (errors by field)."""
-    from distill.data import load_data, preview
+def dataset_describe(data_cfg: DataConfig, task: str = Teacher.Task.CLASSIFICATION) -> dict[str, Any]:
+    """Labels, split sizes and the first rows of a data set, read with the engine (errors by field). As
+    plain text for ``causal_lm`` (no labels: the texts alone, split as a language model's run splits them)."""
+    from distill.data import load_data, load_text_data, preview
 
     try:
-        data = load_data(data_cfg)
-        rows = preview(data_cfg, rows=5)
+        data = load_text_data(data_cfg) if task == Teacher.Task.CAUSAL_LM else load_data(data_cfg)
+        rows = preview(data_cfg, rows=5, task=task)
     except ConfigError as exc:
         raise config_errors(exc) from None
     sizes = {name: len(data.split(name)) for name in ("train", "validation", "test")}
@@ -151,8 +152,10 @@ def dataset_create(
     upload: UploadedFile | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    task: str = Teacher.Task.CLASSIFICATION,
 ) -> DatasetSpec:
-    """Register a data set from a packaged name, a path or an uploaded CSV/JSONL, after reading it."""
+    """Register a data set from a packaged name, a path or an uploaded CSV/JSONL, after reading it; with
+    ``task="causal_lm"`` as plain text without labels (also a .txt file), for language models only."""
     require_write(user, team)
     if DatasetSpec.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a data set named {name!r}."})
@@ -164,7 +167,8 @@ def dataset_create(
     if not source:
         raise ValidationError({"source": "Choose a packaged set or upload a file."})
     try:
-        described = dataset_describe(DataConfig(source=source, text_column=text_column, label_column=label_column))
+        data_cfg = DataConfig(source=source, text_column=text_column, label_column=label_column)
+        described = dataset_describe(data_cfg, task)
     except ValidationError as exc:
         if stored:
             default_storage.delete(stored)
@@ -214,6 +218,8 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
         labels = dict(Teacher.Task.choices)
         message = TASK_MISMATCH.format(teacher=teacher.name, have=labels[teacher.task], want=labels[cfg.task])
         raise ValidationError({"task": message})
+    if cfg.task == Teacher.Task.CLASSIFICATION and not dataset.labels:
+        raise ValidationError({"dataset": f"{dataset.name} is plain text without labels: it serves language models"})
     labelled = cfg.task == Teacher.Task.CLASSIFICATION and kind != Run.Kind.TEACHER_FINETUNE
     if labelled and teacher.labels != list(dataset.labels):
         message = (

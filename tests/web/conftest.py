@@ -123,43 +123,11 @@ def tiny_teacher(owner, team, assets) -> Teacher:
     return services.teacher_register(user=owner, team=team, name="tiny-bert", source=str(assets["teacher"]))
 
 
-def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """A tiny random Llama causal LM with grouped-query attention (4 blocks × 32, 4 query heads sharing 2
-    key/value heads) and the toy word tokenizer, saved like a real model folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import _tokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_folder(tmp_path_factory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("assets-lm") / "tiny-llama")
-
-
 @pytest.fixture
-def tiny_llama(owner, team, tiny_llama_folder) -> Teacher:
-    """The tiny Llama (GQA), registered for team alpha: a causal-LM teacher."""
-    return services.teacher_register(user=owner, team=team, name="tiny-llama", source=str(tiny_llama_folder))
+def tiny_llama(owner, team, lm_assets) -> Teacher:
+    """The tiny Llama of the engine's tests (4 blocks × 64, 4 query heads sharing 2 key/value heads, a
+    byte-level BPE tokenizer), registered for team alpha: a causal-LM teacher."""
+    return services.teacher_register(user=owner, team=team, name="tiny-llama", source=str(lm_assets["teacher"]))
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Causal language modelling on the web side: LM teachers, the wizard's LM steps, LoRA choices, the services'
 task checks, and the LM scorecard and run page.
 
-The tiny random Llama with grouped-query attention (``tiny_llama``, conftest) is a real model folder, so the
-engine reads its config; the toy reviews serve as plain text (their labels are not used by an LM run). Runs
+The tiny random Llama with grouped-query attention (``tiny_llama``, from the engine's ``lm_assets``) is a
+real model folder, so the engine reads its config; the toy reviews serve as plain text (their labels are not
+used by an LM run). Runs
 are created through the services with their Celery tasks captured on commit; the final measurements a worker
 would store are written as ``Evaluation`` rows, so each scorecard number can be checked by hand.
 """
@@ -19,6 +20,7 @@ from jobs.models import Evaluation, Run, Teacher
 from tests.web.conftest import LM_SECTIONS
 from tests.web.test_wizard import DATA, STUDENT, TRAINING, assert_redirects_to, errors, post, url
 
+KD_DATA = {"data": {"max_length": 24}}
 LM_DATA = {**DATA, "metrics": ["perplexity", "bleu", "cer"], "samples": 4, "prompt_tokens": 6, "new_tokens": 4}
 
 
@@ -37,7 +39,7 @@ def test_it_registers_a_causal_lm_as_an_lm_teacher(tiny_llama, tiny_teacher, tin
     assert tiny_teacher.task == tiny_backbone.task == Teacher.Task.CLASSIFICATION
 
 
-def test_the_teachers_config_comes_from_the_row_not_the_source(tiny_llama, tiny_llama_folder):
+def test_the_teachers_config_comes_from_the_row_not_the_source(tiny_llama):
     from jobs.wizard import teacher_hf_config
 
     tiny_llama.source = "package:not-installed"  # a page must not need the source (a GGUF converts slowly)
@@ -290,3 +292,51 @@ def test_the_api_creates_lm_runs(owner, tiny_llama, tiny_dataset, django_capture
     assert response.status_code == 400 and response.json() == {"generation": ["Expected an object."]}
     teacher = client.get(f"/api/v1/teachers/{tiny_llama.pk}/").json()
     assert teacher["task"] == "causal_lm"
+
+
+# --- plain text and the LM student ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def corpus(owner, team, lm_assets):
+    """The engine's toy corpus (.txt, documents separated by blank lines), registered as plain text."""
+    return services.dataset_create(
+        user=owner, team=team, name="corpus", source=str(lm_assets["corpus"]), task="causal_lm"
+    )
+
+
+def test_plain_text_registers_without_labels_and_serves_lm_runs_only(
+    owner, corpus, tiny_llama, tiny_teacher, django_capture_on_commit_callbacks
+):
+    assert corpus.labels == [] and corpus.sizes["train"] > corpus.sizes["validation"] > 0
+    assert set(corpus.preview[0]) == {"text"} and corpus.preview[0]["text"].endswith(".")
+    with django_capture_on_commit_callbacks(execute=False):
+        run = services.run_create(
+            user=owner, teacher=tiny_llama, dataset=corpus, kind="no_kd", name="lm", sections=LM_SECTIONS
+        )
+    assert run.config["data"]["source"] == corpus.source
+    with pytest.raises(ValidationError) as caught:
+        services.run_create(
+            user=owner, teacher=tiny_teacher, dataset=corpus, kind="teacher_finetune", name="x", sections=KD_DATA
+        )
+    assert caught.value.message_dict == {"dataset": ["corpus is plain text without labels: it serves language models"]}
+
+
+def test_a_txt_file_is_refused_as_labelled_data(owner, team, lm_assets):
+    with pytest.raises(ValidationError) as caught:
+        services.dataset_create(user=owner, team=team, name="txt", source=str(lm_assets["corpus"]))
+    assert list(caught.value.message_dict) == ["source"]
+
+
+def test_the_lm_student_step_offers_kv_heads(lm_client, tiny_llama, tiny_teacher):
+    assert_redirects_to(
+        post(lm_client, "teacher", {"task": "causal_lm", "kind": "kd_logits", "teacher": tiny_llama.pk}), "student"
+    )
+    form = lm_client.get(url("student")).context["form"]
+    assert "4 query heads share 2" in form.fields["kv_heads"].help_text
+    response = post(lm_client, "student", {**STUDENT, "kv_heads": 3})
+    assert errors(response, "kv_heads") == ["3 kv heads do not divide 4 query heads"]
+    assert_redirects_to(post(lm_client, "student", {**STUDENT, "kv_heads": 1}), "data")
+    assert lm_client.session["wizard"]["student"]["kv_heads"] == 1
+    assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_teacher.pk}), "student")
+    assert "kv_heads" not in lm_client.get(url("student")).context["form"].fields  # BERT has no GQA
