@@ -29,6 +29,7 @@ from distill.config import KD_KINDS, RunConfig
 from distill.data import EncodedSplit, TextClassificationData, collate, encode, load_data
 from distill.distiller import Distiller, teacher_forward
 from distill.export import export_model, write_model_card
+from distill.lora import apply_lora, merge_adapter, trainable_parameters
 from distill.metrics import efficiency_report, evaluate_classifier, weights_bytes
 from distill.students import build_student, student_config, validate_against
 from distill.teachers import (
@@ -111,6 +112,8 @@ def build_models(cfg: RunConfig, labels: tuple[str, ...]) -> Models:
     check_tokenizer(t_config, tokenizer)
     if cfg.kind == "teacher_finetune":
         model = load_classifier(cfg.teacher.source, labels, attentions=False, new_head=True)
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora, cfg.task)
         return Models(tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
     teacher = load_classifier(cfg.teacher.source, labels, attentions=cfg.needs_attentions)
     teacher.eval().requires_grad_(False)
@@ -270,7 +273,9 @@ def _finish(
         encode(data.split(cfg.data.eval_split), m.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad
     )
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
-    models = {trained: m.distiller.student} | ({"teacher": m.teacher} if m.teacher is not None else {})
+    trainable = trainable_parameters(m.distiller)
+    # a LoRA model is measured and exported as the plain model its merged adapters make
+    models = {trained: merge_adapter(m.distiller.student)} | ({"teacher": m.teacher} if m.teacher is not None else {})
     metrics, efficiency = {}, {}
     for name, model in models.items():
         model.set_attn_implementation("sdpa")  # measured and shipped on the fast path
@@ -278,8 +283,9 @@ def _finish(
         efficiency[name] = efficiency_report(
             model, model.config.vocab_size, seq_len=cfg.data.max_length, repeats=cfg.latency_repeats
         )
-    export_dir = export_model(m.distiller.student, m.tokenizer, output_dir / "export")
+    export_dir = export_model(models[trained], m.tokenizer, output_dir / "export")
     efficiency[trained]["bytes"] = weights_bytes(export_dir)
+    efficiency[trained]["trainable_params"] = trainable
     if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
         efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
     write_model_card(export_dir, cfg, metrics, efficiency)
