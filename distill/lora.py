@@ -60,13 +60,36 @@ def target_modules(lora: LoraConfig, model: nn.Module) -> tuple[str, ...]:
     return tuple(targets)
 
 
-def validate_lora(lora: LoraConfig, config: PretrainedConfig, task: Task) -> tuple[str, ...]:
-    """Check the LoRA targets against a model built from ``config`` on the meta device (nothing is
-    allocated), before launch; returns the target layers the run will adapt."""
+def meta_model(config: PretrainedConfig, task: Task) -> nn.Module:
+    """The model a run of ``task`` trains, with ``config``'s shape, on the meta device (nothing allocated)."""
     auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = auto.from_config(config)
-    return target_modules(lora, model)
+        return auto.from_config(config)
+
+
+def validate_lora(lora: LoraConfig, config: PretrainedConfig, task: Task) -> tuple[str, ...]:
+    """Check the LoRA targets against a model built from ``config`` before launch; returns the target
+    layers the run will adapt."""
+    return target_modules(lora, meta_model(config, task))
+
+
+def adapted_layers(lora: LoraConfig, model: nn.Module) -> list[nn.Module]:
+    """The layers of ``model`` that get adapters (heads never do)."""
+    targets = set(target_modules(lora, model))
+    return [
+        m
+        for path, m in model.named_modules()
+        if isinstance(m, nn.Linear | Conv1D) and path.rsplit(".", 1)[-1] in targets
+    ]
+
+
+def head_parameters(model: nn.Module, task: Task) -> int:
+    """Parameters of the head a LoRA run trains in full: a classifier's (peft's ``modules_to_save``), none
+    for a language model."""
+    if task == "causal_lm":
+        return 0
+    heads = [m for path, m in model.named_children() if path in ("classifier", "score")]
+    return sum(p.numel() for m in heads for p in m.parameters())
 
 
 def trainable_parameters(module: nn.Module) -> int:
