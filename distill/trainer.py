@@ -41,6 +41,7 @@ from distill.data import (
 )
 from distill.distiller import Distiller, teacher_forward
 from distill.export import export_model, write_model_card
+from distill.lora import apply_lora, merge_adapter, trainable_parameters
 from distill.metrics import efficiency_report, evaluate_classifier, evaluate_lm, generation_metrics, weights_bytes
 from distill.students import build_student, student_config, validate_against
 from distill.teachers import (
@@ -151,6 +152,8 @@ def build_models(cfg: RunConfig, labels: tuple[str, ...]) -> Models:
     check_tokenizer(t_config, tokenizer)
     if cfg.kind == "teacher_finetune":
         model = load_teacher(cfg, labels, attentions=False, trainable=True)
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora, cfg.task)
         return Models(tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
     teacher = load_teacher(cfg, labels, attentions=cfg.needs_attentions)
     teacher.eval().requires_grad_(False)
@@ -335,7 +338,9 @@ def _finish(cfg: RunConfig, data: Data, m: Models, state: TrainState, device: to
     split = encode_split(cfg, data, cfg.data.eval_split, m.tokenizer)
     loader = eval_loader(split, cfg.eval_batch_size, pad, task_collate(cfg))
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
-    models = {trained: m.distiller.student} | ({"teacher": m.teacher} if m.teacher is not None else {})
+    trainable = trainable_parameters(m.distiller)
+    # a LoRA model is measured and exported as the plain model its merged adapters make
+    models = {trained: merge_adapter(m.distiller.student)} | ({"teacher": m.teacher} if m.teacher is not None else {})
     metrics, efficiency = {}, {}
     for name, model in models.items():
         model.set_attn_implementation("sdpa")  # measured and shipped on the fast path
@@ -347,8 +352,9 @@ def _finish(cfg: RunConfig, data: Data, m: Models, state: TrainState, device: to
             repeats=cfg.latency_repeats,
             causal_lm=cfg.task == "causal_lm",
         )
-    export_dir = export_model(m.distiller.student, m.tokenizer, output_dir / "export")
+    export_dir = export_model(models[trained], m.tokenizer, output_dir / "export")
     efficiency[trained]["bytes"] = weights_bytes(export_dir)
+    efficiency[trained]["trainable_params"] = trainable
     if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
         efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
     write_model_card(export_dir, cfg, metrics, efficiency)
