@@ -29,7 +29,14 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from distill.config import ConfigError, LayerPair, LossConfig, OptimConfig, StudentConfig
-from distill.estimate import config_from_architecture, estimate, format_bytes, format_duration
+from distill.estimate import (
+    available_memory_bytes,
+    config_from_architecture,
+    estimate,
+    format_bytes,
+    format_duration,
+    suggest_fixes,
+)
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture, resolve_source
@@ -716,16 +723,35 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     ]
 
 
+def memory_budget() -> int:
+    """The memory a run may use on a worker: ``KDWEB_WORKER_MEMORY_BYTES``, else what this host has free."""
+    return settings.KDWEB_WORKER_MEMORY_BYTES or available_memory_bytes()
+
+
 def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
     sizes = wiz.dataset.sizes if wiz.dataset else {}
     train_size = sizes.get("train") or 0
     if cfg.data.max_train_samples:
         train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
+    teacher_config = teacher_hf_config(wiz.teacher)
     try:
-        est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_hf_config(wiz.teacher))
+        est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config)
+        budget = memory_budget()
+        fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
     except (ConfigError, ValueError, KeyError, OSError):
         return {"estimate": None}
     return {
+        "budget_text": format_bytes(budget),
+        "over_budget": est.peak_bytes > budget,
+        "fixes": [
+            {
+                "title": fix.title,
+                "peak_text": format_bytes(fix.estimate.peak_bytes),
+                "fits": fix.estimate.peak_bytes <= budget,
+                "changes": json.dumps(fix.changes),
+            }
+            for fix in fixes
+        ],
         "estimate": est,
         "student_params_text": f"{est.student_params:,}" if est.student_params else None,
         "teacher_params_text": f"{est.teacher_params:,}",
@@ -740,6 +766,7 @@ def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
             ("gradients and AdamW state", format_bytes(est.optimizer_bytes)),
             ("activations", format_bytes(est.activation_bytes)),
             ("attention maps", format_bytes(est.attention_bytes)),
+            ("logits (causal LMs, in chunks)", format_bytes(est.logits_bytes)),
             ("Python, torch and data", format_bytes(est.runtime_bytes)),
         ],
     }
@@ -874,6 +901,54 @@ def student_live(request: HttpRequest) -> HttpResponse:
     form = StudentStepForm(request.GET, kind=wiz.kind, teacher=wiz.teacher, arch=wiz.arch)
     context = {"live": student_live_context(wiz.teacher, wiz.arch, form), "form": form, "oob": True}
     return render(request, "jobs/wizard/_student_live.html", context)
+
+
+# where a fix's dotted config path lives in the wizard's state: section -> keys from the state's root
+FIX_PLACES: dict[str, tuple[str, ...]] = {
+    "optim": ("training", "optim"),
+    "loss": ("training", "loss"),
+    "data": ("data",),
+    "generation": ("generation",),
+}
+BAD_FIX = "That change cannot be applied here: go to its step and change it there."
+
+
+def apply_fix(wiz: Wizard, changes: dict[str, Any]) -> None:
+    """Set the choices a memory fix changes (``{"optim.batch_size": 8, "teacher.dtype": "bfloat16"}``);
+    the review validates the result as it validates every choice. Raises ValueError for another path."""
+    for path, value in changes.items():
+        section, _, key = path.partition(".")
+        if path == "teacher.dtype":
+            wiz.state["teacher_dtype"] = value
+        elif section in FIX_PLACES and key and "." not in key:
+            node = wiz.state
+            for part in FIX_PLACES[section]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[key] = value
+        else:
+            raise ValueError(path)
+    wiz.save()
+
+
+@login_required
+@require_POST
+def fix(request: HttpRequest) -> HttpResponse:
+    """The review's "Apply" button of a memory fix: change those choices, then show the review again."""
+    wiz = Wizard(request)
+    if wiz.teacher is None:
+        return redirect("wizard_step", step="teacher")
+    try:
+        changes = json.loads(request.POST.get("changes", ""))
+        if not isinstance(changes, dict):
+            raise ValueError(changes)
+        apply_fix(wiz, changes)
+    except ValueError:  # json's errors are ValueErrors too
+        messages.error(request, BAD_FIX)
+    else:
+        messages.success(request, f"Applied: {request.POST.get('title') or ', '.join(changes)}.")
+    return redirect("wizard_step", step="review")
 
 
 @login_required

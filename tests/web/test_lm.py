@@ -14,7 +14,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from jobs import selectors, services
+from jobs import selectors, services, wizard
 from jobs.forms import WRONG_TASK
 from jobs.models import Evaluation, Run, Teacher
 from tests.web.conftest import LM_SECTIONS
@@ -40,10 +40,8 @@ def test_it_registers_a_causal_lm_as_an_lm_teacher(tiny_llama, tiny_teacher, tin
 
 
 def test_the_teachers_config_comes_from_the_row_not_the_source(tiny_llama):
-    from jobs.wizard import teacher_hf_config
-
     tiny_llama.source = "package:not-installed"  # a page must not need the source (a GGUF converts slowly)
-    config = teacher_hf_config(tiny_llama)
+    config = wizard.teacher_hf_config(tiny_llama)
     assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads) == ("llama", 4, 2)
 
 
@@ -340,3 +338,55 @@ def test_the_lm_student_step_offers_kv_heads(lm_client, tiny_llama, tiny_teacher
     assert lm_client.session["wizard"]["student"]["kv_heads"] == 1
     assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_teacher.pk}), "student")
     assert "kv_heads" not in lm_client.get(url("student")).context["form"].fields  # BERT has no GQA
+
+
+# --- the memory estimate and its fixes -----------------------------------------------------------------------
+
+
+def test_the_review_offers_memory_fixes_and_applies_one(lm_client, tiny_llama, corpus, settings):
+    assert_redirects_to(
+        post(lm_client, "teacher", {"task": "causal_lm", "kind": "kd_feature", "teacher": tiny_llama.pk}), "student"
+    )
+    assert_redirects_to(post(lm_client, "student", STUDENT), "layer-map")
+    assert_redirects_to(post(lm_client, "layer-map", {"preset": "uniform", "map_embeddings": "on"}), "data")
+    assert_redirects_to(post(lm_client, "data", {"dataset": corpus.pk, **LM_DATA}), "training")
+    assert_redirects_to(post(lm_client, "training", TRAINING), "queue")
+    assert_redirects_to(post(lm_client, "queue", {"queue": ""}), "review")
+    settings.KDWEB_WORKER_MEMORY_BYTES = 10 * 2**30
+    review = lm_client.get(url("review"))
+    assert not review.context["over_budget"] and review.context["fixes"] == []
+    assert "memory-fixes" not in review.content.decode()
+
+    peak = review.context["estimate"].peak_bytes
+    settings.KDWEB_WORKER_MEMORY_BYTES = peak - 1  # one byte short: the mildest fixes fit
+    review = lm_client.get(url("review"))
+    page = review.content.decode()
+    assert review.context["over_budget"] and 'id="memory-fixes"' in page
+    fixes = review.context["fixes"]
+    assert fixes[0]["title"] == "Batch 8 with 2 accumulation steps (same effective batch of 16)" and fixes[0]["fits"]
+    assert {"Teacher in bfloat16 (halves its weights)", "Attention term off (no attention maps kept)"} <= {
+        f["title"] for f in fixes
+    }
+    for fix in fixes:  # each new peak is below the run's
+        assert fix["title"] in page and f"≈ {fix['peak_text']}" in page
+
+    bf16 = next(f for f in fixes if f["title"].startswith("Teacher in bfloat16"))
+    response = lm_client.post(reverse("wizard_fix"), {"changes": bf16["changes"], "title": bf16["title"]})
+    assert response.status_code == 302 and response["Location"] == url("review")
+    response = lm_client.post(reverse("wizard_fix"), {"changes": fixes[0]["changes"], "title": fixes[0]["title"]})
+    review = lm_client.get(url("review"))
+    assert not review.context["over_budget"]
+    assert "grad_accum: 2" in review.content.decode() and "dtype: bfloat16" in review.content.decode()
+    state = lm_client.session["wizard"]
+    assert state["training"]["optim"]["batch_size"] == 8 and state["teacher_dtype"] == "bfloat16"
+    assert "Applied: Batch 8 with 2 accumulation steps" in review.content.decode()
+
+
+def test_a_fix_of_another_path_is_refused(lm_client, tiny_llama):
+    assert_redirects_to(
+        post(lm_client, "teacher", {"task": "causal_lm", "kind": "no_kd", "teacher": tiny_llama.pk}), "student"
+    )
+    for changes in ('{"teacher.source": "/etc"}', '{"kind": "kd_feature"}', "[1]", "not json"):
+        response = lm_client.post(reverse("wizard_fix"), {"changes": changes}, follow=True)
+        assert wizard.BAD_FIX in response.content.decode(), changes
+    assert lm_client.session["wizard"]["kind"] == "no_kd" and "teacher_dtype" not in lm_client.session["wizard"]
