@@ -152,5 +152,9 @@ def test_a_user_walks_the_lm_wizard_and_reads_the_lm_scorecard(
         s.click(scorecard.locator("tr.run-row a").first)
         expect(page.locator('table.metrics th[data-metric="perplexity"]')).to_have_text("perplexity")
         expect(page.locator("table.compare")).to_contain_text("Perplexity retention")
+        expect(page.locator('#charts .chart[data-group="perplexity"]')).to_have_attribute(
+            "data-series", "val/perplexity"
+        )
+        expect(page.locator('#charts .chart[data-group="loss/output"]')).to_be_visible()  # the per-term curves
         s.shot("run")
         expect_clean(s)

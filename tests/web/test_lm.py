@@ -390,3 +390,9 @@ def test_a_fix_of_another_path_is_refused(lm_client, tiny_llama):
         response = lm_client.post(reverse("wizard_fix"), {"changes": changes}, follow=True)
         assert wizard.BAD_FIX in response.content.decode(), changes
     assert lm_client.session["wizard"]["kind"] == "no_kd" and "teacher_dtype" not in lm_client.session["wizard"]
+
+
+def test_the_teachers_page_marks_lm_teachers(login, owner, tiny_llama, tiny_backbone):
+    page = login(owner).get(reverse("teachers")).content.decode()
+    assert "causal language model" in page and "backbone: fine-tune first" in page
+    assert "(2 kv)" in page  # grouped-query attention
