@@ -680,8 +680,8 @@ def _collect_errors(wiz: Wizard, exc: ValidationError) -> dict[str, list[list[st
 def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     """One line per step for the review, with a link back to it."""
     lines = {
-        "teacher": f"{TASK_TITLES[wiz.task]}: {KIND_TITLES[wiz.kind].lower()} from {wiz.teacher.name} "
-        f"({wiz.teacher.team.name})"
+        "teacher": f"{KIND_TITLES[wiz.kind]} from {wiz.teacher.name} ({wiz.teacher.team.name}); "
+        f"task: {TASK_TITLES[wiz.task].lower()}"
     }
     if wiz.kind != FINETUNE:
         s = wiz.student()

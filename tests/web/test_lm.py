@@ -71,7 +71,7 @@ def test_it_walks_the_lm_wizard_and_launches_an_lm_run(
     assert_redirects_to(post(c, "queue", {"queue": ""}), "review")
     review = c.get(url("review"))
     summary = {line["step"].slug: line["text"] for line in review.context["summary"]}
-    assert summary["teacher"].startswith("Causal language modelling:")
+    assert summary["teacher"] == "Distil a student from tiny-llama (alpha); task: causal language modelling"
     assert "metrics Perplexity, BLEU, CER (4 samples, 6 prompt + 4 new tokens)" in summary["data"]
     assert "task: causal_lm" in review.content.decode()
     with django_capture_on_commit_callbacks(execute=False):
