@@ -89,3 +89,34 @@ def test_an_exported_config_round_trips(lm_assets, tmp_path):
     config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
     config.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).num_key_value_heads == 1
+
+
+def test_teacher_dtype_applies_to_a_frozen_classifier_not_to_one_being_finetuned(assets, lm_assets):
+    from distill.teachers import load_teacher
+
+    cfg = parse_config(
+        {
+            "kind": "kd_logits",
+            "teacher": {"source": str(assets["teacher"]), "dtype": "bfloat16"},
+            "student": {"layers": 2},
+            "data": {"source": str(assets["reviews"])},
+        }
+    )
+    assert load_teacher(cfg, ("neg", "pos"), attentions=False).dtype == torch.bfloat16
+    assert load_teacher(cfg, ("neg", "pos"), attentions=False, trainable=True).dtype == torch.float32
+
+
+def test_generation_lengths_must_fit_the_teachers_positions(lm_assets):
+    cfg = parse_config(
+        {
+            "kind": "no_kd",
+            "task": "causal_lm",
+            "teacher": {"source": str(lm_assets["teacher"])},
+            "student": {"layers": 2},
+            "data": {"source": str(lm_assets["corpus"]), "max_length": 32},
+            "generation": {"prompt_tokens": 100, "new_tokens": 40},
+        }
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_against(cfg, describe(load_config(cfg.teacher.source)))
+    assert err.value.errors[0][0] == "generation.new_tokens" and "128 positions" in err.value.errors[0][1]
