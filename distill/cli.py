@@ -1,4 +1,4 @@
-"""``python -m distill``: run, inspect, layermap and evaluate from the command line.
+"""``python -m distill``: run, inspect, layermap, evaluate and prepare from the command line.
 
 A bad config or input exits with status 2 and prints each ``field: reason`` on stderr.
 """
@@ -37,6 +37,8 @@ class ProgressBar(Callback):
         terms = {k.removeprefix("loss/"): f"{v:.3f}" for k, v in logs.items() if k.startswith("loss/")}
         if "accuracy" in state.metrics:
             terms["val_acc"] = f"{state.metrics['accuracy']:.3f}"
+        if "perplexity" in state.metrics:
+            terms["val_ppl"] = f"{state.metrics['perplexity']:.2f}"
         self.bar.set_postfix(terms, refresh=False)
         self.bar.update(1)
 
@@ -146,6 +148,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from distill.teachers import prepare
+
+    folder = prepare(args.source, progress=lambda message: print(message, flush=True))
+    print(folder)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,6 +187,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.set_defaults(func=cmd_evaluate)
+    pre = sub.add_parser(
+        "prepare", help="make a teacher source ready offline (convert a GGUF package once) and print its folder"
+    )
+    pre.add_argument("source", help="package:<pip-name>, a model folder or a hub id")
+    pre.set_defaults(func=cmd_prepare)
     return p
 
 

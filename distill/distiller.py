@@ -3,7 +3,7 @@
 Projections live in an ``nn.ModuleDict`` keyed ``s{l}_t{m}`` on the :class:`Distiller`, so ``.to()``,
 ``state_dict``, checkpoints and the optimizer include them, and export drops them by saving the student.
 
-For causal LMs neither model computes its logits: both run their backbone only (``base_model``), and the
+For causal LMs neither model computes its logits: both run their decoder only (``get_decoder()``), and the
 task and output terms come from the final hidden states through the LM heads in chunks
 (:func:`~distill.losses.lm_head_losses`), so the (B, L, V) logits of either model never exist.
 """
@@ -45,8 +45,12 @@ class TeacherOutput:
 
 
 def lm_backbone(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A causal LM's final (normed) hidden states (B, L, d), without its LM head and without a KV cache."""
-    return model.base_model(
+    """A causal LM's final (normed) hidden states (B, L, d), without its LM head and without a KV cache.
+
+    ``get_decoder`` rather than ``base_model``: a peft-wrapped model's ``base_model`` is the adapter wrapper.
+    """
+    decoder = model.get_decoder()
+    return decoder(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state
 

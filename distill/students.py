@@ -66,6 +66,10 @@ def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, 
     if teacher.max_positions and cfg.data.max_length > teacher.max_positions:
         message = f"{cfg.data.max_length} is more than the teacher's {teacher.max_positions} positions"
         errors.append(("data.max_length", message))
+    gen = cfg.generation
+    if cfg.task == "causal_lm" and teacher.max_positions and gen.prompt_tokens + gen.new_tokens > teacher.max_positions:
+        message = f"prompt_tokens + new_tokens = {gen.prompt_tokens + gen.new_tokens} is more than the teacher's "
+        errors.append(("generation.new_tokens", message + f"{teacher.max_positions} positions"))
     pairs: tuple[LayerPair, ...] = ()
     if cfg.student is not None:
         errors += _student_errors(cfg.student, teacher)
@@ -88,6 +92,8 @@ def student_config(
     config.hidden_size = hidden
     config.num_attention_heads = heads
     config.intermediate_size = intermediate
+    if hasattr(config, "n_inner"):  # GPT-2's name for it
+        config.n_inner = intermediate
     if hasattr(config, "head_dim"):
         config.head_dim = hidden // heads
     if getattr(config, "num_key_value_heads", None):

@@ -35,6 +35,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from distill.config import ConfigError, RunConfig
 
@@ -43,6 +44,7 @@ CACHE_ENV = "KDWEB_MODEL_CACHE"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 log = logging.getLogger("distill")
+_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,9 @@ def load_config(source: str) -> PretrainedConfig:
 
 
 def is_causal_lm(config: PretrainedConfig) -> bool:
-    """Whether the config describes a causal LM (its saved architecture is a ``*ForCausalLM``)."""
-    return any(a.endswith("ForCausalLM") for a in config.architectures or [])
+    """Whether the config describes a causal LM: its saved architecture is one transformers'
+    ``AutoModelForCausalLM`` maps to (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...)."""
+    return any(a in _CAUSAL_LM_CLASSES for a in config.architectures or [])
 
 
 def count_parameters_from_config(config: PretrainedConfig, num_labels: int | None = None, head: bool = True) -> int:
@@ -212,12 +215,18 @@ def describe(config: PretrainedConfig) -> Architecture:
         hidden_size=config.hidden_size,
         heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        intermediate_size=config.intermediate_size,
+        intermediate_size=_intermediate_size(config),
         vocab_size=config.vocab_size,
         params=count_parameters_from_config(config, len(labels) or None, head=bool(labels) or is_causal_lm(config)),
         labels=labels,
         max_positions=getattr(config, "max_position_embeddings", None),
     )
+
+
+def _intermediate_size(config: PretrainedConfig) -> int:
+    """The MLP width; GPT-2's config calls it ``n_inner`` and leaves it None for 4 x hidden."""
+    size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return size or 4 * config.hidden_size
 
 
 def inspect_teacher(source: str) -> Architecture:

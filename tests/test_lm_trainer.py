@@ -156,3 +156,20 @@ def test_it_refuses_a_classifier_as_causal_lm_teacher(lm_config, assets):
     lm_config["teacher"] = {"source": str(assets["teacher"])}
     with pytest.raises(ConfigError, match=r"teacher\.source: task causal_lm needs a causal language model"):
         train(parse_config(lm_config))
+
+
+def test_it_distils_a_gpt2_teacher_too(lm_assets, lm_config, tmp_path):
+    from conftest import lm_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    tokenizer = lm_tokenizer(lm_assets["corpus"])
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    lm_config["teacher"] = {"source": str(folder)}
+    rec = Recorder()
+    result = train(parse_config(lm_config), [rec])
+    assert all(math.isfinite(rec.logs[-1][f"loss/{t}"]) for t in TERMS)
+    assert result.efficiency["student"]["params"] < result.efficiency["teacher"]["params"]
