@@ -30,14 +30,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 from transformers import PretrainedConfig
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
-from distill.teachers import Architecture, describe, load_config
+from distill.teachers import Architecture, describe, is_causal_lm, load_config
 from jobs.events import log_event, run_event_send_on_commit, share_link_closed_on_commit, status_send_on_commit
 from jobs.models import (
     Artifact,
@@ -74,19 +70,10 @@ def config_errors(exc: ConfigError) -> ValidationError:
 
 
 def config_task(config: PretrainedConfig) -> str:
-    """The run task a model can teach, from its config: ``causal_lm`` for a causal LM head (``*ForCausalLM``,
-    ``*LMHeadModel``) or a decoder-only model type saved without one (a GGUF's config names no architecture),
-    ``classification`` otherwise (a classifier, or an encoder backbone to fine-tune)."""
-    archs = config.architectures or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return Teacher.Task.CAUSAL_LM
-    decoder_only = (
-        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-    if decoder_only and not any(a.endswith("ForSequenceClassification") for a in archs):
-        return Teacher.Task.CAUSAL_LM
-    return Teacher.Task.CLASSIFICATION
+    """The run task a model can teach: ``causal_lm`` for a causal LM (the engine's ``is_causal_lm``: its saved
+    architecture is one ``AutoModelForCausalLM`` builds), ``classification`` otherwise (a classifier, or a
+    backbone to fine-tune)."""
+    return Teacher.Task.CAUSAL_LM if is_causal_lm(config) else Teacher.Task.CLASSIFICATION
 
 
 def teacher_facts(source: str) -> dict[str, Any]:
