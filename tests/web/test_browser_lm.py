@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from transformers import AutoModelForCausalLM
 
 from jobs import services
-from jobs.models import Artifact, Evaluation, MetricPoint, Run, Study
+from jobs.models import Artifact, Evaluation, MetricPoint, Run, Study, Teacher
 from tests.web.browser import chromium_session, open_as, session_cookie
 from tests.web.test_browser_live import expect_clean
 
@@ -158,3 +158,24 @@ def test_a_user_walks_the_lm_wizard_and_reads_the_lm_scorecard(
         expect(page.locator('#charts .chart[data-group="loss/output"]')).to_be_visible()  # the per-term curves
         s.shot("run")
         expect_clean(s)
+
+
+def test_a_lora_fine_tuned_lm_becomes_an_lm_teacher(celery_worker_process, owner, team, tiny_llama, corpus):
+    worker = celery_worker_process
+    sections = {
+        **{k: v for k, v in LM_RUN.items() if k != "student"},
+        "optim": {"max_steps": 3, "batch_size": 8, "lr": 1e-3},
+        "lora": {"rank": 4, "alpha": 8},
+    }
+    run = services.run_create(
+        user=owner, teacher=tiny_llama, dataset=corpus, kind="teacher_finetune", name="lora", sections=sections,
+        queue=worker.queue,
+    )  # fmt: skip
+    run = worker.wait_for(run)
+    assert run.status == Run.Status.SUCCEEDED, f"{run.error}\n{worker.log()}"
+    assert list(Evaluation.objects.filter(run=run).values_list("role", flat=True)) == ["teacher"]
+    new = Teacher.objects.get(from_run=run)
+    assert (new.name, new.task, new.labels) == ("lora (fine-tuned)", Teacher.Task.CAUSAL_LM, [])
+    tiny_llama.refresh_from_db()
+    assert new.architecture == tiny_llama.architecture  # adapters merged: the same plain model
+    assert new.hf_config["num_key_value_heads"] == 2
