@@ -74,6 +74,8 @@ class Distiller(nn.Module):
     """Student + projections. ``forward`` returns the weighted loss with every term unweighted beside it.
 
     ``pairs`` is empty for runs without feature terms (``kd_logits``, ``no_kd``, teacher fine-tuning).
+    A batch whose ``labels`` are (B, L) next-token labels (:func:`~distill.data.collate_lm`) is a causal-LM
+    batch; (B,) class ids are a classification batch.
     """
 
     def __init__(

@@ -13,6 +13,11 @@ Four terms, each returned unweighted so they can be logged and weighted apart (:
   :math:`\mathrm{KL}(A_t \,\|\, A_s)` per query row. When head counts differ, teacher heads are
   averaged in consecutive groups, or both sides are compared head-averaged.
 
+For causal LMs the task term is next-token cross-entropy and the output term the per-token
+:math:`T^2 \, \mathrm{KL}` over the vocabulary, both over the positions whose next token is real
+(:func:`next_token_targets`), and both come from one fused, chunked pass through the LM heads
+(:func:`lm_head_losses`) that never holds the (B, L, V) logits.
+
 Every per-token value is averaged over real tokens only (:func:`masked_mean`), and attention rows over
 real keys only, so padding never changes a loss. Teacher tensors are detached (and cloned when they are
 inference tensors, which autograd refuses to save), so gradients reach the student side alone.
