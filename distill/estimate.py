@@ -12,18 +12,21 @@ Memory (bytes, the peak resident size of the training process)::
     optimizer   = 4 · 3 · trained params                   # gradients + AdamW's two moments
     activations = 4 · B · L · (C_s · d_s · S + A) + w_t · B · L · C_t · d_t · T
     attention   = 4 · B · L² · (h_s · S + h_t · mapped)    # only when the attention term is on
-    logits      = 4 · (c · V · (2 + 2 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
+    logits      = 4 · (c · V · (3 + 3 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
     peak        = weights + optimizer + activations + attention + logits + RUNTIME_BYTES
 
 A LoRA run (``lora`` set) trains the adapters (rank · (in + out) per adapted layer) and a classifier's
 head; the whole teacher is a frozen weight, and each adapted layer keeps A = its dropped-out input and the
 rank-r intermediate per token (the backward still runs through every block, so C_s is unchanged).
 
-Logits of a causal LM: the engine computes the task and output terms in chunks of ``c`` =
-min(B · L, ``LOGITS_CHUNK_TOKENS``) tokens from the final hidden states, so it holds, per chunk, the
-student's logits and log-probabilities and (KD kinds) the teacher's logits and probabilities, plus the
-gradient of the student's final hidden states and the teacher's final hidden states for the whole batch;
-never the full B · L · V logits. This is an assumption about the engine's chunked path, not calibrated.
+Logits of a causal LM: the engine is assumed to compute the task and output terms in chunks of ``c`` =
+min(B · L, ``LOGITS_CHUNK_TOKENS``) tokens from the final hidden states, so it holds, per chunk, three
+vocabulary-sized copies for the student (logits, log-probabilities, their gradient) and three for the
+teacher in KD kinds (logits, probabilities, the KL's product), plus the gradient of the student's final
+hidden states and the teacher's final hidden states for the whole batch; never the full B · L · V logits
+(an unchunked step holds about 6 · B · L · V floats). The copies are measured on a hand-written chunked
+step (``bench/logits_memory.py``: B · L = 2048, V = 49152, c = 1024, 1176 MB measured against 1161 MB
+estimated), not on the engine's own path.
 
 Time (per optimizer step, ``grad_accum`` micro-batches of B · L tokens)::
 
@@ -82,8 +85,8 @@ LOGITS_CHUNK_TOKENS = 1024
 """Tokens per chunk of a causal LM's output terms (see the module docstring): an assumption about the
 engine, to keep in step with its chunk size."""
 
-LOGITS_COPIES = 2
-"""Vocabulary-sized floats per chunk token and per model: logits and (log-)probabilities."""
+LOGITS_COPIES = 3
+"""Vocabulary-sized floats per chunk token and per model (see the module docstring)."""
 
 RUNTIME_BYTES = 480 * 2**20
 """The training process before any model: Python, torch, transformers, the tokenizer and the encoded data
