@@ -686,8 +686,10 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     if wiz.kind != FINETUNE:
         s = wiz.student()
         hidden, heads, intermediate = student_shape(StudentConfig(layers=s["layers"], **_shape(s)), wiz.arch)
+        kv = f" sharing {s['kv_heads']} key/value heads" if s.get("kv_heads") else ""
         lines["student"] = (
-            f"{s['layers']} blocks × {hidden} hidden, {heads} heads, feed-forward {intermediate}; init {s['init']}"
+            f"{s['layers']} blocks × {hidden} hidden, {heads} heads{kv}, feed-forward {intermediate}; "
+            f"init {s['init']}"
         )
     if wiz.kind == "kd_feature":
         lm = wiz.layer_map()

@@ -326,7 +326,9 @@ def test_a_txt_file_is_refused_as_labelled_data(owner, team, lm_assets):
     assert list(caught.value.message_dict) == ["source"]
 
 
-def test_the_lm_student_step_offers_kv_heads(lm_client, tiny_llama, tiny_teacher):
+def test_the_lm_student_step_offers_kv_heads(lm_client, tiny_llama, tiny_teacher, corpus):
+    assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_teacher.pk}), "student")
+    assert "kv_heads" not in lm_client.get(url("student")).context["form"].fields  # BERT has no GQA
     assert_redirects_to(
         post(lm_client, "teacher", {"task": "causal_lm", "kind": "kd_logits", "teacher": tiny_llama.pk}), "student"
     )
@@ -335,9 +337,13 @@ def test_the_lm_student_step_offers_kv_heads(lm_client, tiny_llama, tiny_teacher
     response = post(lm_client, "student", {**STUDENT, "kv_heads": 3})
     assert errors(response, "kv_heads") == ["3 kv heads do not divide 4 query heads"]
     assert_redirects_to(post(lm_client, "student", {**STUDENT, "kv_heads": 1}), "data")
-    assert lm_client.session["wizard"]["student"]["kv_heads"] == 1
-    assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_teacher.pk}), "student")
-    assert "kv_heads" not in lm_client.get(url("student")).context["form"].fields  # BERT has no GQA
+    assert_redirects_to(post(lm_client, "data", {"dataset": corpus.pk, **LM_DATA}), "training")
+    assert_redirects_to(post(lm_client, "training", TRAINING), "queue")
+    assert_redirects_to(post(lm_client, "queue", {"queue": ""}), "review")
+    review = lm_client.get(url("review"))
+    summary = {line["step"].slug: line["text"] for line in review.context["summary"]}
+    assert summary["student"].startswith("2 blocks × 64 hidden, 4 heads sharing 1 key/value heads")
+    assert "kv_heads: 1" in review.content.decode()
 
 
 # --- the memory estimate and its fixes -----------------------------------------------------------------------
