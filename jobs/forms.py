@@ -101,7 +101,6 @@ STUDENT_FIELDS = ("layers", "hidden_size", "heads", "kv_heads", "intermediate_si
 DATA_FIELDS = ("max_length", "max_train_samples", "max_eval_samples", "eval_split")
 GENERATION_FIELDS = ("metrics", "samples", "prompt_tokens", "new_tokens")
 LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
-METRIC_TITLES = {"perplexity": "Perplexity", "bleu": "BLEU", "rouge_l": "ROUGE-L", "cer": "CER"}
 
 
 # --- engine validation, shared by the steps ---------------------------------------------------------

@@ -52,7 +52,6 @@ from jobs.forms import (
     LORA_FORM_FIELDS,
     LOSS_FIELDS,
     LOSS_WEIGHTS,
-    METRIC_TITLES,
     OPTIM_FIELDS,
     TASK_TITLES,
     TASKS,
@@ -702,7 +701,7 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     generation = wiz.state.get("generation")
     if wiz.is_lm and generation:
         parts.append(
-            f"metrics {', '.join(METRIC_TITLES[m] for m in generation['metrics'])} "
+            f"metrics {', '.join(selectors.METRIC_LABELS[m] for m in generation['metrics'])} "
             f"({generation['samples']} samples, {generation['prompt_tokens']} prompt + {generation['new_tokens']} "
             "new tokens)"
         )

@@ -117,7 +117,7 @@ def test_a_user_walks_the_lm_wizard_and_reads_the_lm_scorecard(
 
         expect(page.locator("h2")).to_have_text("Review")
         expect(page.locator(".wz-summary")).to_contain_text("task: causal language modelling")
-        expect(page.locator(".wz-summary")).to_contain_text("metrics Perplexity, BLEU, ROUGE-L")
+        expect(page.locator(".wz-summary")).to_contain_text("metrics perplexity, BLEU, ROUGE-L")
         expect(page.locator("pre.config")).to_contain_text("task: causal_lm")
         page.get_by_label("Name").fill("lm study")
         expect(page.get_by_label("Compare with baselines")).to_be_checked()

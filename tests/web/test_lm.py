@@ -72,7 +72,7 @@ def test_it_walks_the_lm_wizard_and_launches_an_lm_run(
     review = c.get(url("review"))
     summary = {line["step"].slug: line["text"] for line in review.context["summary"]}
     assert summary["teacher"] == "Distil a student from tiny-llama (alpha); task: causal language modelling"
-    assert "metrics Perplexity, BLEU, CER (4 samples, 6 prompt + 4 new tokens)" in summary["data"]
+    assert "metrics perplexity, BLEU, CER (4 samples, 6 prompt + 4 new tokens)" in summary["data"]
     assert "task: causal_lm" in review.content.decode()
     with django_capture_on_commit_callbacks(execute=False):
         c.post(url("review"), {"name": "lm", "baselines": "on", "seeds": "0"})
