@@ -7,7 +7,7 @@ CHROMIUM := /usr/bin/chromium
 # Per-test limit (pytest-timeout), so a hung server fails the suite instead of stalling it.
 TEST_TIMEOUT ?= 900
 
-.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live clean
+.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live bench-lm clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,11 @@ bench-step: venv
 
 bench-quality: venv
 	$(BIN)/python bench/quality.py
+
+# Causal-LM KD on the real SmolLM2-135M (converted from its GGUF once): the LM KD step against a
+# hand-written one at batch 8 x 256, and a short distillation scored by held-out BBC perplexity.
+bench-lm: venv
+	$(BIN)/python bench/lm.py
 
 # The live view under load: the local PostgreSQL and Redis must answer (`services`); the bench drops and
 # recreates a database of its own (kdweb_bench_live) and empties Redis db 5, never the tests' ones.

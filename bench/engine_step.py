@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -149,7 +150,11 @@ VARIANTS = {"engine": EngineStep, "hand": HandStep}
 
 
 def time_case(case: str, teacher_dir: Path, rounds: int, warmup: int) -> dict:
-    steps = {name: cls(case, teacher_dir) for name, cls in VARIANTS.items()}
+    return alternate({name: cls(case, teacher_dir) for name, cls in VARIANTS.items()}, rounds, warmup)
+
+
+def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict:
+    """Time the "engine" and "hand" steps in alternating order, round after round, in this process."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -179,27 +184,36 @@ def _vm_hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def memory_child(case: str, variant: str, teacher_dir: Path) -> None:
-    """In a fresh process: peak RSS during 3 steps, above the RSS once everything is set up."""
-    step = VARIANTS[variant](case, teacher_dir)
+def step_memory(step: Callable[[], None], steps: int = 3) -> dict:
+    """Peak RSS during ``steps`` steps, above the RSS once everything is set up (run it in a fresh process)."""
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
     baseline = psutil.Process().memory_info().rss
-    for _ in range(3):
+    for _ in range(steps):
         step()
     peak = _vm_hwm()
-    print(json.dumps({"baseline_mb": baseline / 2**20, "peak_mb": peak / 2**20, "step_mb": (peak - baseline) / 2**20}))
+    return {"baseline_mb": baseline / 2**20, "peak_mb": peak / 2**20, "step_mb": (peak - baseline) / 2**20}
 
 
-def memory_case(case: str, teacher_dir: Path) -> dict:
+def memory_child(case: str, variant: str, teacher_dir: Path) -> None:
+    print(json.dumps(step_memory(VARIANTS[variant](case, teacher_dir))))
+
+
+def memory_ratios(child_command: Callable[[str], list[str]]) -> dict:
+    """Run ``child_command(variant)`` (a process printing :func:`step_memory` as its last line) for the
+    engine and the hand step, and compare."""
     out = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--memory-child", case, variant, "--teacher-dir", str(teacher_dir)]
-        out[variant] = json.loads(
-            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-        )
+    for variant in ("engine", "hand"):
+        run = subprocess.run(child_command(variant), check=True, capture_output=True, text=True)
+        out[variant] = json.loads(run.stdout.splitlines()[-1])
     out["step_memory_ratio"] = out["engine"]["step_mb"] / out["hand"]["step_mb"]
     out["peak_rss_ratio"] = out["engine"]["peak_mb"] / out["hand"]["peak_mb"]
     return out
+
+
+def memory_case(case: str, teacher_dir: Path) -> dict:
+    return memory_ratios(
+        lambda variant: [sys.executable, __file__, "--memory-child", case, variant, "--teacher-dir", str(teacher_dir)]
+    )
 
 
 def report(results: dict) -> str:

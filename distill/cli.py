@@ -1,4 +1,4 @@
-"""``python -m distill``: run, inspect, layermap and evaluate from the command line.
+"""``python -m distill``: run, inspect, layermap, evaluate and prepare from the command line.
 
 A bad config or input exits with status 2 and prints each ``field: reason`` on stderr.
 """
@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from distill.callbacks import Callback, Control, TrainState
-from distill.config import ConfigError, DataConfig, StudentConfig, format_location, load_config
+from distill.config import (
+    ConfigError,
+    DataConfig,
+    GenerationConfig,
+    StudentConfig,
+    format_location,
+    load_config,
+)
 from distill.layer_map import describe, resolve_layer_map
 
 EXIT_CONFIG = 2
@@ -37,6 +44,8 @@ class ProgressBar(Callback):
         terms = {k.removeprefix("loss/"): f"{v:.3f}" for k, v in logs.items() if k.startswith("loss/")}
         if "accuracy" in state.metrics:
             terms["val_acc"] = f"{state.metrics['accuracy']:.3f}"
+        if "perplexity" in state.metrics:
+            terms["val_ppl"] = f"{state.metrics['perplexity']:.2f}"
         self.bar.set_postfix(terms, refresh=False)
         self.bar.update(1)
 
@@ -105,9 +114,9 @@ def cmd_layermap(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from distill.data import encode, load_data
-    from distill.metrics import efficiency_report, evaluate_classifier, weights_bytes
-    from distill.teachers import load_classifier, load_tokenizer, resolve_source
+    from distill.data import collate_lm, encode, encode_lm, load_data, load_text_data
+    from distill.metrics import efficiency_report, evaluate_classifier, evaluate_lm, generation_metrics, weights_bytes
+    from distill.teachers import load_causal_lm, load_classifier, load_tokenizer, resolve_source
     from distill.trainer import eval_loader
 
     flags = {
@@ -126,23 +135,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.batch_size < 1:
         raise ConfigError.one("--batch-size", f"must be at least 1, got {args.batch_size}")
-    data = load_data(data_cfg)
+    lm = args.task == "causal_lm"
+    data = load_text_data(data_cfg) if lm else load_data(data_cfg)
     tokenizer = load_tokenizer(args.model)
-    model = load_classifier(args.model, data.labels, attentions=False)
+    model = (
+        load_causal_lm(args.model, attentions=False)
+        if lm
+        else load_classifier(args.model, data.labels, attentions=False)
+    )
     # Inputs longer than the model's position table crash its forward pass.
     max_length, positions = data_cfg.max_length, getattr(model.config, "max_position_embeddings", None)
     if positions and max_length > positions:
         if args.max_length is not None:
             raise ConfigError.one("--max-length", f"{max_length} is more than the model's {positions} positions")
         max_length = positions  # the default does not fit this model: use all it has
-    loader = eval_loader(encode(data.split(args.split), tokenizer, max_length), args.batch_size, tokenizer.pad_token_id)
+    pad = tokenizer.pad_token_id
+    if lm:  # perplexity and the continuation task with the default generation settings
+        loader = eval_loader(encode_lm(data.split(args.split), tokenizer, max_length), args.batch_size, pad, collate_lm)
+        gen = GenerationConfig()
+        metrics = evaluate_lm(model, loader) | generation_metrics(
+            model,
+            tokenizer,
+            data.split(args.split),
+            prompt_tokens=gen.prompt_tokens,
+            new_tokens=gen.new_tokens,
+            samples=gen.samples,
+            metrics=gen.metrics,
+            batch_size=args.batch_size,
+        )
+    else:
+        loader = eval_loader(encode(data.split(args.split), tokenizer, max_length), args.batch_size, pad)
+        metrics = evaluate_classifier(model, loader, len(data.labels))
     report = {
-        "metrics": {"split": args.split, **evaluate_classifier(model, loader, len(data.labels))},
-        "efficiency": efficiency_report(model, model.config.vocab_size, seq_len=max_length),
+        "metrics": {"split": args.split, **metrics},
+        "efficiency": efficiency_report(model, model.config.vocab_size, seq_len=max_length, causal_lm=lm),
     }
     if Path(location := resolve_source(args.model)).is_dir():  # a hub id has no local folder to measure
         report["efficiency"]["bytes"] = weights_bytes(location)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from distill.teachers import prepare
+
+    folder = prepare(args.source, progress=lambda message: print(message, flush=True))
+    print(folder)
     return 0
 
 
@@ -168,6 +206,12 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="a model folder (e.g. a run's export) or a teacher source")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    ev.add_argument(
+        "--task",
+        choices=["classification", "causal_lm"],
+        default="classification",
+        help="causal_lm: perplexity and continuation scores (BLEU, ROUGE-L, CER) on the split's text",
+    )
     ev.add_argument("--text-column", default="text")
     ev.add_argument("--label-column", default="label")
     ev.add_argument(
@@ -177,6 +221,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=64)
     ev.set_defaults(func=cmd_evaluate)
+    pre = sub.add_parser(
+        "prepare", help="make a teacher source ready offline (convert a GGUF package once) and print its folder"
+    )
+    pre.add_argument("source", help="package:<pip-name>, a model folder or a hub id")
+    pre.set_defaults(func=cmd_prepare)
     return p
 
 

@@ -77,6 +77,11 @@ class StudentConfig(_Frozen):
     layers: PositiveInt
     hidden_size: PositiveInt | None = Field(None, description="defaults to the teacher's")
     heads: PositiveInt | None = Field(None, description="defaults to the teacher's")
+    kv_heads: PositiveInt | None = Field(
+        None,
+        description="key/value heads (grouped-query attention; must divide heads); default: the teacher's "
+        "query heads per kv head, kept",
+    )
     intermediate_size: PositiveInt | None = Field(None, description="defaults to 4 x hidden size")
     init: Literal["teacher", "random"] = Field(
         "teacher", description="copy the mapped teacher layers (needs the teacher's width) or random"

@@ -20,6 +20,12 @@ a local ``.csv``, ``.jsonl`` or ``.json`` file
     ``datasets.load_dataset`` (needs the network). Its train/validation/test splits are used; a missing
     validation or test split is carved from train (10%, stratified, ``SPLIT_SEED``).
 
+Text for causal language models (``task: causal_lm``, :func:`load_text_data`) comes from the same
+sources without labels: the BBC articles (split exactly as the classification set, so an article held
+out there is held out here), a local ``.txt`` file (documents separated by blank lines), a ``.csv`` /
+``.jsonl`` / ``.json`` file's ``text_column``, or ``hf:<id>``. A set without its own splits gets a seeded
+80/10/10 shuffle-split after deduplication.
+
 The packaged sets are located with ``importlib.util.find_spec`` and read as files: the packages are
 installed ``--no-deps`` for their data alone, and importing them would need dependencies that are absent.
 
@@ -56,11 +62,13 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from distill.config import ConfigError, DataConfig
+from distill.losses import IGNORE_INDEX
 
 SPLIT_SEED = 20240601
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_COLUMN = "split"
 FILE_TYPES: tuple[str, ...] = (".csv", ".jsonl", ".json")
+TEXT_FILE = ".txt"  # causal_lm only: documents separated by blank lines
 HOLDOUT = 0.2  # validation + test share of the fixed split, halved between them
 CARVE = 0.1  # share of train carved out for a split a Hugging Face set lacks
 
@@ -322,8 +330,10 @@ def _json_records(text: str, path: Path) -> tuple[_Records, list[str]]:
     return records, columns
 
 
-def _file_table(path: Path, cfg: DataConfig) -> _Table:
+def _file_table(path: Path, cfg: DataConfig, labelled: bool = True) -> _Table:
     suffix = path.suffix.lower()
+    if not labelled and suffix == TEXT_FILE:
+        return _txt_table(path)
     if suffix not in FILE_TYPES:
         hint = f"; did you mean packaged:{cfg.source}?" if cfg.source in PACKAGED else ""
         raise ConfigError.one(
@@ -340,9 +350,10 @@ def _file_table(path: Path, cfg: DataConfig) -> _Table:
     if not records:
         raise ConfigError.one("data.source", f"{path} has no data rows")
 
+    wanted = (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column))[: 2 if labelled else 1]
     missing = [
         (field, f"column {column!r} not found in {path}; columns present: {', '.join(columns)}")
-        for field, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column))
+        for field, column in wanted
         if column not in columns
     ]
     if missing:
@@ -359,7 +370,7 @@ def _file_table(path: Path, cfg: DataConfig) -> _Table:
         if not text_value:
             continue  # an empty text teaches nothing; dropped, not an error
         where = f"{unit} {place} of {path}"
-        labels.append(_label_value(record.get(cfg.label_column), where, cfg.label_column))
+        labels.append(_label_value(record.get(cfg.label_column), where, cfg.label_column) if labelled else "")
         if has_split:
             split = _clean_text(record.get(SPLIT_COLUMN)).lower()
             if split not in SPLITS:
@@ -458,13 +469,65 @@ def _hf_table(spec: str, cfg: DataConfig) -> _Table:
     )
 
 
-def _read_table(cfg: DataConfig) -> _Table:
+def _txt_table(path: Path) -> _Table:
+    if not path.is_file():
+        raise ConfigError.one("data.source", f"file not found: {path}")
+    text = _decode(path)
+    documents: list[str] = []
+    starts: list[int] = []
+    for start, block in _paragraphs(text):
+        documents.append(block)
+        starts.append(start)
+    if not documents:
+        raise ConfigError.one("data.source", f"{path} has no text")
+    return _Table(path.stem, documents, [""] * len(documents), lambda i: f"line {starts[i]} of {path}")
+
+
+def _paragraphs(text: str) -> list[tuple[int, str]]:
+    """(first line, text) of each block of non-blank lines."""
+    out: list[tuple[int, str]] = []
+    lines: list[str] = []
+    for n, line in enumerate([*text.split("\n"), ""], 1):
+        if line.strip():
+            lines.append(line.strip())
+        elif lines:
+            out.append((n - len(lines), "\n".join(lines)))
+            lines = []
+    return out
+
+
+def _hf_text_table(spec: str, cfg: DataConfig) -> _Table:
+    dataset = _hf_load(spec)
+    texts: list[str] = []
+    splits: list[str] = []
+    for split_name in dataset:
+        canonical = _HF_SPLIT_NAMES.get(split_name)
+        if canonical is None or canonical in splits:
+            continue
+        part = dataset[split_name]
+        if cfg.text_column not in part.column_names:
+            raise ConfigError.one(
+                "data.text_column",
+                f"column {cfg.text_column!r} not found in the {split_name} split of hf:{spec}; "
+                f"columns present: {', '.join(part.column_names)}",
+            )
+        for value in part[cfg.text_column]:
+            if text := _clean_text(value):
+                texts.append(text)
+                splits.append(canonical)
+    if "train" not in splits:
+        raise ConfigError.one("data.source", f"hf:{spec} has no train split with text")
+    return _Table(spec, texts, [""] * len(texts), lambda i: f"row {i + 1} of hf:{spec}", splits, strict_splits=False)
+
+
+def _read_table(cfg: DataConfig, labelled: bool = True) -> _Table:
     source = cfg.source.strip()
     if source.startswith("packaged:"):
         return _packaged_table(source.removeprefix("packaged:"))
     if source.startswith("hf:"):
-        return _hf_table(source.removeprefix("hf:"), cfg)
-    return _file_table(Path(source).expanduser(), cfg)
+        spec = source.removeprefix("hf:")
+        return _hf_table(spec, cfg) if labelled else _hf_text_table(spec, cfg)
+    return _file_table(Path(source).expanduser(), cfg, labelled)
 
 
 # --- classes and splits --------------------------------------------------------------------------
@@ -615,11 +678,18 @@ def load_data(cfg: DataConfig) -> TextClassificationData:
     return _assemble(_read_table(cfg), cfg)
 
 
-def preview(cfg: DataConfig, rows: int = 5) -> list[dict[str, str]]:
-    """The first ``rows`` usable rows in source order, as ``{"text", "label"}``, for the web preview."""
+def preview(cfg: DataConfig, rows: int = 5, task: str = "classification") -> list[dict[str, str]]:
+    """The first ``rows`` usable rows in source order, as ``{"text", "label"}`` (``{"text"}`` for
+    ``task="causal_lm"``), for the web preview."""
     if rows <= 0:
         return []
     source = cfg.source.strip()
+    if task == "causal_lm":
+        if source.startswith("hf:"):
+            stream = _hf_load(source.removeprefix("hf:"), split="train", streaming=True)
+            texts = (_clean_text(row.get(cfg.text_column)) for row in itertools.islice(stream, rows * 4))
+            return [{"text": t} for t in itertools.islice(filter(None, texts), rows)]
+        return [{"text": text} for text in _read_table(cfg, labelled=False).texts[:rows]]
     if source.startswith("hf:"):
         return _hf_preview(source.removeprefix("hf:"), cfg, rows)
     table = _read_table(cfg)
@@ -686,3 +756,110 @@ def collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.T
         attention_mask[row, :length] = 1
     labels = torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# --- text for causal language models -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextData:
+    """Unlabelled text in three splits, for next-token prediction. ``labels`` is empty (no classes)."""
+
+    name: str
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+    labels: tuple[str, ...] = ()
+
+    def split(self, name: str) -> list[str]:
+        """The texts of split ``name``: train, validation or test."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+def _cap(texts: list[str], limit: int | None) -> list[str]:
+    """A seeded subset of ``limit`` texts, in their order."""
+    if limit is None or limit >= len(texts):
+        return texts
+    keep = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(texts))[:limit])
+    return [texts[i] for i in keep]
+
+
+def load_text_data(cfg: DataConfig) -> TextData:
+    """Read and split text for a causal LM; every user error is a :class:`ConfigError`."""
+    table = _read_table(cfg, labelled=False)
+    if table.name in PACKAGED and cfg.source.strip().startswith("packaged:"):
+        # the classification set's own split and caps: held-out articles are the same in both tasks
+        data = _assemble(table, cfg.model_copy(update={"labels": None}))
+        return TextData(table.name, data.train.texts, data.validation.texts, data.test.texts)
+    if table.splits is not None:
+        tags = np.asarray(table.splits)
+        parts = {split: [table.texts[i] for i in np.flatnonzero(tags == split)] for split in SPLITS}
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(parts["train"]))
+        for split in SPLITS[1:]:  # a hub set without this split: carve it from train
+            if not parts[split]:
+                carve = max(1, int(CARVE * len(order)))
+                parts[split] = [parts["train"][i] for i in sorted(order[:carve])]
+                parts["train"] = [parts["train"][i] for i in sorted(order[carve:])]
+                order = np.random.default_rng(SPLIT_SEED).permutation(len(parts["train"]))
+    else:
+        texts = list(dict.fromkeys(table.texts))  # no text in two splits
+        if len(texts) < 3:
+            raise ConfigError.one("data.source", f"{table.name} has {len(texts)} distinct texts; at least 3 are needed")
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
+        held = max(1, round(HOLDOUT / 2 * len(texts)))
+        cuts = {"validation": order[:held], "test": order[held : 2 * held], "train": order[2 * held :]}
+        parts = {split: [texts[i] for i in np.sort(cuts[split])] for split in SPLITS}
+    for split in SPLITS:
+        if not parts[split]:
+            raise ConfigError.one("data.source", f"the {split} split of {table.name} is empty")
+    return TextData(
+        table.name,
+        _cap(parts["train"], cfg.max_train_samples),
+        _cap(parts["validation"], cfg.max_eval_samples),
+        _cap(parts["test"], cfg.max_eval_samples),
+    )
+
+
+class TokenWindows(Dataset):
+    """Token windows for next-token prediction; item ``i`` is ``{"input_ids": list[int]}``."""
+
+    def __init__(self, windows: list[list[int]]):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.windows[index]}
+
+    @property
+    def tokens(self) -> int:
+        return sum(map(len, self.windows))
+
+
+def encode_lm(texts: Sequence[str], tokenizer: Any, max_length: int) -> TokenWindows:
+    """Tokenize each text whole and cut it into consecutive windows of at most ``max_length`` tokens.
+
+    Chunking rather than truncating: a BBC article is ~500 tokens, so truncation to 128-256 would train
+    and evaluate on openings alone and throw most of the text away. Windows never span two texts (no
+    prediction across an article boundary), and a window shorter than 2 tokens predicts nothing and is
+    dropped. Each window's first token has no context, as at the start of a text.
+    """
+    if not texts:
+        return TokenWindows([])
+    # verbose=False: texts longer than the model's positions are fine here, they are cut below
+    encoded = tokenizer(list(texts), verbose=False)["input_ids"]
+    windows = [
+        list(ids[i : i + max_length]) for ids in encoded for i in range(0, len(ids), max_length) if len(ids) - i >= 2
+    ]
+    return TokenWindows(windows)
+
+
+def collate_lm(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token windows: input_ids, attention_mask and labels (B, L) long; labels are the input
+    ids with ``IGNORE_INDEX`` (-100) at padding, shifted by the loss (position l predicts token l+1)."""
+    padded = collate([{**item, "labels": 0} for item in batch], pad_token_id)
+    padded["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, IGNORE_INDEX)
+    return padded

@@ -8,16 +8,34 @@ steps are often cheaper).
 
 Memory (bytes, the peak resident size of the training process)::
 
-    weights     = 4 · (trained params + frozen teacher params)
+    weights     = 4 · trained params + w_t · frozen teacher params    # w_t = 2 for teacher.dtype bfloat16
     optimizer   = 4 · 3 · trained params                   # gradients + AdamW's two moments
-    activations = 4 · B · L · (C_s · d_s · S + C_t · d_t · T)
+    activations = 4 · B · L · (C_s · d_s · S + A) + w_t · B · L · C_t · d_t · T
     attention   = 4 · B · L² · (h_s · S + h_t · mapped)    # only when the attention term is on
-    peak        = weights + optimizer + activations + attention + RUNTIME_BYTES
+    logits      = 4 · (c · V · (3 + 3 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
+    peak        = weights + optimizer + activations + attention + logits + RUNTIME_BYTES
+
+A LoRA run (``lora`` set) trains the adapters (rank · (in + out) per adapted layer) and a classifier's
+head; the whole teacher is a frozen weight, and each adapted layer keeps A = its dropped-out input and the
+rank-r intermediate per token (the backward still runs through every block, so C_s is unchanged).
+
+Logits of a causal LM: the engine is assumed to compute the task and output terms in chunks of ``c`` =
+min(B · L, ``LOGITS_CHUNK_TOKENS``) tokens from the final hidden states, so it holds, per chunk, three
+vocabulary-sized copies for the student (logits, log-probabilities, their gradient) and three for the
+teacher in KD kinds (logits, probabilities, the KL's product), plus the gradient of the student's final
+hidden states and the teacher's final hidden states for the whole batch; never the full B · L · V logits
+(an unchunked step holds about 6 · B · L · V floats). The copies are measured on a hand-written chunked
+step (``bench/logits_memory.py``: B · L = 2048, V = 49152, c = 1024, 1176 MB measured against 1161 MB
+estimated), not on the engine's own path.
 
 Time (per optimizer step, ``grad_accum`` micro-batches of B · L tokens)::
 
     FLOPs   = tokens · (6 · student non-embedding params + 2 · teacher non-embedding params [KD kinds])
     seconds = FLOPs / CPU_FLOPS
+
+A causal LM's output projection (V · d, tied or not) counts as non-embedding: every token multiplies it.
+A LoRA run costs ``tokens · (4 · N + 6 · adapter params)``: forward and input gradients through the frozen
+weights, no weight gradients for them.
 
 The constants are calibrated on the 2-core machine of ``bench/results/engine_step.md``: a ``kd_feature``
 step from the MiniLM-L6 teacher (6 × 384, 12 heads) into a 3 × 384 student at batch 32 × 128 takes
@@ -27,15 +45,19 @@ step from the MiniLM-L6 teacher (6 × 384, 12 heads) into a 3 × 384 student at 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psutil
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
+from transformers.pytorch_utils import Conv1D
 
-from distill.config import KD_KINDS, RunConfig
+from distill.config import KD_KINDS, ConfigError, RunConfig, Task, apply_override, parse_config
 from distill.layer_map import has_attention, resolve_layer_map
+from distill.lora import adapted_layers, head_parameters, meta_model
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
 from distill.trainer import total_steps
@@ -55,6 +77,16 @@ maps are counted separately)."""
 TEACHER_ACTIVATION_FLOATS = 2
 """Floats per token, per teacher block and per hidden unit under ``inference_mode``: the mapped hidden
 states that the losses keep plus the working set of the block being computed."""
+
+BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2}
+"""Bytes per weight and activation of the frozen teacher, by ``teacher.dtype``."""
+
+LOGITS_CHUNK_TOKENS = 1024
+"""Tokens per chunk of a causal LM's output terms (see the module docstring): an assumption about the
+engine, to keep in step with its chunk size."""
+
+LOGITS_COPIES = 3
+"""Vocabulary-sized floats per chunk token and per model (see the module docstring)."""
 
 RUNTIME_BYTES = 480 * 2**20
 """The training process before any model: Python, torch, transformers, the tokenizer and the encoded data
@@ -78,6 +110,7 @@ class Estimate:
     optimizer_bytes: int
     activation_bytes: int
     attention_bytes: int
+    logits_bytes: int
     runtime_bytes: int
     tokens_per_step: int
     flops_per_step: float
@@ -91,6 +124,7 @@ class Estimate:
             + self.optimizer_bytes
             + self.activation_bytes
             + self.attention_bytes
+            + self.logits_bytes
             + self.runtime_bytes
         )
 
@@ -127,12 +161,21 @@ def config_from_architecture(arch: Architecture) -> PretrainedConfig:
     )
 
 
-def non_embedding_parameters(config: PretrainedConfig) -> int:
-    """Parameters of a sequence classifier outside its embedding tables: the ones every token multiplies."""
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+def non_embedding_parameters(config: PretrainedConfig, task: Task = "classification") -> int:
+    """Parameters outside the embedding tables: the ones every token multiplies. A causal LM's output
+    projection counts even when it is tied to the input embeddings."""
+    model = meta_model(config, task)
     embedding = model.get_input_embeddings().weight
-    return sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p is not embedding)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p is not embedding)
+    output = model.get_output_embeddings() if task == "causal_lm" else None
+    if output is not None and output.weight is embedding:
+        n += embedding.numel()
+    return n
+
+
+def model_parameters(config: PretrainedConfig, task: Task) -> int:
+    """Unique parameters of the model a run of ``task`` builds from ``config`` (an LM with its head)."""
+    return sum(p.numel() for p in meta_model(config, task).parameters())
 
 
 def _projection_params(cfg: RunConfig, pairs: int, student_hidden: int, teacher_hidden: int) -> int:
@@ -142,59 +185,191 @@ def _projection_params(cfg: RunConfig, pairs: int, student_hidden: int, teacher_
     return pairs * (student_hidden * teacher_hidden + teacher_hidden)
 
 
+def _lora_cost(cfg: RunConfig, t_config: PretrainedConfig) -> tuple[int, int]:
+    """(trained parameters, activation floats per token) of the adapters and the head a LoRA run adds."""
+    model = meta_model(t_config, cfg.task)
+    layers = adapted_layers(cfg.lora, model)
+    params = sum(cfg.lora.rank * sum(m.weight.shape) for m in layers) + head_parameters(model, cfg.task)
+    inputs = sum(m.weight.shape[0] if isinstance(m, Conv1D) else m.in_features for m in layers)
+    floats = inputs * (cfg.lora.dropout > 0) + cfg.lora.rank * len(layers)  # dropout's copy of x; x · A
+    return params, floats
+
+
 def estimate(
     cfg: RunConfig, teacher: Architecture, train_size: int, *, teacher_config: PretrainedConfig | None = None
 ) -> Estimate:
     """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring).
 
     ``teacher_config`` is the teacher's own transformers config when available (exact counts); otherwise
-    one is rebuilt from ``teacher``. The config is assumed valid (``students.validate_against``): an
-    unusable layer map raises its ``ConfigError``.
+    one is rebuilt from ``teacher`` (for a causal LM that loses ``tie_word_embeddings``, so pass it). The
+    config is assumed valid (``students.validate_against``): an unusable layer map or LoRA target raises
+    its ``ConfigError``.
     """
     t_config = teacher_config if teacher_config is not None else config_from_architecture(teacher)
-    teacher_nonemb = non_embedding_parameters(t_config)
+    lm = cfg.task == "causal_lm"
+    kd = cfg.kind in KD_KINDS
+    teacher_params = model_parameters(t_config, cfg.task) if lm else teacher.params
+    teacher_nonemb = non_embedding_parameters(t_config, cfg.task)
+    teacher_bytes = BYTES_PER_DTYPE[cfg.teacher.dtype]
     batch, length = cfg.optim.batch_size, cfg.data.max_length
     tokens = batch * length
-    activation_floats = 0
-    attention_floats = 0
-    if cfg.student is None:  # teacher_finetune trains the teacher itself
+    teacher_activation_bytes = attention_floats = 0
+    if cfg.student is None:  # teacher_finetune trains the teacher itself, in fp32
         student_params = compression = None
-        trained = teacher.params
-        frozen = 0
-        flops = 6 * teacher_nonemb * tokens
-        activation_floats = STUDENT_ACTIVATION_FLOATS * teacher.hidden_size * teacher.layers
+        hidden = teacher.hidden_size
+        activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * teacher.layers
+        if cfg.lora is None:
+            trained, frozen_bytes = teacher_params, 0
+            flops = 6 * teacher_nonemb * tokens
+        else:
+            trained, adapter_floats = _lora_cost(cfg, t_config)
+            frozen_bytes = BYTES_PER_FLOAT * teacher_params
+            flops = (4 * teacher_nonemb + 6 * trained) * tokens
+            activation_floats += adapter_floats
     else:
         s_config = student_config(t_config, cfg.student, teacher, attentions=cfg.needs_attentions)
-        student_params = count_student_parameters(s_config)
-        compression = teacher.params / student_params
+        student_params = model_parameters(s_config, cfg.task) if lm else count_student_parameters(s_config)
+        compression = teacher_params / student_params
         hidden, heads, _ = student_shape(cfg.student, teacher)
         pairs = resolve_layer_map(cfg.student, teacher.layers) if cfg.needs_features else ()
         trained = student_params + _projection_params(cfg, len(pairs), hidden, teacher.hidden_size)
-        frozen = teacher.params  # the teacher is loaded for every student kind (init, evaluation)
-        flops = 6 * non_embedding_parameters(s_config) * tokens
+        frozen_bytes = teacher_bytes * teacher_params  # the teacher is loaded for every student kind (init, evaluation)
+        flops = 6 * non_embedding_parameters(s_config, cfg.task) * tokens
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * cfg.student.layers
-        if cfg.kind in KD_KINDS:
+        if kd:
             flops += 2 * teacher_nonemb * tokens
-            activation_floats += TEACHER_ACTIVATION_FLOATS * teacher.hidden_size * teacher.layers
+            teacher_floats = TEACHER_ACTIVATION_FLOATS * teacher.hidden_size * teacher.layers
+            teacher_activation_bytes = teacher_bytes * tokens * teacher_floats
         if cfg.needs_attentions:
             mapped = sum(1 for p in pairs if has_attention(p))
             attention_floats = length * (heads * cfg.student.layers + teacher.heads * mapped)
+    logits_floats = 0
+    if lm:  # the chunked output terms: see the module docstring
+        chunk = min(tokens, LOGITS_CHUNK_TOKENS)
+        logits_floats = chunk * t_config.vocab_size * LOGITS_COPIES * (2 if kd else 1)
+        logits_floats += tokens * (hidden + (teacher.hidden_size if kd else 0))
     flops *= cfg.optim.grad_accum
     return Estimate(
         student_params=student_params,
-        teacher_params=teacher.params,
+        teacher_params=teacher_params,
         compression=compression,
         trained_params=trained,
-        weights_bytes=BYTES_PER_FLOAT * (trained + frozen),
+        weights_bytes=BYTES_PER_FLOAT * trained + frozen_bytes,
         optimizer_bytes=BYTES_PER_FLOAT * OPTIMIZER_COPIES * trained,
-        activation_bytes=BYTES_PER_FLOAT * tokens * activation_floats,
+        activation_bytes=BYTES_PER_FLOAT * tokens * activation_floats + teacher_activation_bytes,
         attention_bytes=BYTES_PER_FLOAT * tokens * attention_floats,
+        logits_bytes=BYTES_PER_FLOAT * logits_floats,
         runtime_bytes=RUNTIME_BYTES,
         tokens_per_step=tokens * cfg.optim.grad_accum,
         flops_per_step=float(flops),
         seconds_per_step=flops / CPU_FLOPS,
         total_steps=total_steps(cfg, train_size),
     )
+
+
+MIN_LENGTH = 16
+"""The shortest ``data.max_length`` a fix proposes."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change to a run's config that lowers its peak memory, and the estimate of the changed run."""
+
+    title: str
+    changes: dict[str, Any]  # dotted config paths -> new value, e.g. {"optim.batch_size": 4, "optim.grad_accum": 2}
+    estimate: Estimate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "changes": self.changes, "estimate": self.estimate.as_dict()}
+
+
+def apply_changes(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """``cfg`` with each dotted path set to its new value, validated again."""
+    data = cfg.model_dump(mode="json")
+    for path, value in changes.items():
+        apply_override(data, f"{path}={json.dumps(value)}")
+    return parse_config(data)
+
+
+def _candidates(cfg: RunConfig) -> list[list[tuple[str, dict[str, Any]]]]:
+    """The settings (title, changes) of each kind of fix that applies to ``cfg``, from the mildest to the
+    strongest; kinds cheapest impact first: accumulation keeps the run's results, a bf16 teacher barely
+    moves them, dropping the attention term changes the method, a shorter length cuts the data."""
+    b, a = cfg.optim.batch_size, cfg.optim.grad_accum
+    out = []
+    if b > 1:
+        settings = [
+            (
+                f"Batch {b // d} with {a * d} accumulation steps (same effective batch of {a * b})",
+                {"optim.batch_size": b // d, "optim.grad_accum": a * d},
+            )
+            for d in range(2, b + 1)
+            if b % d == 0
+        ]
+        out.append(settings)
+    if cfg.student is not None and cfg.teacher.dtype == "float32":
+        out.append([("Teacher in bfloat16 (halves its weights)", {"teacher.dtype": "bfloat16"})])
+    if cfg.needs_attentions:
+        out.append([("Attention term off (no attention maps kept)", {"loss.attention": 0.0})])
+    length, lengths = cfg.data.max_length, []
+    while (length := length // 2) >= MIN_LENGTH:
+        lengths.append((f"Max length {length} (from {cfg.data.max_length}; longer texts are cut)", length))
+    if lengths:
+        out.append([(title, {"data.max_length": n}) for title, n in lengths])
+    return out
+
+
+def suggest_fixes(
+    cfg: RunConfig,
+    teacher: Architecture,
+    train_size: int,
+    budget_bytes: int,
+    *,
+    teacher_config: PretrainedConfig | None = None,
+) -> list[Fix]:
+    """Config changes that bring the estimated peak memory of ``cfg`` under ``budget_bytes``; none when it
+    already fits.
+
+    One fix per kind that applies (smaller batch with gradient accumulation, teacher in bf16, attention
+    term off, shorter max length), each with its mildest setting that fits, or its strongest when none
+    does; the fixes that fit come first, cheapest impact first. When no single fix fits, a last fix
+    combines the strongest of each. Every fix is re-estimated with :func:`estimate`.
+    """
+
+    def measure(changes: dict[str, Any]) -> Estimate | None:
+        try:
+            changed = apply_changes(cfg, changes)
+        except ConfigError:  # e.g. attention off leaves a features_first schedule without features
+            return None
+        return estimate(changed, teacher, train_size, teacher_config=teacher_config)
+
+    base = estimate(cfg, teacher, train_size, teacher_config=teacher_config)
+    if base.peak_bytes <= budget_bytes:
+        return []
+    fixes: list[Fix] = []
+    for settings in _candidates(cfg):
+        best = None
+        for title, changes in settings:
+            est = measure(changes)
+            if est is not None and est.peak_bytes < base.peak_bytes:
+                best = Fix(title, changes, est)
+                if est.peak_bytes <= budget_bytes:
+                    break
+        if best is not None:
+            fixes.append(best)
+    fits = [f for f in fixes if f.estimate.peak_bytes <= budget_bytes]
+    if not fits and len(fixes) > 1:  # each is at its strongest: try them together
+        together = {k: v for f in fixes for k, v in f.changes.items()}
+        if (est := measure(together)) is not None:
+            fixes.append(Fix("All of these: " + "; ".join(f.title for f in fixes), together, est))
+    return fits + [f for f in fixes if f not in fits]
+
+
+def available_memory_bytes() -> int:
+    """The memory a run can use here: the CUDA device's when one is present, else the RAM available now."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return psutil.virtual_memory().available
 
 
 def format_bytes(n: float) -> str:

@@ -1,4 +1,5 @@
-"""Export a trained model as a folder that ``AutoModelForSequenceClassification.from_pretrained`` loads offline.
+"""Export a trained model as a folder that ``AutoModelForSequenceClassification.from_pretrained`` (or, for
+a causal LM, ``AutoModelForCausalLM.from_pretrained``) loads offline.
 
 The folder holds safetensors weights, the config (with the label names), the tokenizer, a model card
 (README.md) and ``distill.json`` with the run config and its measurements. Learned projections are not
@@ -31,20 +32,26 @@ def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fol
     return folder
 
 
-def _metric_rows(metrics: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]]) -> list[str]:
-    rows = [
-        "| model | accuracy | F1 | MCC | parameters | latency bs1 (ms) | latency bs32 (ms) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+# (metric key, column title) per task
+COLUMNS = {
+    "classification": (("accuracy", "accuracy"), ("f1", "F1"), ("mcc", "MCC")),
+    "causal_lm": (("perplexity", "perplexity"), ("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("cer", "CER")),
+}
+
+
+def _metric_rows(task: str, metrics: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]]) -> list[str]:
+    columns = [c for c in COLUMNS[task] if any(c[0] in m for m in metrics.values())]
+    titles = [title for _, title in columns] + ["parameters", "latency bs1 (ms)", "latency bs32 (ms)"]
+    rows = ["| model | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
     for name, m in metrics.items():
         e = efficiency.get(name, {})
         lat = e.get("latency", {})
-        rows.append(
-            f"| {name} | {m.get('accuracy', float('nan')):.4f} | {m.get('f1', float('nan')):.4f} "
-            f"| {m.get('mcc', float('nan')):.4f} | {e.get('params', 0):,} "
-            f"| {lat.get('bs1', {}).get('median_ms', float('nan')):.1f} "
-            f"| {lat.get('bs32', {}).get('median_ms', float('nan')):.1f} |"
-        )
+        cells = [f"{m.get(key, float('nan')):.4f}" for key, _ in columns] + [
+            f"{e.get('params', 0):,}",
+            f"{lat.get('bs1', {}).get('median_ms', float('nan')):.1f}",
+            f"{lat.get('bs32', {}).get('median_ms', float('nan')):.1f}",
+        ]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -54,7 +61,8 @@ def write_model_card(
     """Write the model card and the machine-readable run record next to the weights."""
     record = {"config": cfg.model_dump(mode="json"), "metrics": metrics, "efficiency": efficiency}
     (folder / RUN_FILE).write_text(json.dumps(record, indent=1))
-    front = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["distillation", cfg.kind]}
+    pipeline = "text-generation" if cfg.task == "causal_lm" else "text-classification"
+    front = {"library_name": "transformers", "pipeline_tag": pipeline, "tags": ["distillation", cfg.kind]}
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -65,7 +73,7 @@ def write_model_card(
         "",
         f"## Evaluation ({cfg.data.eval_split} split, same split for every model)",
         "",
-        *_metric_rows(metrics, efficiency),
+        *_metric_rows(cfg.task, metrics, efficiency),
         "",
         "## Run configuration",
         "",

@@ -13,6 +13,11 @@ Four terms, each returned unweighted so they can be logged and weighted apart (:
   :math:`\mathrm{KL}(A_t \,\|\, A_s)` per query row. When head counts differ, teacher heads are
   averaged in consecutive groups, or both sides are compared head-averaged.
 
+For causal LMs the task term is next-token cross-entropy and the output term the per-token
+:math:`T^2 \, \mathrm{KL}` over the vocabulary, both over the positions whose next token is real
+(:func:`next_token_targets`), and both come from one fused, chunked pass through the LM heads
+(:func:`lm_head_losses`) that never holds the (B, L, V) logits.
+
 Every per-token value is averaged over real tokens only (:func:`masked_mean`), and attention rows over
 real keys only, so padding never changes a loss. Teacher tensors are detached (and cloned when they are
 inference tensors, which autograd refuses to save), so gradients reach the student side alone.
@@ -247,3 +252,199 @@ def combine(terms: dict[str, Tensor], weights: dict[str, float]) -> LossOutput:
         like = next(iter(terms.values()), None)
         total = torch.zeros(()) if like is None else like.new_zeros(())
     return LossOutput(total=total, terms=dict(terms))
+
+
+# --- causal language models ------------------------------------------------------------------------
+
+IGNORE_INDEX = -100  # label of a padded position (the convention of transformers and F.cross_entropy)
+LM_CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in float32): rows per chunk = this // vocabulary
+
+
+def next_token_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Which positions predict a real token, and that token: position :math:`l` predicts
+    :math:`y_{l+1}`.
+
+    ``labels`` (B, L) long, ``IGNORE_INDEX`` at padding. Returns ``keep`` (B, L-1) bool, true where
+    :math:`y_{l+1}` is real, and ``targets`` (N,) long, the real next tokens in row-major order, N = keep.sum().
+    """
+    following = labels[:, 1:]
+    keep = following != IGNORE_INDEX
+    return keep, following[keep]
+
+
+def _chunk_rows(vocab: int, chunk_rows: int | None) -> int:
+    return chunk_rows or max(1, LM_CHUNK_ELEMENTS // vocab)
+
+
+def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """float32 logits of a chunk, computed in the weights' dtype (a bfloat16 teacher stays bfloat16)."""
+    z = hidden.to(weight.dtype) @ weight.T
+    return (z if bias is None else z + bias).float()
+
+
+@dataclass
+class _LmChunks:
+    """Sums over the chunks of one LM-head pass, and the summed gradients when asked for."""
+
+    nll: Tensor
+    kl: Tensor
+    grad_hidden: Tensor | None = None
+    grad_weight: Tensor | None = None
+    grad_bias: Tensor | None = None
+
+
+def _lm_head_chunks(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    teacher_hidden: Tensor | None,
+    teacher_weight: Tensor | None,
+    teacher_bias: Tensor | None,
+    temperature: float,
+    grad_scales: tuple[float, float] | None,
+    chunk_rows: int | None,
+) -> _LmChunks:
+    r"""Token NLL and :math:`T^2`-KL sums over N tokens, one chunk of rows at a time, and (with
+    ``grad_scales`` :math:`(a, b)`) the gradients of :math:`a \sum \mathrm{NLL} + b \sum T^2 \mathrm{KL}`
+    with respect to ``hidden``, ``weight`` and ``bias``, from the closed forms
+
+    .. math:: \partial \mathrm{NLL} / \partial z = \mathrm{softmax}(z) - \mathrm{onehot}(y), \qquad
+        \partial\, T^2 \mathrm{KL}(p_t \| \mathrm{softmax}(z/T)) / \partial z = T (p_s - p_t).
+
+    Only a chunk's logits (rows × V) exist at any time.
+    """
+    n, vocab = hidden.shape[0], weight.shape[0]
+    rows = _chunk_rows(vocab, chunk_rows)
+    nll = hidden.new_zeros((), dtype=torch.float32)
+    kl = nll.clone()
+    out = _LmChunks(nll, kl)
+    if grad_scales is not None:
+        out.grad_hidden = torch.zeros_like(hidden, dtype=torch.float32)
+        out.grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        out.grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+    w32 = weight.float()  # a no-op for float32 students
+    for start in range(0, n, rows):
+        h = hidden[start : start + rows]
+        y = targets[start : start + rows]
+        z = _logits(h, w32, None if bias is None else bias.float())  # (rows, V)
+        log_p = F.log_softmax(z, dim=-1)
+        out.nll += -log_p.gather(1, y[:, None]).sum()
+        grad_z = None
+        if grad_scales is not None and grad_scales[0]:
+            grad_z = log_p.exp_().mul_(grad_scales[0])  # softmax(z), in place of log_p
+            grad_z[torch.arange(len(y), device=y.device), y] -= grad_scales[0]
+        del log_p
+        if teacher_hidden is not None:
+            log_p_t = F.log_softmax(
+                _logits(teacher_hidden[start : start + rows], teacher_weight, teacher_bias) / temperature, dim=-1
+            )
+            log_p_s = F.log_softmax(z / temperature, dim=-1)
+            p_t = log_p_t.exp()
+            out.kl += temperature**2 * (p_t * (log_p_t - log_p_s)).sum()
+            if grad_scales is not None and grad_scales[1]:
+                g = log_p_s.exp_().sub_(p_t).mul_(temperature * grad_scales[1])
+                grad_z = g if grad_z is None else grad_z.add_(g)
+            del log_p_t, log_p_s, p_t
+        if grad_z is not None:
+            out.grad_hidden[start : start + rows] = grad_z @ w32
+            out.grad_weight.addmm_(grad_z.T, h.float())
+            if out.grad_bias is not None:
+                out.grad_bias += grad_z.sum(0)
+    return out
+
+
+class _FusedLmHeadLoss(torch.autograd.Function):
+    """Forward computes the values and the gradients together; backward only scales the gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias, spec):
+        temperature, task_weight, output_weight, chunk_rows = spec
+        n = max(1, hidden.shape[0])
+        scales = (task_weight / n, output_weight / n)  # the losses are means over the N tokens
+        sums = _lm_head_chunks(
+            hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias, temperature, scales, chunk_rows
+        )
+        ctx.save_for_backward(sums.grad_hidden, sums.grad_weight, sums.grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.has_bias = bias is not None
+        nll, kl = sums.nll / n, sums.kl / n
+        ctx.mark_non_differentiable(nll, kl)
+        return task_weight * nll + output_weight * kl, nll, kl
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_nll, _grad_kl):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_total.float()
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grad_b = (grad_bias * scale).to(weight_dtype) if ctx.has_bias else None
+        grad_w = (grad_weight * scale).to(weight_dtype)
+        return (grad_hidden * scale).to(hidden_dtype), grad_w, grad_b, None, None, None, None, None
+
+
+@dataclass
+class LmLosses:
+    """The LM head's terms: ``weighted`` = task weight · task + output weight · output, with gradients;
+    ``task`` (mean next-token NLL) and ``output`` (mean per-token T²·KL; zero without a teacher) are values."""
+
+    weighted: Tensor
+    task: Tensor
+    output: Tensor
+
+
+def lm_head_losses(
+    hidden: Tensor,
+    head: nn.Linear,
+    targets: Tensor,
+    weights: tuple[float, float],
+    teacher_hidden: Tensor | None = None,
+    teacher_head: nn.Linear | None = None,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
+) -> LmLosses:
+    r"""Next-token cross-entropy and output distillation from final hidden states, never holding the
+    full (N, V) logits (a fused linear cross-entropy, as in Liger Kernel).
+
+    ``hidden`` (N, d_s): the student's final hidden state at the N positions that predict a real token
+    (:func:`next_token_targets`); ``targets`` (N,) those tokens; ``head`` the student's LM head
+    (:math:`W \in R^{V \times d_s}`, optional bias); ``teacher_hidden`` (N, d_t) and ``teacher_head`` the
+    same for the teacher (``None`` for no output term). ``weights`` = (task weight, output weight).
+
+    .. math:: \mathcal{L}_\text{task} = \frac{1}{N} \sum_i -\log \mathrm{softmax}(z_i)_{y_i}, \qquad
+        \mathcal{L}_\text{out} = \frac{T^2}{N} \sum_i \mathrm{KL}\big(\mathrm{softmax}(z^t_i/T) \,\|\,
+        \mathrm{softmax}(z_i/T)\big), \qquad z_i = W h_i + b
+
+    Rows are processed in chunks of ``chunk_rows`` (default: :data:`LM_CHUNK_ELEMENTS` logits per chunk),
+    and each chunk's gradient with respect to its logits comes from the closed forms, is turned into the
+    chunk's rows of :math:`\partial / \partial h` and accumulated into :math:`\partial / \partial W` during
+    the forward pass; backward only multiplies by the incoming gradient. So the step costs the same
+    matrix products as the plain one (logits, then the two gradient products) with memory bounded by a
+    chunk. The two terms come out as one weighted sum so there is a single gradient buffer per tensor
+    (the weights are known when the loss is computed); their values are returned apart for logging.
+    """
+    with_teacher = teacher_hidden is not None
+    if with_teacher and teacher_head is None:
+        raise ValueError("teacher_hidden needs teacher_head")
+    teacher = (
+        (_target(teacher_hidden), teacher_head.weight.detach(), _optional(teacher_head.bias))
+        if with_teacher
+        else (None, None, None)
+    )
+    task_weight, output_weight = weights
+    spec = (temperature, float(task_weight), float(output_weight) if with_teacher else 0.0, chunk_rows)
+    weighted, task, output = _FusedLmHeadLoss.apply(hidden, head.weight, head.bias, targets, *teacher, spec)
+    return LmLosses(weighted, task, output)
+
+
+def _optional(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach()
+
+
+@torch.no_grad()
+def lm_nll_sum(hidden: Tensor, head: nn.Linear, targets: Tensor, chunk_rows: int | None = None) -> Tensor:
+    r"""Summed next-token NLL :math:`\sum_i -\log \mathrm{softmax}(W h_i + b)_{y_i}` over N rows, in
+    chunks (for evaluation: perplexity is :math:`\exp` of the mean)."""
+    sums = _lm_head_chunks(
+        hidden, head.weight, head.bias, targets, None, None, None, 1.0, grad_scales=None, chunk_rows=chunk_rows
+    )
+    return sums.nll

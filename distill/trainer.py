@@ -1,9 +1,11 @@
 """One explicit training loop on Accelerate for every kind of run.
 
-``teacher_finetune`` trains the teacher (a new classification head on a backbone); ``no_kd``,
-``kd_logits`` and ``kd_feature`` train a student built from that teacher, with the loss terms their kind
-switches on. Accelerate supplies devices, mixed precision, gradient accumulation and multi-GPU, so the
-loop reads the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only.
+``teacher_finetune`` trains the teacher (a new classification head on a backbone, or a causal LM on
+text); ``no_kd``, ``kd_logits`` and ``kd_feature`` train a student built from that teacher, with the loss
+terms their kind switches on. ``task: causal_lm`` changes the data (token windows of text), the
+validation (perplexity) and the final evaluation (perplexity and a continuation task), not the loop.
+Accelerate supplies devices, mixed precision, gradient accumulation and multi-GPU, so the loop reads
+the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only.
 """
 
 from __future__ import annotations
@@ -12,30 +14,41 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, get_scheduler
 
 from distill.callbacks import Callback, CallbackHandler, TrainState
 from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import KD_KINDS, RunConfig
-from distill.data import EncodedSplit, TextClassificationData, collate, encode, load_data
+from distill.data import (
+    TextClassificationData,
+    TextData,
+    collate,
+    collate_lm,
+    encode,
+    encode_lm,
+    load_data,
+    load_text_data,
+)
 from distill.distiller import Distiller, teacher_forward
 from distill.export import export_model, write_model_card
-from distill.metrics import efficiency_report, evaluate_classifier, weights_bytes
+from distill.lora import apply_lora, merge_adapter, trainable_parameters
+from distill.metrics import efficiency_report, evaluate_classifier, evaluate_lm, generation_metrics, weights_bytes
 from distill.students import build_student, student_config, validate_against
 from distill.teachers import (
     check_tokenizer,
     describe,
-    load_classifier,
     load_config,
+    load_teacher,
     load_tokenizer,
     resolve_source,
 )
@@ -78,11 +91,39 @@ class TrainResult:
         return out
 
 
-def eval_loader(split: EncodedSplit, batch_size: int, pad_token_id: int) -> DataLoader:
+def eval_loader(
+    split: Dataset, batch_size: int, pad_token_id: int, collate_fn: Callable[..., dict[str, torch.Tensor]] = collate
+) -> DataLoader:
     """Batches of similar length (padding wastes time), in a fixed order."""
     order = sorted(range(len(split)), key=lambda i: len(split[i]["input_ids"]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return DataLoader(split, batch_sampler=batches, collate_fn=lambda b: collate(b, pad_token_id))
+    return DataLoader(split, batch_sampler=batches, collate_fn=partial(collate_fn, pad_token_id=pad_token_id))
+
+
+Data = TextClassificationData | TextData
+
+
+def load_task_data(cfg: RunConfig) -> Data:
+    """Labelled splits for classification, text splits for a causal LM."""
+    return load_text_data(cfg.data) if cfg.task == "causal_lm" else load_data(cfg.data)
+
+
+def encode_split(cfg: RunConfig, data: Data, name: str, tokenizer: Any) -> Dataset:
+    """One split tokenized for the task: texts (truncated) for classification, token windows for a causal LM."""
+    if cfg.task == "causal_lm":
+        return encode_lm(data.split(name), tokenizer, cfg.data.max_length)
+    return encode(data.split(name), tokenizer, cfg.data.max_length)
+
+
+def task_collate(cfg: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
+    return collate_lm if cfg.task == "causal_lm" else collate
+
+
+def validate(cfg: RunConfig, model: PreTrainedModel, loader: DataLoader, data: Data, device: torch.device) -> dict:
+    """Validation metrics: accuracy/F1/MCC/loss for classification, perplexity and NLL for a causal LM."""
+    if cfg.task == "causal_lm":
+        return evaluate_lm(model, loader, device)
+    return evaluate_classifier(model, loader, len(data.labels), device)
 
 
 def total_steps(cfg: RunConfig, train_size: int) -> int:
@@ -110,9 +151,11 @@ def build_models(cfg: RunConfig, labels: tuple[str, ...]) -> Models:
     tokenizer = load_tokenizer(cfg.teacher.source)
     check_tokenizer(t_config, tokenizer)
     if cfg.kind == "teacher_finetune":
-        model = load_classifier(cfg.teacher.source, labels, attentions=False, new_head=True)
+        model = load_teacher(cfg, labels, attentions=False, trainable=True)
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora, cfg.task)
         return Models(tokenizer, None, Distiller(model, (), arch.hidden_size, cfg.loss, False))
-    teacher = load_classifier(cfg.teacher.source, labels, attentions=cfg.needs_attentions)
+    teacher = load_teacher(cfg, labels, attentions=cfg.needs_attentions)
     teacher.eval().requires_grad_(False)
     s_config = student_config(t_config, cfg.student, arch, attentions=cfg.needs_attentions)
     student = build_student(s_config, cfg.student, pairs, teacher, attentions=cfg.needs_attentions)
@@ -182,17 +225,21 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = Fal
 def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: bool) -> TrainResult:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg.data)
+    data = load_task_data(cfg)
     m = build_models(cfg, data.labels)
-    pad = m.tokenizer.pad_token_id
-    train_split = encode(data.train, m.tokenizer, cfg.data.max_length)
+    pad, collate_fn = m.tokenizer.pad_token_id, task_collate(cfg)
+    train_split = encode_split(cfg, data, "train", m.tokenizer)
     sampler = EpochBatches(len(train_split), cfg.optim.batch_size, cfg.seed)
     # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG when it starts,
     # which would shift dropout after a resume mid-epoch.
     loader = DataLoader(
-        train_split, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad), generator=torch.Generator()
+        train_split,
+        batch_sampler=sampler,
+        collate_fn=partial(collate_fn, pad_token_id=pad),
+        generator=torch.Generator(),
     )
-    val_loader = eval_loader(encode(data.validation, m.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad)
+    val_split = encode_split(cfg, data, "validation", m.tokenizer)
+    val_loader = eval_loader(val_split, cfg.eval_batch_size, pad, collate_fn)
 
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum
@@ -242,9 +289,7 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
             control = handler.call("on_step_end", state, logs)
             last = state.step >= state.total_steps
             if state.step % eval_every == 0 or last:
-                state.metrics = evaluate_classifier(
-                    m.distiller.student, val_loader, data.num_labels, accelerator.device
-                )
+                state.metrics = validate(cfg, m.distiller.student, val_loader, data, accelerator.device)
                 control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
             if control.should_stop or last or state.step % cfg.checkpoint_every == 0:
                 handler.call("on_save", state)
@@ -261,25 +306,55 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
     return result
 
 
-def _finish(
-    cfg: RunConfig, data: TextClassificationData, m: Models, state: TrainState, device: torch.device
-) -> TrainResult:
+def evaluate_final(
+    cfg: RunConfig, model: PreTrainedModel, tokenizer: Any, loader: DataLoader, data: Data, device: torch.device
+) -> dict[str, Any]:
+    """The end-of-run metrics of one model on ``cfg.data.eval_split``; for a causal LM the perplexity
+    (with its NLL) and the continuation scores, as far as ``cfg.generation.metrics`` asks for them."""
+    metrics: dict[str, Any] = {"split": cfg.data.eval_split}
+    if cfg.task != "causal_lm":
+        return metrics | evaluate_classifier(model, loader, len(data.labels), device)
+    gen = cfg.generation
+    if "perplexity" in gen.metrics:
+        metrics |= evaluate_lm(model, loader, device)
+    if set(gen.metrics) - {"perplexity"}:
+        metrics |= generation_metrics(
+            model,
+            tokenizer,
+            data.split(cfg.data.eval_split),
+            prompt_tokens=gen.prompt_tokens,
+            new_tokens=gen.new_tokens,
+            samples=gen.samples,
+            metrics=gen.metrics,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+        )
+    return metrics
+
+
+def _finish(cfg: RunConfig, data: Data, m: Models, state: TrainState, device: torch.device) -> TrainResult:
     """Evaluate the trained model and the teacher on the same split, measure both, export the trained model."""
     output_dir, pad = Path(cfg.output_dir), m.tokenizer.pad_token_id
-    loader = eval_loader(
-        encode(data.split(cfg.data.eval_split), m.tokenizer, cfg.data.max_length), cfg.eval_batch_size, pad
-    )
+    split = encode_split(cfg, data, cfg.data.eval_split, m.tokenizer)
+    loader = eval_loader(split, cfg.eval_batch_size, pad, task_collate(cfg))
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
-    models = {trained: m.distiller.student} | ({"teacher": m.teacher} if m.teacher is not None else {})
+    trainable = trainable_parameters(m.distiller)
+    # a LoRA model is measured and exported as the plain model its merged adapters make
+    models = {trained: merge_adapter(m.distiller.student)} | ({"teacher": m.teacher} if m.teacher is not None else {})
     metrics, efficiency = {}, {}
     for name, model in models.items():
         model.set_attn_implementation("sdpa")  # measured and shipped on the fast path
-        metrics[name] = {"split": cfg.data.eval_split, **evaluate_classifier(model, loader, data.num_labels, device)}
+        metrics[name] = evaluate_final(cfg, model, m.tokenizer, loader, data, device)
         efficiency[name] = efficiency_report(
-            model, model.config.vocab_size, seq_len=cfg.data.max_length, repeats=cfg.latency_repeats
+            model,
+            model.config.vocab_size,
+            seq_len=cfg.data.max_length,
+            repeats=cfg.latency_repeats,
+            causal_lm=cfg.task == "causal_lm",
         )
-    export_dir = export_model(m.distiller.student, m.tokenizer, output_dir / "export")
+    export_dir = export_model(models[trained], m.tokenizer, output_dir / "export")
     efficiency[trained]["bytes"] = weights_bytes(export_dir)
+    efficiency[trained]["trainable_params"] = trainable
     if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
         efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
     write_model_card(export_dir, cfg, metrics, efficiency)

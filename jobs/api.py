@@ -42,7 +42,7 @@ MAX_ID = 2**63 - 1
 MIN_STEP, MAX_STEP = -(2**31), 2**31 - 1
 MAX_SERIES_POINTS = 20_000
 # the engine's config sections that services spread into the config: they must be objects
-OBJECT_SECTIONS = ("student", "data", "loss", "optim")
+OBJECT_SECTIONS = ("student", "data", "loss", "optim", "teacher", "generation")
 NON_FIELD = "non_field_errors"  # DRF's key for errors of no one field
 
 
@@ -139,7 +139,7 @@ class TeacherSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Teacher
-        fields = ["id", "team", "name", "source", "architecture", "labels", "from_run", "created_at"]
+        fields = ["id", "team", "name", "source", "architecture", "task", "labels", "from_run", "created_at"]
 
 
 class TeacherCreateSerializer(serializers.Serializer):
@@ -161,6 +161,11 @@ class DatasetCreateSerializer(serializers.Serializer):
     source = serializers.CharField(max_length=500, help_text="packaged:<name>, a .csv/.jsonl path or hf:<id>.")
     text_column = serializers.CharField(max_length=100, default="text")
     label_column = serializers.CharField(max_length=100, default="label")
+    task = serializers.ChoiceField(
+        choices=Teacher.Task.choices,
+        default=Teacher.Task.CLASSIFICATION,
+        help_text="causal_lm: plain text for language models, read without labels (a .txt file also works).",
+    )
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
@@ -227,7 +232,9 @@ def _check_sections(sections: Any) -> None:
         "type": "object",
         "additionalProperties": True,
         "description": "The engine config without kind, name, teacher and the data's source and columns: "
-        "student, loss, optim, data (max_length, max_train_samples, ...), seed, log_every, ...",
+        "student, loss, optim, data (max_length, max_train_samples, ...), seed, log_every, ...; for causal-LM "
+        "teachers generation (metrics, samples, ...), and lora for teacher fine-tuning; task defaults to the "
+        "teacher's.",
         "example": {"student": {"layers": 2}, "optim": {"max_steps": 50}},
     }
 )

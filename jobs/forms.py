@@ -17,7 +17,8 @@ from django import forms
 from django.conf import settings
 from django.db.models import QuerySet
 
-from distill.config import ConfigError, LossConfig, OptimConfig, parse_config
+from distill.config import LM_METRICS, ConfigError, GenerationConfig, LoraConfig, LossConfig, OptimConfig, parse_config
+from distill.lora import default_target_modules
 from distill.students import validate_against
 from distill.teachers import Architecture
 from jobs.models import DatasetSpec, Run, Teacher
@@ -49,6 +50,24 @@ KINDS: list[tuple[str, str, str]] = [
     ),
 ]
 
+CAUSAL_LM = Teacher.Task.CAUSAL_LM
+TASKS: list[tuple[str, str, str]] = [
+    (
+        Teacher.Task.CLASSIFICATION,
+        "Text classification",
+        "Labelled texts (sentiment, topic...): an encoder such as MiniLM with a classification head.",
+    ),
+    (
+        CAUSAL_LM,
+        "Causal language modelling",
+        "Next-token prediction on plain text: a decoder such as SmolLM2 or Llama, scored by perplexity and by "
+        "the BLEU, ROUGE-L and CER of its continuations.",
+    ),
+]
+TASK_TITLES = {value: title for value, title, _ in TASKS}
+WRONG_TASK = (
+    "{name} is a {have} model; it is offered for {have} runs only. Choose the task “{have}”, or a {want} teacher."
+)
 NEEDS_FINETUNE = (
     "{name} is a backbone without a task head: fine-tune it first (choose “Fine-tune a teacher”), then distil "
     "the teacher that run registers."
@@ -78,8 +97,10 @@ LOSS_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher_finetune": ("task",),
 }
 OPTIM_FIELDS = ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup_ratio", "scheduler", "weight_decay")
-STUDENT_FIELDS = ("layers", "hidden_size", "heads", "intermediate_size", "init")
+STUDENT_FIELDS = ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size", "init")
 DATA_FIELDS = ("max_length", "max_train_samples", "max_eval_samples", "eval_split")
+GENERATION_FIELDS = ("metrics", "samples", "prompt_tokens", "new_tokens")
+LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
 
 
 # --- engine validation, shared by the steps ---------------------------------------------------------
@@ -96,7 +117,12 @@ def engine_errors(raw: dict[str, Any], arch: Architecture) -> list[tuple[str, st
 
 def skeleton(kind: str, teacher: Teacher, **sections: Any) -> dict[str, Any]:
     """A run config with neutral values around the sections a step edits, for :func:`engine_errors`."""
-    raw: dict[str, Any] = {"kind": kind, "teacher": {"source": teacher.source}, "data": {"source": "-"}}
+    raw: dict[str, Any] = {
+        "kind": kind,
+        "task": teacher.task,
+        "teacher": {"source": teacher.source},
+        "data": {"source": "-"},
+    }
     if kind != FINETUNE:
         raw["student"] = {"layers": 1, "init": "random"}
     raw.update({k: v for k, v in sections.items() if v is not None})
@@ -155,6 +181,13 @@ class TeacherModelChoice(forms.ModelChoiceField):
 
 
 class TeacherStepForm(forms.Form):
+    task = forms.ChoiceField(
+        label="Task",
+        choices=[(value, label) for value, label, _ in TASKS],
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="Blank: the teacher's own task.",
+    )
     kind = radios("What to run", [(value, label) for value, label, _ in KINDS], initial="kd_feature")
     teacher = TeacherModelChoice(
         queryset=Teacher.objects.none(),
@@ -170,7 +203,13 @@ class TeacherStepForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         teacher, kind = data.get("teacher"), data.get("kind")
-        if teacher is not None and kind and kind != FINETUNE and not teacher.labels:
+        if teacher is None:
+            return data
+        task = data["task"] = data.get("task") or teacher.task
+        if teacher.task != task:
+            have, want = TASK_TITLES[teacher.task].lower(), TASK_TITLES[task].lower()
+            self.add_error("teacher", WRONG_TASK.format(name=teacher.name, have=have, want=want))
+        elif task != CAUSAL_LM and kind and kind != FINETUNE and not teacher.labels:
             self.add_error("teacher", NEEDS_FINETUNE.format(name=teacher.name))
         return data
 
@@ -182,6 +221,7 @@ class StudentStepForm(forms.Form):
     layers = number("Blocks", "", integer=True)
     hidden_size = number("Hidden size", "", required=False, integer=True)
     heads = number("Attention heads", "", required=False, integer=True)
+    kv_heads = number("Key/value heads", "", required=False, integer=True)
     intermediate_size = number("Feed-forward size", "", required=False, integer=True)
     init = radios(
         "Initialisation",
@@ -203,6 +243,13 @@ class StudentStepForm(forms.Form):
             f"Width of every block; blank keeps the teacher's {arch.hidden_size}. Another width needs random init."
         )
         f["heads"].help_text = f"Must divide the hidden size; blank keeps the teacher's {arch.heads}."
+        if teacher.task == CAUSAL_LM and arch.kv_heads != arch.heads:
+            f["kv_heads"].help_text = (
+                f"Grouped-query attention: key/value heads shared by the query heads, must divide them; blank keeps "
+                f"the teacher's ratio ({arch.heads} query heads share {arch.kv_heads})."
+            )
+        else:  # only a teacher with grouped-query attention has kv heads to choose
+            del f["kv_heads"]
         f["intermediate_size"].help_text = (
             f"Inner width of each feed-forward layer; blank: the teacher's {arch.intermediate_size} at its width, "
             "else 4 × hidden size."
@@ -310,6 +357,23 @@ class DataStepForm(forms.Form):
         "Where the teacher and the student are scored at the end (and after each epoch).",
         initial="validation",
     )
+    # causal language modelling only: what the final evaluation computes (GenerationConfig)
+    metrics = forms.MultipleChoiceField(
+        label="Metrics",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        choices=[
+            ("perplexity", "Perplexity: exp of the mean next-token loss on held-out text (lower is better)"),
+            ("bleu", "BLEU of the generated continuations against the real ones (0–100, higher is better)"),
+            ("rouge_l", "ROUGE-L F-measure of the continuations (0–1, higher is better)"),
+            ("cer", "CER: character error rate of the continuations (lower is better)"),
+        ],
+        help_text="BLEU, ROUGE-L and CER continue held-out texts: the prompt is a text's start, the reference "
+        "what follows it.",
+    )
+    samples = number("Generation samples", "Held-out texts continued for BLEU, ROUGE-L and CER.", integer=True)
+    prompt_tokens = number("Prompt tokens", "Tokens of each held-out text given as the prompt.", integer=True)
+    new_tokens = number("New tokens", "Tokens generated after each prompt (greedy).", integer=True)
 
     def __init__(self, *args: Any, kind: str, teacher: Teacher, arch: Architecture, datasets: QuerySet, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -317,23 +381,50 @@ class DataStepForm(forms.Form):
         self.fields["dataset"].queryset = datasets
         limit = f"at most the teacher's {arch.max_positions} positions" if arch.max_positions else "in tokens"
         self.fields["max_length"].help_text = f"Texts are cut to this many tokens, {limit}. Shorter is faster."
+        if not self.is_lm:
+            for name in GENERATION_FIELDS:
+                del self.fields[name]
+
+    @property
+    def is_lm(self) -> bool:
+        return self.teacher.task == CAUSAL_LM
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         dataset = data.get("dataset")
-        if dataset is not None and self.kind != FINETUNE and self.teacher.labels != list(dataset.labels):
+        labelled = not self.is_lm and self.kind != FINETUNE
+        if dataset is not None and labelled and self.teacher.labels != list(dataset.labels):
             have, want = self.teacher.labels, list(dataset.labels)
             self.add_error("dataset", LABELS_DIFFER.format(teacher=self.teacher.name, have=have, want=want))
+        if self.is_lm and not data.get("metrics") and "metrics" not in self.errors:
+            self.add_error("metrics", "Choose at least one metric to compute.")
         if self.errors:
             return data
-        section = {"source": dataset.source, **self.data_dict()}
-        errors = engine_errors(skeleton(FINETUNE, self.teacher, data=section), self.arch)
-        add_config_errors(self, errors, ("data",), aliases={"data.source": "dataset", "data.labels": "dataset"})
+        sections = {"data": {"source": dataset.source, **self.data_dict()}, "generation": self.generation_dict()}
+        errors = engine_errors(skeleton(FINETUNE, self.teacher, **sections), self.arch)
+        add_config_errors(
+            self, errors, ("data", "generation"), aliases={"data.source": "dataset", "data.labels": "dataset"}
+        )
         return data
 
     def data_dict(self) -> dict[str, Any]:
         """The user's part of the ``data`` section (the source comes from the registered set)."""
         return {k: _none_if_blank(self.cleaned_data.get(k)) for k in DATA_FIELDS}
+
+    def generation_dict(self) -> dict[str, Any] | None:
+        """The ``generation`` section of a causal-LM run (metrics in the engine's order); None otherwise."""
+        if not self.is_lm:
+            return None
+        chosen = set(self.cleaned_data.get("metrics") or ())
+        return {
+            "metrics": [m for m in LM_METRICS if m in chosen],
+            **{k: self.cleaned_data.get(k) for k in GENERATION_FIELDS[1:]},
+        }
+
+
+def generation_initial(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Initial values of the data step's LM fields: earlier choices over the engine's defaults."""
+    return {**GenerationConfig().model_dump(mode="json"), **(stored or {})}
 
 
 # --- 5. losses and optimizer -----------------------------------------------------------------------------
@@ -386,6 +477,21 @@ class TrainingStepForm(forms.Form):
     )
     weight_decay = number("Weight decay", "AdamW's decoupled weight decay (not applied to biases and norms).")
     seed = number("Seed", "Same seed, same data order and initialisation: runs can be repeated exactly.", integer=True)
+    # teacher fine-tuning only: low-rank adapters instead of all weights (LoraConfig)
+    lora = forms.BooleanField(
+        label="Fine-tune with LoRA",
+        required=False,
+        help_text="Train small low-rank adapters on the chosen layers instead of every weight (peft); they are "
+        "merged into the weights at export, so the result registers as a normal teacher.",
+    )
+    lora_rank = number(
+        "Rank", "Rank r of each adapter: its parameters grow with it (4–16 is usual).", required=False, integer=True
+    )
+    lora_alpha = number("Alpha", "Scale of the adapters' update (alpha / r); often 2 × rank.", required=False)
+    lora_dropout = number("Dropout", "Dropout on the adapters' input during training.", required=False)
+    lora_target_modules = forms.CharField(
+        label="Target modules", required=False, max_length=500, help_text="", widget=forms.TextInput(attrs={"size": 40})
+    )
 
     def __init__(self, *args: Any, kind: str, teacher: Teacher, arch: Architecture, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -394,17 +500,44 @@ class TrainingStepForm(forms.Form):
         for name in LOSS_FIELDS["kd_feature"]:
             if name not in shown:
                 del self.fields[name]
+        lm = teacher.task == CAUSAL_LM
+        if lm:
+            self.fields["task"].label = "Task (next token)"
+            self.fields["task"].help_text = "Cross-entropy of each next token of the text."
         if kind in ("no_kd", "teacher_finetune"):
-            self.fields["task"].help_text = "Cross-entropy with the true labels: the only term this kind of run uses."
+            target = "each next token" if lm else "the true labels"
+            self.fields["task"].help_text = f"Cross-entropy with {target}: the only term this kind of run uses."
+        if kind != FINETUNE:
+            for name in ("lora", *LORA_FORM_FIELDS):
+                del self.fields[name]
+        else:
+            defaults = lora_default_targets(arch.model_type)
+            self.fields["lora_target_modules"].help_text = (
+                "Names of the linear layers to adapt, comma-separated; blank: "
+                + (f"{', '.join(defaults)} (the default for {arch.model_type})" if defaults else "no default is known")
+            )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if self.errors:
             return data
         loss, optim = self.loss_dict(), self.optim_dict()
-        raw = skeleton(self.kind, self.teacher, loss=loss, optim=optim, seed=data["seed"])
-        add_config_errors(self, engine_errors(raw, self.arch), ("loss", "optim", "seed"), aliases={"seed": "seed"})
+        raw = skeleton(self.kind, self.teacher, loss=loss, optim=optim, seed=data["seed"], lora=self.lora_dict())
+        aliases = {"seed": "seed", "lora": "lora", **{f"lora.{k}": f"lora_{k}" for k in LORA_FIELDS}}
+        add_config_errors(self, engine_errors(raw, self.arch), ("loss", "optim", "seed"), aliases=aliases)
         return data
+
+    def lora_dict(self) -> dict[str, Any] | None:
+        """The ``lora`` section when LoRA is chosen (blank target modules: the architecture's default)."""
+        if not self.cleaned_data.get("lora"):
+            return None
+        modules = [m.strip() for m in (self.cleaned_data.get("lora_target_modules") or "").split(",") if m.strip()]
+        return {
+            "rank": self.cleaned_data.get("lora_rank"),
+            "alpha": self.cleaned_data.get("lora_alpha"),
+            "dropout": self.cleaned_data.get("lora_dropout"),
+            "target_modules": modules or None,
+        }
 
     def loss_dict(self) -> dict[str, Any]:
         """The shown loss fields over the hidden ones' initial values (defaults or earlier choices)."""
@@ -416,9 +549,31 @@ class TrainingStepForm(forms.Form):
         return {**base, **{k: _none_if_blank(self.cleaned_data.get(k)) for k in OPTIM_FIELDS}}
 
 
-def training_initial(loss: dict, optim: dict, seed: int | None) -> dict[str, Any]:
+LORA_FORM_FIELDS = tuple(f"lora_{k}" for k in LORA_FIELDS)
+
+
+def lora_default_targets(model_type: str) -> tuple[str, ...]:
+    """peft's default target modules of ``model_type``, or () when it knows none (the user names them)."""
+    try:
+        return default_target_modules(model_type)
+    except ConfigError:
+        return ()
+
+
+def training_initial(loss: dict, optim: dict, seed: int | None, lora: dict | None = None) -> dict[str, Any]:
     """Initial values of the training step: earlier choices over the engine's defaults."""
-    return {**LossConfig().model_dump(), **loss, **OptimConfig().model_dump(), **optim, "seed": seed or 0}
+    lora_values = {**LoraConfig().model_dump(), **(lora or {})}
+    modules = lora_values.pop("target_modules") or ()
+    return {
+        **LossConfig().model_dump(),
+        **loss,
+        **OptimConfig().model_dump(),
+        **optim,
+        "seed": seed or 0,
+        "lora": lora is not None,
+        **{f"lora_{k}": v for k, v in lora_values.items()},
+        "lora_target_modules": ", ".join(modules),
+    }
 
 
 # --- 6. queue and 7. review ------------------------------------------------------------------------------

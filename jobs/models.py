@@ -45,10 +45,25 @@ class Membership(models.Model):
 
 
 class Teacher(models.Model):
+    class Task(models.TextChoices):
+        CLASSIFICATION = "classification", "text classification"
+        CAUSAL_LM = "causal_lm", "causal language modelling"
+
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="teachers")
     name = models.CharField(max_length=100)
     source = models.CharField(max_length=500, help_text="package:<pip-name>, a model folder, or a hub id")
     architecture = models.JSONField(help_text="distill.teachers.Architecture as a dict")
+    task = models.CharField(
+        max_length=20,
+        choices=Task.choices,
+        default=Task.CLASSIFICATION,
+        help_text="what it models, read from its config: the run tasks it can teach (RunConfig.task)",
+    )
+    hf_config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="its transformers config as read at registration, so pages never open the source again",
+    )
     from_run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

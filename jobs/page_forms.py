@@ -79,11 +79,22 @@ class DatasetCreateForm(TeamChoiceMixin, forms.Form):
     packaged = forms.ChoiceField(
         label="Packaged set", required=False, choices=PACKAGED_CHOICES, help_text="ships with kdweb, works offline"
     )
+    task = forms.ChoiceField(
+        label="For",
+        choices=[
+            ("classification", "Classification: labelled texts"),
+            ("causal_lm", "Language models: plain text, no labels needed"),
+        ],
+        initial="classification",
+        required=False,  # blank: classification, as before language models
+        widget=forms.RadioSelect,
+    )
     upload = forms.FileField(
         label="or upload a file",
         required=False,
-        help_text="a .csv with a header row, or .jsonl (one JSON object per line)",
-        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.jsonl,.json"}),
+        help_text="a .csv with a header row, or .jsonl (one JSON object per line); for language models also a "
+        ".txt file, documents separated by blank lines",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.jsonl,.json,.txt"}),
     )
     text_column = forms.CharField(
         max_length=100, required=False, initial="text", help_text="the column with the text (default: text)"
@@ -107,11 +118,11 @@ class DatasetCreateForm(TeamChoiceMixin, forms.Form):
     def service_kwargs(self) -> dict:
         """Arguments of ``services.dataset_create`` (packaged sets have fixed columns)."""
         data = self.cleaned_data
+        common = {"team": data["team"], "name": data["name"], "task": data["task"] or "classification"}
         if data["packaged"]:
-            return {"team": data["team"], "name": data["name"], "source": data["packaged"]}
+            return {**common, "source": data["packaged"]}
         return {
-            "team": data["team"],
-            "name": data["name"],
+            **common,
             "upload": data["upload"],
             "text_column": data["text_column"] or "text",
             "label_column": data["label_column"] or "label",

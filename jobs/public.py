@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 from jobs import selectors
 from jobs.models import Artifact, Run, ShareLink
 from jobs.permissions import shared_object
-from jobs.views import comparison_rows, final_accuracy, open_artifact, run_page
+from jobs.views import open_artifact, run_page
 
 # config values that name files or folders of the server, dropped whatever they hold
 PRIVATE_CONFIG = {("teacher", "source"), ("data", "source"), ("output_dir",)}
@@ -67,8 +67,9 @@ def _study_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     runs = list(selectors.shared_runs(link).select_related("teacher", "dataset").prefetch_related("evaluations"))
     for run in runs:
         evaluations = list(run.evaluations.all())
-        run.final_accuracy = final_accuracy(run, evaluations)
-        run.comparisons = comparison_rows(evaluations)
+        run.final_score = selectors.final_score(run, evaluations)
+        run.final_metric = selectors.primary_metric(selectors.run_task(run.config))
+        run.comparisons = selectors.evaluation_table(evaluations)["comparisons"]
         run.shared_artifacts = list(run.artifacts.all()) if link.allow_downloads else []
     return render(request, "jobs/public_study.html", {"study": link.study, "runs": runs, "shared": link})
 

@@ -133,13 +133,45 @@ FULL_METHOD = "kd_feature"
 ABLATIONS: dict[str, str] = {"output+feature": "attention", "output+attention": "feature"}
 BASELINES: tuple[str, ...] = ("kd_logits", "no_kd")
 VARIANT_ORDER: tuple[str, ...] = (FULL_METHOD, *ABLATIONS, *BASELINES, Run.Kind.TEACHER_FINETUNE)
-# shown first, in this order; a task's own metrics (pearson, spearman...) follow; the eval loss is no task metric
-METRIC_ORDER: tuple[str, ...] = ("accuracy", "f1", "mcc")
-NOT_TASK_METRICS = frozenset({"loss"})
+# each run task's metrics, shown first in this order (the first present is the primary one); other metrics
+# (pearson, spearman...) follow; the eval loss and the LM's mean token NLL (log perplexity) are no task metrics
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1", "mcc"),
+    "causal_lm": ("perplexity", "bleu", "rouge_l", "cer"),
+}
+METRIC_ORDER: tuple[str, ...] = tuple(m for metrics in TASK_METRICS.values() for m in metrics)
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "f1": "F1",
+    "mcc": "MCC",
+    "perplexity": "perplexity",
+    "bleu": "BLEU",
+    "rouge_l": "ROUGE-L",
+    "cer": "CER",
+}
+LOWER_IS_BETTER = frozenset({"perplexity", "cer", "nll", "loss"})
+NOT_TASK_METRICS = frozenset({"loss", "nll"})
 # per-run numbers of a scorecard row, averaged over seeds in its variant's group (besides the task metrics)
 MEASURES: tuple[str, ...] = ("retention", "params", "mb", "smaller", "bs1_ms", "bs32_ms", "faster_bs1", "faster_bs32")
 # differ between every two runs, so they say nothing in a config diff
 DIFF_IGNORED = frozenset({"name", "output_dir"})
+
+
+def run_task(config: dict[str, Any]) -> str:
+    """A run's task; configs stored before runs had one are classification runs."""
+    return config.get("task") or "classification"
+
+
+def primary_metric(task: str) -> str:
+    """The metric a task's runs are ranked by: accuracy, or perplexity for causal language modelling."""
+    return TASK_METRICS.get(task, TASK_METRICS["classification"])[0]
+
+
+def better_score(metric: str, value: float | None) -> float | None:
+    """``value`` on a higher-is-better scale (negated for perplexity, CER...), to rank runs by ``metric``."""
+    if value is None:
+        return None
+    return -value if metric in LOWER_IS_BETTER else value
 
 
 def trained_role(run: Run) -> str:
@@ -170,13 +202,59 @@ def safe_ratio(ratio: Callable[..., float], *args: float | None) -> float | None
 
 def versus_teacher(student: Evaluation, teacher: Evaluation, metric: str = "accuracy") -> dict[str, float | None]:
     """What a student keeps and saves against its teacher (distill.metrics' ratios): retention of ``metric``,
-    × smaller (parameters), × faster at batch 1 and 32."""
+    × smaller (parameters), × faster at batch 1 and 32.
+
+    Retention is student / teacher for a higher-is-better metric, and teacher / student for a lower-is-better
+    one (perplexity, CER), so that 100% is the teacher's level and less is worse either way."""
+    scores = (student.metrics.get(metric), teacher.metrics.get(metric))
+    if metric in LOWER_IS_BETTER:
+        scores = scores[::-1]
     return {
-        "retention": safe_ratio(retention, student.metrics.get(metric), teacher.metrics.get(metric)),
+        "retention": safe_ratio(retention, *scores),
         "smaller": safe_ratio(compression, teacher.params, student.params),
         "faster_bs1": safe_ratio(speedup, latency_ms(teacher, "bs1"), latency_ms(student, "bs1")),
         "faster_bs32": safe_ratio(speedup, latency_ms(teacher, "bs32"), latency_ms(student, "bs32")),
     }
+
+
+def evaluation_table(evaluations: list[Evaluation]) -> dict[str, Any]:
+    """The final measurements of one run for its page: ``metrics`` ``[(name, label)]`` in order, one row per
+    evaluation (role, split, metric values by name, params, MB, latency at batch 1 and 32), and per split
+    measured for both student and teacher a ``comparisons`` row (``versus_teacher`` on the primary metric)."""
+    metrics = _ordered_metrics([{"metrics": ev.metrics} for ev in evaluations])
+    rows = [
+        {
+            "role": ev.role,
+            "split": ev.split,
+            "metrics": ev.metrics,
+            "params": ev.params,
+            "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
+            "bs1_ms": latency_ms(ev, "bs1"),
+            "bs32_ms": latency_ms(ev, "bs32"),
+        }
+        for ev in evaluations
+    ]
+    primary = metrics[0] if metrics else "accuracy"
+    by_split: dict[str, dict[str, Evaluation]] = {}
+    for ev in evaluations:
+        by_split.setdefault(ev.split, {})[ev.role] = ev
+    comparisons = [
+        {"split": split, **versus_teacher(roles["student"], roles["teacher"], primary)}
+        for split, roles in by_split.items()
+        if "student" in roles and "teacher" in roles
+    ]
+    return {
+        "metrics": [(m, METRIC_LABELS.get(m, m)) for m in metrics],
+        "primary_label": METRIC_LABELS.get(primary, primary),
+        "rows": rows,
+        "comparisons": comparisons,
+    }
+
+
+def final_score(run: Run, evaluations: Iterable[Evaluation]) -> float | None:
+    """The primary metric of the model a run trained (accuracy, or perplexity for an LM), on any split."""
+    role, metric = trained_role(run), primary_metric(run_task(run.config))
+    return next((ev.metrics[metric] for ev in evaluations if ev.role == role and metric in ev.metrics), None)
 
 
 def run_variant(config: dict[str, Any]) -> str:
@@ -256,7 +334,7 @@ def _groups(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, An
 
 
 def _mark_best(items: list[dict[str, Any]], score: Callable[[dict[str, Any]], float | None]) -> None:
-    """Flag the student item of the highest score (ties: the first)."""
+    """Flag the student item of the highest score (ties: the first); see ``better_score``."""
     scored = [(s, i) for i, item in enumerate(items) if item["role"] == "student" and (s := score(item)) is not None]
     if scored:
         items[max(scored, key=lambda pair: (pair[0], -pair[1]))[1]]["best"] = True
@@ -307,22 +385,26 @@ def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
             teacher = {"run": run, "split": its_teacher.split, "metrics": dict(its_teacher.metrics), "host": run.host}
             teacher.update(_measures(its_teacher))
     metrics = _ordered_metrics(rows + ([teacher] if teacher else []))
-    primary = metrics[0] if metrics else "accuracy"
+    tasks = {run_task(run.config) for run in runs}
+    primary = metrics[0] if metrics else primary_metric(tasks.pop() if len(tasks) == 1 else "classification")
     for row, (trained, its_teacher) in zip(rows, pairs, strict=True):
         if trained and its_teacher:
             row.update(versus_teacher(trained, its_teacher, primary))
     groups = _groups(rows, metrics)
     if all(g["n"] == 1 for g in groups):  # one seed per variant: the rows say it all
         groups = []
-    _mark_best(rows, lambda row: row["metrics"].get(primary))
-    _mark_best(groups, lambda g: g["stats"].get(primary, {}).get("mean"))
+    _mark_best(rows, lambda row: better_score(primary, row["metrics"].get(primary)))
+    _mark_best(groups, lambda g: better_score(primary, g["stats"].get(primary, {}).get("mean")))
     hosts = sorted({(row["host"], row["threads"]) for row in rows if row["measured"]}, key=str)
     return {
         "rows": rows,
         "groups": groups,
         "teacher": teacher,
         "metrics": metrics,
+        "metric_labels": {m: METRIC_LABELS.get(m, m) for m in metrics},
         "primary": primary,
+        "primary_label": METRIC_LABELS.get(primary, primary),
+        "lower_is_better": primary in LOWER_IS_BETTER,
         "hosts": hosts,
         "diff": config_diff([row["run"] for row in rows]),
     }
@@ -382,6 +464,8 @@ def scorecard_plots(card: dict[str, Any], max_points: int = STUDY_CURVE_POINTS) 
                 curves.setdefault(name, []).append({"name": row["run"].name, "variant": row["variant"], "points": pts})
     return {
         "metric": primary,
+        "label": card["primary_label"],
+        "lower_is_better": card["lower_is_better"],
         "points": points,
         "teacher": {
             "name": f"teacher ({teacher['run'].teacher.name})",

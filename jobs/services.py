@@ -8,6 +8,7 @@ field paths, so forms can show each at the field it concerns. Work for the worke
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -28,10 +29,11 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from transformers import PretrainedConfig
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.students import validate_against
-from distill.teachers import Architecture, inspect_teacher
+from distill.teachers import Architecture, describe, is_causal_lm, load_config
 from jobs.events import log_event, run_event_send_on_commit, share_link_closed_on_commit, status_send_on_commit
 from jobs.models import (
     Artifact,
@@ -50,9 +52,9 @@ from jobs.models import (
 from jobs.permissions import require_owner, require_write
 from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD
 
-UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json")
+UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
-UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file."
+UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file (or, plain text for language models, a .txt file)."
 IN_DATA_DIR = "That folder holds kdweb's own runs and uploads; they are registered by their team, not by path."
 
 
@@ -67,6 +69,28 @@ def config_errors(exc: ConfigError) -> ValidationError:
 # --- teachers and data sets ------------------------------------------------------------------------
 
 
+def config_task(config: PretrainedConfig) -> str:
+    """The run task a model can teach: ``causal_lm`` for a causal LM (the engine's ``is_causal_lm``: its saved
+    architecture is one ``AutoModelForCausalLM`` builds), ``classification`` otherwise (a classifier, or a
+    backbone to fine-tune)."""
+    return Teacher.Task.CAUSAL_LM if is_causal_lm(config) else Teacher.Task.CLASSIFICATION
+
+
+def teacher_facts(source: str) -> dict[str, Any]:
+    """What a Teacher row stores about its source: architecture, task and the transformers config, read from
+    the config alone (no weights). Engine errors are keyed ``source``."""
+    try:
+        config = load_config(source)
+        arch = describe(config)
+    except ConfigError as exc:
+        raise ValidationError({"source": [m for _, m in exc.errors]}) from None
+    return {
+        "architecture": arch.as_dict(),
+        "task": config_task(config),
+        "hf_config": json.loads(config.to_json_string(use_diff=False)),
+    }
+
+
 @transaction.atomic
 def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     """Register a teacher after reading its architecture (which proves the source is usable)."""
@@ -74,11 +98,7 @@ def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     if Teacher.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a teacher named {name!r}."})
     _refuse_data_dir(source, "source")
-    try:
-        arch = inspect_teacher(source)
-    except ConfigError as exc:
-        raise ValidationError({"source": [m for _, m in exc.errors]}) from None
-    return Teacher.objects.create(team=team, name=name, source=source, architecture=arch.as_dict(), created_by=user)
+    return Teacher.objects.create(team=team, name=name, source=source, created_by=user, **teacher_facts(source))
 
 
 def _refuse_data_dir(source: str, field: str) -> None:
@@ -95,13 +115,14 @@ def _store_upload(upload: UploadedFile) -> str:
     return default_storage.save(f"uploads/{upload.name}", upload)
 
 
-def dataset_describe(data_cfg: DataConfig) -> dict[str, Any]:
-    """Labels, split sizes and the first rows of a data set, read with the engine (errors by field)."""
-    from distill.data import load_data, preview
+def dataset_describe(data_cfg: DataConfig, task: str = Teacher.Task.CLASSIFICATION) -> dict[str, Any]:
+    """Labels, split sizes and the first rows of a data set, read with the engine (errors by field). As
+    plain text for ``causal_lm`` (no labels: the texts alone, split as a language model's run splits them)."""
+    from distill.data import load_data, load_text_data, preview
 
     try:
-        data = load_data(data_cfg)
-        rows = preview(data_cfg, rows=5)
+        data = load_text_data(data_cfg) if task == Teacher.Task.CAUSAL_LM else load_data(data_cfg)
+        rows = preview(data_cfg, rows=5, task=task)
     except ConfigError as exc:
         raise config_errors(exc) from None
     sizes = {name: len(data.split(name)) for name in ("train", "validation", "test")}
@@ -118,8 +139,10 @@ def dataset_create(
     upload: UploadedFile | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    task: str = Teacher.Task.CLASSIFICATION,
 ) -> DatasetSpec:
-    """Register a data set from a packaged name, a path or an uploaded CSV/JSONL, after reading it."""
+    """Register a data set from a packaged name, a path or an uploaded CSV/JSONL, after reading it; with
+    ``task="causal_lm"`` as plain text without labels (also a .txt file), for language models only."""
     require_write(user, team)
     if DatasetSpec.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a data set named {name!r}."})
@@ -131,7 +154,8 @@ def dataset_create(
     if not source:
         raise ValidationError({"source": "Choose a packaged set or upload a file."})
     try:
-        described = dataset_describe(DataConfig(source=source, text_column=text_column, label_column=label_column))
+        data_cfg = DataConfig(source=source, text_column=text_column, label_column=label_column)
+        described = dataset_describe(data_cfg, task)
     except ValidationError as exc:
         if stored:
             default_storage.delete(stored)
@@ -151,20 +175,40 @@ def dataset_create(
 # --- runs: creation ---------------------------------------------------------------------------------
 
 
+TASK_MISMATCH = (
+    "{teacher} is a {have} model: it teaches {have} runs only; choose that task, or a teacher registered for {want}"
+)
+
+
 def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name: str, sections: dict) -> RunConfig:
     """The engine config of a run, validated by the engine against the teacher and the data's labels.
 
-    ``sections`` holds the user's choices (student, loss, optim, data limits, seed...); teacher and data
-    sources come from the registered objects, so a run cannot point at another team's files.
+    ``sections`` holds the user's choices (student, loss, optim, data limits, seed, generation, lora,
+    teacher.dtype...); teacher and data sources come from the registered objects, so a run cannot point at
+    another team's files. The task is the teacher's unless ``sections`` names one, which must then be it.
     """
     data = {**sections.get("data", {}), **dataset.data_config()}
-    raw = {**sections, "kind": kind, "name": name, "teacher": {"source": teacher.source}, "data": data}
+    raw = {
+        "task": teacher.task,
+        **sections,
+        "kind": kind,
+        "name": name,
+        "teacher": {**sections.get("teacher", {}), "source": teacher.source},
+        "data": data,
+    }
     try:
         cfg = parse_config(raw)
         validate_against(cfg, Architecture(**teacher.architecture))
     except ConfigError as exc:
         raise config_errors(exc) from None
-    if kind != Run.Kind.TEACHER_FINETUNE and teacher.labels != list(dataset.labels):
+    if cfg.task != teacher.task:
+        labels = dict(Teacher.Task.choices)
+        message = TASK_MISMATCH.format(teacher=teacher.name, have=labels[teacher.task], want=labels[cfg.task])
+        raise ValidationError({"task": message})
+    if cfg.task == Teacher.Task.CLASSIFICATION and not dataset.labels:
+        raise ValidationError({"dataset": f"{dataset.name} is plain text without labels: it serves language models"})
+    labelled = cfg.task == Teacher.Task.CLASSIFICATION and kind != Run.Kind.TEACHER_FINETUNE
+    if labelled and teacher.labels != list(dataset.labels):
         message = (
             f"{teacher.name} is fine-tuned for {teacher.labels or 'no task'}, the data has {list(dataset.labels)}: "
             "fine-tune it on this data first"
@@ -392,8 +436,8 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             team=run.team,
             name=_free_teacher_name(run),
             source=str(export),
-            architecture=inspect_teacher(str(export)).as_dict(),
             from_run=run,
+            **teacher_facts(str(export)),
             created_by=run.created_by,
         )
     run.status, run.progress, run.eta_s, run.finished_at = Run.Status.SUCCEEDED, 1.0, None, timezone.now()

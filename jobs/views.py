@@ -24,10 +24,9 @@ from pydantic import BaseModel
 
 from distill.config import RunConfig
 from jobs import selectors, services
-from jobs.models import Artifact, DatasetSpec, Evaluation, Run
+from jobs.models import Artifact, DatasetSpec, Run
 from jobs.page_forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
 from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
-from jobs.selectors import latency_ms, trained_role, versus_teacher
 from jobs.teams import share_panel
 
 LIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
@@ -80,45 +79,6 @@ def params_text(n: int | None) -> str:
     return str(n)
 
 
-def final_accuracy(run: Run, evaluations: list[Evaluation]) -> float | None:
-    role = trained_role(run)
-    for ev in evaluations:
-        if ev.role == role and "accuracy" in ev.metrics:
-            return ev.metrics["accuracy"]
-    return None
-
-
-def evaluation_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": ev.role,
-            "split": ev.split,
-            "accuracy": ev.metrics.get("accuracy"),
-            "f1": ev.metrics.get("f1"),
-            "mcc": ev.metrics.get("mcc"),
-            "params": params_text(ev.params),
-            "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
-            "bs1_ms": latency_ms(ev, "bs1"),
-            "bs32_ms": latency_ms(ev, "bs32"),
-        }
-        for ev in evaluations
-    ]
-
-
-def comparison_rows(evaluations: list[Evaluation]) -> list[dict[str, Any]]:
-    """Student against teacher on each split both were measured on (distill.metrics' ratios)."""
-    by_split: dict[str, dict[str, Evaluation]] = {}
-    for ev in evaluations:
-        by_split.setdefault(ev.split, {})[ev.role] = ev
-    rows = []
-    for split, roles in by_split.items():
-        student, teacher = roles.get("student"), roles.get("teacher")
-        if not (student and teacher):
-            continue
-        rows.append({"split": split, **versus_teacher(student, teacher)})
-    return rows
-
-
 # --- runs -----------------------------------------------------------------------------------------------
 
 
@@ -130,7 +90,8 @@ def runs(request: HttpRequest) -> HttpResponse:
     filters = form.filters()
     run_list = list(selectors.run_list(request.user, **filters))
     for run in run_list:
-        run.final_accuracy = final_accuracy(run, run.final_evaluations)
+        run.final_score = selectors.final_score(run, run.final_evaluations)
+        run.final_metric = selectors.primary_metric(selectors.run_task(run.config))
         run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
     context = {
         "runs": run_list,
@@ -173,13 +134,17 @@ def run_page(request: HttpRequest, run: Run, template: str, config: dict, **extr
         if run.status not in LIVE:
             response["HX-Refresh"] = "true"
         return response
-    evaluations = list(run.evaluations.order_by("split", "-role"))
+    results = selectors.evaluation_table(list(run.evaluations.order_by("split", "-role")))
+    for row in results["rows"]:
+        row["params_text"] = params_text(row["params"])
     backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows
     context = {
         **status_context,
         "config_yaml": yaml.safe_dump(in_field_order(config), sort_keys=False, allow_unicode=True, width=100),
-        "evaluations": evaluation_rows(evaluations),
-        "comparisons": comparison_rows(evaluations),
+        "evaluations": results["rows"],
+        "comparisons": results["comparisons"],
+        "metric_columns": results["metrics"],
+        "primary_label": results["primary_label"],
         "series": backfill["series"],
         "last_step": backfill["last_step"],
         "log_tail": backfill["log"],

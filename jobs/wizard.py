@@ -26,21 +26,35 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from distill.config import ConfigError, LayerPair, LossConfig, OptimConfig, StudentConfig
-from distill.estimate import config_from_architecture, estimate, format_bytes, format_duration
+from distill.estimate import (
+    available_memory_bytes,
+    config_from_architecture,
+    estimate,
+    format_bytes,
+    format_duration,
+    suggest_fixes,
+)
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture, resolve_source
 from jobs import selectors, services
 from jobs.forms import (
+    CAUSAL_LM,
     DATA_FIELDS,
     DISTILLATION_FIELDS,
     FINETUNE,
+    GENERATION_FIELDS,
     KINDS,
+    LORA_FIELDS,
+    LORA_FORM_FIELDS,
     LOSS_FIELDS,
     LOSS_WEIGHTS,
     OPTIM_FIELDS,
+    TASK_TITLES,
+    TASKS,
     DataStepForm,
     LayerMapStepForm,
     QueueStepForm,
@@ -48,6 +62,8 @@ from jobs.forms import (
     StudentStepForm,
     TeacherStepForm,
     TrainingStepForm,
+    generation_initial,
+    lora_default_targets,
     training_initial,
 )
 from jobs.models import DatasetSpec, Teacher
@@ -65,10 +81,10 @@ class Step:
 
 
 STEPS = (
-    Step("teacher", "Teacher", "What kind of run, and which registered teacher it starts from."),
+    Step("teacher", "Teacher", "The task, what kind of run, and which registered teacher it starts from."),
     Step("student", "Student", "The shape of the small model the teacher is distilled into."),
     Step("layer-map", "Layer map", "Which student layer learns from which teacher layer."),
-    Step("data", "Data", "The labelled texts to train and evaluate on."),
+    Step("data", "Data", "The texts to train and evaluate on, and what to measure."),
     Step("training", "Losses & optimizer", "How the loss terms are weighted and how the optimizer runs."),
     Step("queue", "Queue", "Which workers may pick the run up."),
     Step("review", "Review", "Check the whole configuration, its size and its cost, then launch."),
@@ -97,8 +113,13 @@ def _read_config(folder: str, mtime_ns: int) -> PretrainedConfig:
 
 
 def teacher_hf_config(teacher: Teacher) -> PretrainedConfig:
-    """The teacher's transformers config: its own config.json when the source is on this machine (a
-    package or a folder), else rebuilt from the stored architecture, so no page waits on the network."""
+    """The teacher's transformers config: as stored at registration; for teachers registered before it was
+    stored, its own config.json when the source is on this machine (a package or a folder), else rebuilt from
+    the stored architecture. No page opens a model file (a GGUF teacher is converted by the engine on its
+    first run, never by a page) or waits on the network."""
+    if teacher.hf_config:
+        values = dict(teacher.hf_config)
+        return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
     try:
         config_file = Path(resolve_source(teacher.source)) / "config.json"
         if config_file.is_file():
@@ -148,6 +169,14 @@ class Wizard:
     @property
     def kind(self) -> str:
         return self.state.get("kind", "kd_feature")
+
+    @property
+    def task(self) -> str:
+        return self.state.get("task") or (self.teacher.task if self.teacher else Teacher.Task.CLASSIFICATION)
+
+    @property
+    def is_lm(self) -> bool:
+        return self.task == CAUSAL_LM
 
     @functools.cached_property
     def teacher(self) -> Teacher | None:
@@ -216,11 +245,18 @@ class Wizard:
         training = self.state.get("training", {})
         data = self.state.get("data", {})
         out: dict[str, Any] = {
+            "task": self.task,
             "loss": training.get("loss", {}),
             "optim": training.get("optim", {}),
             "data": {k: data[k] for k in DATA_FIELDS if data.get(k) is not None},
             "seed": training.get("seed", 0),
         }
+        if self.is_lm and self.state.get("generation"):
+            out["generation"] = self.state["generation"]
+        if self.kind == FINETUNE and training.get("lora"):
+            out["lora"] = training["lora"]
+        if self.state.get("teacher_dtype"):
+            out["teacher"] = {"dtype": self.state["teacher_dtype"]}
         if self.kind != FINETUNE:
             student = {k: v for k, v in self.student().items() if v is not None}
             if self.kind == "kd_feature":
@@ -300,6 +336,8 @@ def _render(request: HttpRequest, wiz: Wizard, slug: str, template: str, context
         "teacher": wiz.teacher,
         "kind": wiz.kind,
         "kind_title": KIND_TITLES.get(wiz.kind, wiz.kind),
+        "task": wiz.task,
+        "task_title": TASK_TITLES.get(wiz.task, wiz.task),
     }
     return render(request, template, {**base, **context})
 
@@ -309,21 +347,26 @@ def _render(request: HttpRequest, wiz: Wizard, slug: str, template: str, context
 
 def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     teachers = writable_teachers(request.user)
+    preselected = teachers.filter(pk=request.GET.get("teacher")).first() if request.GET.get("teacher") else None
     initial = {
+        "task": wiz.state.get("task") or request.GET.get("task") or getattr(preselected, "task", None),
         "kind": wiz.state.get("kind") or request.GET.get("kind") or "kd_feature",
         "teacher": wiz.state.get("teacher") or request.GET.get("teacher"),
     }
+    initial["task"] = initial["task"] or Teacher.Task.CLASSIFICATION
     if request.method == "POST":
         form = TeacherStepForm(request.POST, teachers=teachers)
         if form.is_valid():
-            teacher, kind = form.cleaned_data["teacher"], form.cleaned_data["kind"]
-            if teacher.pk != wiz.state.get("teacher") or kind != wiz.state.get("kind"):
-                _restart(wiz, teacher, kind)
+            teacher, kind, task = (form.cleaned_data[k] for k in ("teacher", "kind", "task"))
+            if (teacher.pk, kind, task) != tuple(wiz.state.get(k) for k in ("teacher", "kind", "task")):
+                _restart(wiz, teacher, kind, task)
             return wiz.advance("teacher")
     else:
         form = _form(wiz, "teacher", TeacherStepForm, initial, teachers=teachers)
+    chosen_task = str(form["task"].value() or Teacher.Task.CLASSIFICATION)
     chosen_kind = str(form["kind"].value() or "kd_feature")
     chosen_teacher = str(form["teacher"].value() or "")
+    tasks = [{"value": v, "title": t, "help": h, "checked": v == chosen_task} for v, t, h in TASKS]
     kinds = [
         {"value": v, "title": t, "help": h, "checked": v == chosen_kind} for v, t, h in KINDS
     ]  # radios with a one-line explanation each
@@ -333,6 +376,7 @@ def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         cards.append({"obj": t, "arch": describe_architecture(arch), "checked": str(t.pk) == chosen_teacher})
     context = {
         "form": form,
+        "tasks": tasks,
         "kinds": kinds,
         "teacher_cards": cards,
         "can_write": teams_for_user(request.user, write=True).exists(),
@@ -340,15 +384,19 @@ def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     return _render(request, wiz, "teacher", "jobs/wizard/teacher.html", context)
 
 
-def _restart(wiz: Wizard, teacher: Teacher, kind: str) -> None:
-    """A new teacher or kind: later steps are walked again (their values are kept where they still fit)."""
+def _restart(wiz: Wizard, teacher: Teacher, kind: str, task: str) -> None:
+    """A new teacher, kind or task: later steps are walked again (their values are kept where they still fit)."""
     if teacher.pk != wiz.state.get("teacher"):
         wiz.state.pop("layer_map", None)  # pairs of another depth
         wiz.state.pop("student", None)  # a shape relative to another teacher
+        wiz.state.pop("teacher_dtype", None)
         old = wiz.teacher
         if old is None or old.team_id != teacher.team_id:
             wiz.state.get("data", {}).pop("dataset", None)
-    wiz.state.update(teacher=teacher.pk, kind=kind, done=[], errors={})
+    if task != wiz.state.get("task"):
+        wiz.state.pop("generation", None)
+        wiz.state.get("training", {}).pop("lora", None)  # default target modules of another architecture
+    wiz.state.update(teacher=teacher.pk, kind=kind, task=task, done=[], errors={})
     for cached in ("teacher", "arch", "dataset"):
         wiz.__dict__.pop(cached, None)
 
@@ -515,7 +563,7 @@ def _bad_rows(errors: list) -> set[int]:
 def _dataset_cards(wiz: Wizard, chosen: str) -> list[dict[str, Any]]:
     cards = []
     for d in wiz.datasets():
-        matches = wiz.kind == FINETUNE or list(d.labels) == wiz.teacher.labels
+        matches = wiz.is_lm or wiz.kind == FINETUNE or list(d.labels) == wiz.teacher.labels
         sizes = [(split, f"{d.sizes[split]:,}") for split in ("train", "validation", "test") if split in d.sizes]
         cards.append({"obj": d, "checked": str(d.pk) == chosen, "matches": matches, "sizes": sizes})
     return cards
@@ -525,20 +573,28 @@ def _data_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     kwargs = {"kind": wiz.kind, "teacher": wiz.teacher, "arch": wiz.arch, "datasets": wiz.datasets()}
     positions = wiz.arch.max_positions or 128
     initial = {"max_length": min(128, positions), "eval_split": "validation", **wiz.state.get("data", {})}
+    if wiz.is_lm:
+        initial.update(generation_initial(wiz.state.get("generation")))
     if request.method == "POST":
         form = DataStepForm(request.POST, **kwargs)
         if form.is_valid():
             wiz.state["data"] = {"dataset": form.cleaned_data["dataset"].pk, **form.data_dict()}
+            wiz.state["generation"] = form.generation_dict()
             return wiz.advance("data")
     else:
         form = _form(wiz, "data", DataStepForm, initial, **kwargs)
-    context = {"form": form, "cards": _dataset_cards(wiz, str(form["dataset"].value() or ""))}
+    context = {
+        "form": form,
+        "cards": _dataset_cards(wiz, str(form["dataset"].value() or "")),
+        "is_lm": wiz.is_lm,
+        "generation_fields": [form[f] for f in GENERATION_FIELDS[1:] if f in form.fields],
+    }
     return _render(request, wiz, "data", "jobs/wizard/data.html", context)
 
 
 def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     stored = wiz.state.get("training", {})
-    initial = training_initial(stored.get("loss", {}), stored.get("optim", {}), stored.get("seed"))
+    initial = training_initial(stored.get("loss", {}), stored.get("optim", {}), stored.get("seed"), stored.get("lora"))
     kwargs = {"kind": wiz.kind, "teacher": wiz.teacher, "arch": wiz.arch}
     if request.method == "POST":
         form = TrainingStepForm(request.POST, initial=initial, **kwargs)
@@ -547,6 +603,7 @@ def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
                 "loss": form.loss_dict(),
                 "optim": form.optim_dict(),
                 "seed": form.cleaned_data["seed"],
+                "lora": form.lora_dict(),
             }
             return wiz.advance("training")
     else:
@@ -555,6 +612,7 @@ def _training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         ("Loss weights", "How much each term counts in the total loss; 0 switches a term off.", LOSS_WEIGHTS),
         ("Distillation", "How the teacher's signals are compared with the student's.", DISTILLATION_FIELDS),
         ("Optimizer", "AdamW with warm-up and a learning-rate schedule.", OPTIM_FIELDS),
+        ("LoRA", "Parameter-efficient fine-tuning of the teacher.", ("lora", *LORA_FORM_FIELDS)),
         ("Reproducibility", "", ("seed",)),
     ]
     fieldsets = [
@@ -587,7 +645,7 @@ def error_step(key: str, kind: str) -> tuple[str, str | None]:
     """The step and field a ``run_create`` error key concerns: ``optim.lr`` -> (training, lr)."""
     section, _, leaf = key.partition(".")
     field = leaf.split("[")[0] or None
-    if section in ("teacher", "kind"):
+    if section in ("teacher", "kind", "task"):
         return "teacher", "teacher"
     if section == "student":
         if field in ("layer_map", "map_embeddings"):
@@ -595,6 +653,10 @@ def error_step(key: str, kind: str) -> tuple[str, str | None]:
         return "student", field
     if section in ("data", "dataset"):
         return "data", field if field in DATA_FIELDS else "dataset"
+    if section == "generation":
+        return "data", field if field in GENERATION_FIELDS else None
+    if section == "lora":
+        return "training", f"lora_{field}" if field in LORA_FIELDS else "lora"
     if section in ("loss", "optim", "seed"):
         return "training", field or ("seed" if section == "seed" else None)
     if section == "queue":
@@ -616,12 +678,17 @@ def _collect_errors(wiz: Wizard, exc: ValidationError) -> dict[str, list[list[st
 
 def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     """One line per step for the review, with a link back to it."""
-    lines = {"teacher": f"{KIND_TITLES[wiz.kind]} from {wiz.teacher.name} ({wiz.teacher.team.name})"}
+    lines = {
+        "teacher": f"{KIND_TITLES[wiz.kind]} from {wiz.teacher.name} ({wiz.teacher.team.name}); "
+        f"task: {TASK_TITLES[wiz.task].lower()}"
+    }
     if wiz.kind != FINETUNE:
         s = wiz.student()
         hidden, heads, intermediate = student_shape(StudentConfig(layers=s["layers"], **_shape(s)), wiz.arch)
+        kv = f" sharing {s['kv_heads']} key/value heads" if s.get("kv_heads") else ""
         lines["student"] = (
-            f"{s['layers']} blocks × {hidden} hidden, {heads} heads, feed-forward {intermediate}; init {s['init']}"
+            f"{s['layers']} blocks × {hidden} hidden, {heads} heads{kv}, feed-forward {intermediate}; "
+            f"init {s['init']}"
         )
     if wiz.kind == "kd_feature":
         lm = wiz.layer_map()
@@ -631,6 +698,13 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     parts = [wiz.dataset.name if wiz.dataset else "—", f"max length {data.get('max_length')}"]
     parts += [f"at most {data[k]:,} {k.split('_')[1]} samples" for k in DATA_FIELDS[1:3] if data.get(k)]
     parts.append(f"evaluate on {data.get('eval_split', 'validation')}")
+    generation = wiz.state.get("generation")
+    if wiz.is_lm and generation:
+        parts.append(
+            f"metrics {', '.join(selectors.METRIC_LABELS[m] for m in generation['metrics'])} "
+            f"({generation['samples']} samples, {generation['prompt_tokens']} prompt + {generation['new_tokens']} "
+            "new tokens)"
+        )
     lines["data"] = ", ".join(parts)
     training = wiz.state.get("training", {})
     loss = {**LossConfig().model_dump(), **training.get("loss", {})}
@@ -638,6 +712,9 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     weights = " · ".join(f"{t} {loss[t]:g}" for t in LOSS_WEIGHTS if t in LOSS_FIELDS[wiz.kind])
     length = f"{optim['max_steps']} steps" if optim.get("max_steps") else f"{optim['epochs']:g} epochs"
     lines["training"] = f"{weights}; lr {optim['lr']:g}, {length}, batch {optim['batch_size']}"
+    if wiz.kind == FINETUNE and (lora := training.get("lora")):
+        modules = ", ".join(lora["target_modules"] or lora_default_targets(wiz.arch.model_type))
+        lines["training"] += f"; LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {modules}"
     queue = wiz.state.get("queue") or f"any worker (default queue “{settings.CELERY_TASK_DEFAULT_QUEUE}”)"
     lines["queue"] = queue
     return [
@@ -647,16 +724,35 @@ def _summary(wiz: Wizard) -> list[dict[str, Any]]:
     ]
 
 
+def memory_budget() -> int:
+    """The memory a run may use on a worker: ``KDWEB_WORKER_MEMORY_BYTES``, else what this host has free."""
+    return settings.KDWEB_WORKER_MEMORY_BYTES or available_memory_bytes()
+
+
 def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
     sizes = wiz.dataset.sizes if wiz.dataset else {}
     train_size = sizes.get("train") or 0
     if cfg.data.max_train_samples:
         train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
+    teacher_config = teacher_hf_config(wiz.teacher)
     try:
-        est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_hf_config(wiz.teacher))
+        est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config)
+        budget = memory_budget()
+        fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
     except (ConfigError, ValueError, KeyError, OSError):
         return {"estimate": None}
     return {
+        "budget_text": format_bytes(budget),
+        "over_budget": est.peak_bytes > budget,
+        "fixes": [
+            {
+                "title": fix.title,
+                "peak_text": format_bytes(fix.estimate.peak_bytes),
+                "fits": fix.estimate.peak_bytes <= budget,
+                "changes": json.dumps(fix.changes),
+            }
+            for fix in fixes
+        ],
         "estimate": est,
         "student_params_text": f"{est.student_params:,}" if est.student_params else None,
         "teacher_params_text": f"{est.teacher_params:,}",
@@ -671,6 +767,7 @@ def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
             ("gradients and AdamW state", format_bytes(est.optimizer_bytes)),
             ("activations", format_bytes(est.activation_bytes)),
             ("attention maps", format_bytes(est.attention_bytes)),
+            ("logits (causal LMs, in chunks)", format_bytes(est.logits_bytes)),
             ("Python, torch and data", format_bytes(est.runtime_bytes)),
         ],
     }
@@ -805,6 +902,54 @@ def student_live(request: HttpRequest) -> HttpResponse:
     form = StudentStepForm(request.GET, kind=wiz.kind, teacher=wiz.teacher, arch=wiz.arch)
     context = {"live": student_live_context(wiz.teacher, wiz.arch, form), "form": form, "oob": True}
     return render(request, "jobs/wizard/_student_live.html", context)
+
+
+# where a fix's dotted config path lives in the wizard's state: section -> keys from the state's root
+FIX_PLACES: dict[str, tuple[str, ...]] = {
+    "optim": ("training", "optim"),
+    "loss": ("training", "loss"),
+    "data": ("data",),
+    "generation": ("generation",),
+}
+BAD_FIX = "That change cannot be applied here: go to its step and change it there."
+
+
+def apply_fix(wiz: Wizard, changes: dict[str, Any]) -> None:
+    """Set the choices a memory fix changes (``{"optim.batch_size": 8, "teacher.dtype": "bfloat16"}``);
+    the review validates the result as it validates every choice. Raises ValueError for another path."""
+    for path, value in changes.items():
+        section, _, key = path.partition(".")
+        if path == "teacher.dtype":
+            wiz.state["teacher_dtype"] = value
+        elif section in FIX_PLACES and key and "." not in key:
+            node = wiz.state
+            for part in FIX_PLACES[section]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[key] = value
+        else:
+            raise ValueError(path)
+    wiz.save()
+
+
+@login_required
+@require_POST
+def fix(request: HttpRequest) -> HttpResponse:
+    """The review's "Apply" button of a memory fix: change those choices, then show the review again."""
+    wiz = Wizard(request)
+    if wiz.teacher is None:
+        return redirect("wizard_step", step="teacher")
+    try:
+        changes = json.loads(request.POST.get("changes", ""))
+        if not isinstance(changes, dict):
+            raise ValueError(changes)
+        apply_fix(wiz, changes)
+    except ValueError:  # json's errors are ValueErrors too
+        messages.error(request, BAD_FIX)
+    else:
+        messages.success(request, f"Applied: {request.POST.get('title') or ', '.join(changes)}.")
+    return redirect("wizard_step", step="review")
 
 
 @login_required

@@ -8,6 +8,8 @@ KDWEB_DATA_DIR where uploads, checkpoints, exported students and the SQLite data
 KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default 5).
 KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
 KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs (default 10).
+KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizard's estimate (default: what
+               this host has available, which is right when web and worker share a machine).
 """
 
 import os
@@ -110,6 +112,10 @@ KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
+# The wizard warns, with fixes, when a run's estimated peak memory exceeds this (None: this host's available).
+KDWEB_WORKER_MEMORY_BYTES = (
+    int(os.environ["KDWEB_WORKER_MEMORY_BYTES"]) if os.environ.get("KDWEB_WORKER_MEMORY_BYTES") else None
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 2**20
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,19 +1,33 @@
-"""distill.estimate: parameter counts agree with the engine's, and the cost model hits its calibration."""
+"""distill.estimate: parameter counts agree with the engine's and peft's, the cost model hits its calibration,
+and the suggested fixes really bring a run under its memory budget."""
 
 from __future__ import annotations
 
+import psutil
 import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from distill.config import parse_config
 from distill.estimate import (
     BYTES_PER_FLOAT,
+    LOGITS_CHUNK_TOKENS,
+    MIN_LENGTH,
+    OPTIMIZER_COPIES,
     RUNTIME_BYTES,
+    STUDENT_ACTIVATION_FLOATS,
+    TEACHER_ACTIVATION_FLOATS,
+    apply_changes,
+    available_memory_bytes,
     config_from_architecture,
     estimate,
     format_bytes,
     format_duration,
+    model_parameters,
     non_embedding_parameters,
+    suggest_fixes,
 )
+from distill.lora import apply_lora, trainable_parameters
 from distill.students import count_student_parameters, student_config
 from distill.teachers import Architecture, count_parameters_from_config, describe, load_config
 from distill.trainer import total_steps
@@ -139,3 +153,167 @@ def test_it_formats_bytes(n, text):
 )
 def test_it_formats_durations(seconds, text):
     assert format_duration(seconds) == text
+
+
+def tiny_llama(tied: bool = True) -> LlamaConfig:
+    """A Llama with grouped-query attention (4 query heads, 2 key/value heads) and a 64-token vocabulary."""
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+    return LlamaConfig(
+        vocab_size=64, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied, **shape
+    )
+
+
+def lm_config(kind: str = "kd_logits", batch: int = 8, length: int = 32, **sections) -> object:
+    data = {"source": "d", "max_length": length}
+    return config(kind, student={"layers": 2}, task="causal_lm", data=data, optim={"batch_size": batch}, **sections)
+
+
+def test_it_counts_lora_adapters_and_the_head_as_trained(tiny, assets):
+    t_config, arch = tiny  # 4 blocks of width 32, 2 labels
+    cfg = config("teacher_finetune", lora={"rank": 8, "dropout": 0.1})
+    est = estimate(cfg, arch, 100, teacher_config=t_config)
+    # rank 8 on query and value (32 -> 32) of 4 blocks, and the head trained in full
+    trained = 4 * 2 * 8 * (32 + 32) + (32 * 2 + 2)
+    assert est.trained_params == trained
+    model = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
+    assert trainable_parameters(apply_lora(model, cfg.lora, "classification")) == trained  # what peft trains
+    assert est.weights_bytes == BYTES_PER_FLOAT * (arch.params + trained)  # the frozen model stays fp32
+    assert est.optimizer_bytes == BYTES_PER_FLOAT * OPTIMIZER_COPIES * trained
+    # per token: the blocks' activations, and per adapted layer its dropped-out input and x · A
+    adapters = 8 * (32 + 8)
+    assert est.activation_bytes == BYTES_PER_FLOAT * 32 * 128 * (STUDENT_ACTIVATION_FLOATS * 32 * 4 + adapters)
+    assert est.flops_per_step == (4 * non_embedding_parameters(t_config) + 6 * trained) * 32 * 128
+    assert est.logits_bytes == 0
+    full = estimate(config("teacher_finetune"), arch, 100, teacher_config=t_config)
+    assert est.optimizer_bytes < full.optimizer_bytes / 5 and est.seconds_per_step < full.seconds_per_step
+
+
+def test_it_halves_the_frozen_teacher_in_bfloat16(tiny):
+    t_config, arch = tiny
+    fp32 = estimate(config("kd_logits"), arch, 100, teacher_config=t_config)
+    bf16 = estimate(
+        config("kd_logits", teacher={"source": "t", "dtype": "bfloat16"}), arch, 100, teacher_config=t_config
+    )
+    assert fp32.weights_bytes - bf16.weights_bytes == 2 * arch.params
+    # the teacher's kept activations: 2 floats per token, block and unit, at 2 bytes instead of 4
+    assert fp32.activation_bytes - bf16.activation_bytes == 2 * 32 * 128 * TEACHER_ACTIVATION_FLOATS * 32 * 4
+    assert fp32.optimizer_bytes == bf16.optimizer_bytes
+
+
+def test_it_estimates_a_causal_lm_with_its_chunked_logits():
+    t_config = tiny_llama()
+    arch = describe(t_config)
+    est = estimate(lm_config(), arch, 1000, teacher_config=t_config)
+    torch.manual_seed(0)
+    assert est.teacher_params == sum(p.numel() for p in LlamaForCausalLM(t_config).parameters())
+    s_config = student_config(t_config, lm_config().student, arch, attentions=False)
+    assert s_config.num_key_value_heads == 2
+    assert est.student_params == sum(p.numel() for p in LlamaForCausalLM(s_config).parameters())
+    # 8 x 32 = 256 tokens, one chunk: 3 vocabulary-sized copies (64 tokens) each for student and teacher,
+    # plus the student's hidden-state gradients and the teacher's final hidden states (width 32 each)
+    assert est.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 * 2 + 256 * (32 + 32))
+    no_kd = estimate(lm_config("no_kd"), arch, 1000, teacher_config=t_config)
+    assert no_kd.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 + 256 * 32)
+    # 32 x 64 = 2048 tokens: the chunk stops at LOGITS_CHUNK_TOKENS, the hidden-state terms do not
+    big = estimate(lm_config(batch=32, length=64), arch, 1000, teacher_config=t_config)
+    assert big.logits_bytes == BYTES_PER_FLOAT * (LOGITS_CHUNK_TOKENS * 64 * 3 * 2 + 2048 * (32 + 32))
+    assert big.peak_bytes == sum(
+        getattr(big, f"{k}_bytes") for k in ("weights", "optimizer", "activation", "attention", "logits", "runtime")
+    )
+
+
+def test_it_counts_a_tied_lm_head_in_every_tokens_work():
+    tied, untied = tiny_llama(tied=True), tiny_llama(tied=False)
+    assert non_embedding_parameters(tied, "causal_lm") == non_embedding_parameters(untied, "causal_lm")
+    assert model_parameters(untied, "causal_lm") - model_parameters(tied, "causal_lm") == 64 * 32
+    est = estimate(lm_config("teacher_finetune"), describe(tied), 100, teacher_config=tied)
+    assert est.flops_per_step == 6 * non_embedding_parameters(tied, "causal_lm") * 8 * 32
+
+
+def test_it_estimates_lora_on_a_causal_lm_without_a_head():
+    t_config = tiny_llama()
+    cfg = config("teacher_finetune", task="causal_lm", lora={"rank": 4}, data={"source": "d", "max_length": 32})
+    est = estimate(cfg, describe(t_config), 100, teacher_config=t_config)
+    # q_proj 32 -> 32 and v_proj 32 -> 16 (2 key/value heads of 8) in 4 blocks; the LM head stays frozen
+    assert est.trained_params == 4 * (4 * (32 + 32) + 4 * (32 + 16))
+
+
+def test_it_suggests_nothing_when_the_run_fits(tiny):
+    t_config, arch = tiny
+    cfg = config()
+    est = estimate(cfg, arch, 100, teacher_config=t_config)
+    assert suggest_fixes(cfg, arch, 100, est.peak_bytes, teacher_config=t_config) == []
+
+
+def test_it_suggests_each_applicable_fix_cheapest_first(tiny):
+    t_config, arch = tiny
+    cfg = config()  # kd_feature with the attention term, fp32 teacher, batch 32 x 128
+    base = estimate(cfg, arch, 100, teacher_config=t_config)
+    fixes = suggest_fixes(cfg, arch, 100, base.peak_bytes - 1, teacher_config=t_config)
+    assert [f.changes for f in fixes] == [
+        {"optim.batch_size": 16, "optim.grad_accum": 2},  # the mildest setting of each kind that fits
+        {"teacher.dtype": "bfloat16"},
+        {"loss.attention": 0.0},
+        {"data.max_length": 64},
+    ]
+    assert fixes[0].title == "Batch 16 with 2 accumulation steps (same effective batch of 32)"
+    for fix in fixes:  # each really re-estimated, and under the budget
+        assert fix.estimate == estimate(apply_changes(cfg, fix.changes), arch, 100, teacher_config=t_config)
+        assert fix.estimate.peak_bytes < base.peak_bytes
+    assert fixes[0].estimate.tokens_per_step == base.tokens_per_step
+
+
+def test_it_offers_only_the_fixes_a_run_can_use(tiny):
+    t_config, arch = tiny
+
+    def kinds(cfg) -> list[set[str]]:
+        budget = estimate(cfg, arch, 100, teacher_config=t_config).peak_bytes - 1
+        return [set(f.changes) for f in suggest_fixes(cfg, arch, 100, budget, teacher_config=t_config)]
+
+    batch, length = {"optim.batch_size", "optim.grad_accum"}, {"data.max_length"}
+    assert kinds(config("teacher_finetune")) == [batch, length]  # no frozen teacher, no attention term
+    assert kinds(config("kd_logits")) == [batch, {"teacher.dtype"}, length]
+    assert kinds(config(teacher={"source": "t", "dtype": "bfloat16"}, loss={"attention": 0})) == [batch, length]
+    single = config(optim={"batch_size": 1}, data={"source": "d", "max_length": 16})
+    assert kinds(single) == [{"teacher.dtype"}, {"loss.attention"}]
+    # without the attention term, a features_first schedule would have nothing to start with
+    first = config(loss={"feature": 0, "schedule": "features_first"})
+    assert {"loss.attention"} not in kinds(first)
+
+
+def test_it_picks_the_mildest_setting_that_fits(tiny):
+    _, arch = tiny
+    cfg = config()
+    by_batch = {b: estimate(apply_changes(cfg, {"optim.batch_size": b}), arch, 100).peak_bytes for b in (16, 8)}
+    fixes = suggest_fixes(cfg, arch, 100, (by_batch[16] + by_batch[8]) // 2)
+    assert fixes[0].changes == {"optim.batch_size": 8, "optim.grad_accum": 4}
+
+
+def test_it_goes_as_far_as_it_can_when_nothing_fits(tiny):
+    t_config, arch = tiny
+    cfg = config()
+    fixes = suggest_fixes(cfg, arch, 100, RUNTIME_BYTES, teacher_config=t_config)  # below any run
+    strongest = [f.changes for f in fixes[:-1]]
+    assert strongest == [
+        {"optim.batch_size": 1, "optim.grad_accum": 32},
+        {"teacher.dtype": "bfloat16"},
+        {"loss.attention": 0.0},
+        {"data.max_length": MIN_LENGTH},
+    ]
+    together = fixes[-1]
+    assert together.title.startswith("All of these: Batch 1 with 32")
+    assert together.changes == {k: v for c in strongest for k, v in c.items()}
+    assert together.estimate.peak_bytes < min(f.estimate.peak_bytes for f in fixes[:-1])
+
+
+def test_it_reports_the_memory_available_here():
+    available = available_memory_bytes()
+    assert (
+        0
+        < available
+        <= (
+            torch.cuda.get_device_properties(0).total_memory
+            if torch.cuda.is_available()
+            else psutil.virtual_memory().total
+        )
+    )

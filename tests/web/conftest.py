@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER_READY_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 180
 KD_SECTIONS = {"student": {"layers": 2}, "optim": {"max_steps": 4, "batch_size": 8}, "data": {"max_length": 24}}
+# a causal-LM run of the tiny Llama on the toy reviews' texts: few steps, short generations
+LM_SECTIONS = {
+    **KD_SECTIONS,
+    "task": "causal_lm",
+    "generation": {"samples": 4, "prompt_tokens": 6, "new_tokens": 4},
+}
 
 
 # --- where files go ---------------------------------------------------------------------------------
@@ -113,6 +119,13 @@ def teacher_row(team: Team, name: str, architecture: dict) -> Teacher:
 def tiny_teacher(owner, team, assets) -> Teacher:
     """The tiny fine-tuned BERT (4 blocks, width 32, labels neg/pos), registered for team alpha."""
     return services.teacher_register(user=owner, team=team, name="tiny-bert", source=str(assets["teacher"]))
+
+
+@pytest.fixture
+def tiny_llama(owner, team, lm_assets) -> Teacher:
+    """The tiny Llama of the engine's tests (4 blocks × 64, 4 query heads sharing 2 key/value heads, a
+    byte-level BPE tokenizer), registered for team alpha: a causal-LM teacher."""
+    return services.teacher_register(user=owner, team=team, name="tiny-llama", source=str(lm_assets["teacher"]))
 
 
 @pytest.fixture

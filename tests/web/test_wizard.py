@@ -184,7 +184,7 @@ def test_it_walks_a_teacher_finetune_run_without_student_steps(
     response = c.get(url("training"))
     assert list(response.context["form"].fields) == [
         "task", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup_ratio", "scheduler",
-        "weight_decay", "seed",
+        "weight_decay", "seed", "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
     ]  # fmt: skip
     assert_redirects_to(post(c, "training", {**TRAINING, "task": 1}), "queue")
     assert_redirects_to(post(c, "queue", {"queue": ""}), "review")
@@ -196,6 +196,7 @@ def test_it_walks_a_teacher_finetune_run_without_student_steps(
         c.post(url("review"), {"name": "wiz-ft"})
     run = Run.objects.get(name="wiz-ft")
     assert run.kind == "teacher_finetune" and run.config["student"] is None and run.teacher == tiny_backbone
+    assert run.config["lora"] is None and run.config["task"] == "classification"
 
 
 def test_it_skips_the_layer_map_and_feature_terms_for_logits_kd(wiz_client, tiny_teacher, tiny_dataset):

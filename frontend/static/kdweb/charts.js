@@ -2,7 +2,8 @@
 // - one chart per loss term (loss/total, loss/task, loss/output, loss/feature, loss/attention), unweighted;
 // - one stacked-area chart of the weighted share of each term in the total (every share/* series; they
 //   sum to 1 at each step, and exist only when two or more terms are weighted);
-// - one chart for the validation metrics (every val/* series together);
+// - one chart for the validation perplexity of a language model (val/perplexity, on a log axis: it falls by
+//   orders of magnitude), and one for the other validation metrics (every other val/* series together);
 // - one per any other series (e.g. lr).
 // The page embeds the stored series as {"name": [[step, value], ...]} with Django's json_script;
 // `RunCharts.extend` takes live points ({name, step, value}) from live.js.
@@ -21,12 +22,14 @@ const TITLES = {
   "loss/attention": "Attention loss",
   share: "Weighted share of each term in the total",
   val: "Validation metrics",
+  perplexity: "Validation perplexity (lower is better)",
   lr: "Learning rate",
 };
 // one colour per loss term, the same in its own chart and in the share chart
 const COLORS = { task: "#2856c9", output: "#d9822b", feature: "#137a3a", attention: "#8e44ad", total: "#1d2330" };
 
 export function groupOf(name) {
+  if (name === "val/perplexity") return "perplexity";
   if (name.startsWith("val/")) return "val";
   if (name.startsWith("share/")) return "share";
   return name;
@@ -37,7 +40,7 @@ function rank(group) {
   if (i >= 0) return [0, i, group];
   if (group.startsWith("loss/")) return [1, 0, group];
   if (group === "share") return [2, 0, group];
-  if (group === "val") return [3, 0, group];
+  if (group === "val" || group === "perplexity") return [3, 0, group];
   return [4, 0, group];
 }
 
@@ -80,7 +83,7 @@ function traceOf(group, name, points) {
       hovertemplate: "%{y:.1%}",
     };
   }
-  if (group === "val") return { ...trace, mode: "lines+markers", marker: { size: 5 } };
+  if (group === "val" || group === "perplexity") return { ...trace, mode: "lines+markers", marker: { size: 5 } };
   const color = COLORS[name.startsWith("loss/") ? name.slice(5) : ""];
   return { ...trace, mode: points.length > 1 ? "lines" : "markers", ...(color ? { line: { color }, marker: { color } } : {}) };
 }
@@ -98,6 +101,7 @@ function layoutOf(group) {
     paper_bgcolor: "rgba(0,0,0,0)",
   };
   if (group === "share") layout.yaxis = { range: [0, 1], tickformat: ".0%", fixedrange: true };
+  if (group === "perplexity") layout.yaxis = { type: "log", title: { text: "perplexity (log scale)" } };
   if (legend) layout.hovermode = "x unified";
   return layout;
 }

@@ -1,8 +1,10 @@
 // Plots of a scorecard page (a study, or runs compared), drawn with Plotly (served locally, a classic script).
 // The page embeds, with json_script "study-plots" (selectors.scorecard_plots):
-//   {metric, points: [{name, variant, params, mb, value, best}], teacher: {name, params, mb, value} | null,
+//   {metric, label, lower_is_better, points: [{name, variant, params, mb, value, best}],
+//    teacher: {name, params, mb, value} | null,
 //    curves: {"loss/total": [{name, variant, points: [[step, value], ...]}], ..., "val/<metric>": [...]}}
-// - #plot-size: the primary metric against parameters, one colour per variant, the teacher a star;
+// - #plot-size: the primary metric (accuracy, or perplexity for language models, on a log axis) against
+//   parameters, one colour per variant, the teacher a star;
 // - #plot-val: the validation metric over steps, one line per run;
 // - #plot-losses: one chart per loss term, one line per run (unweighted terms, as the run page shows them).
 // Each chart carries data-traces (its number of traces) and #plot-size data-points / data-teacher, which the
@@ -59,7 +61,7 @@ function sizePlot(div, data) {
       x: points.map((p) => p.params),
       y: points.map((p) => p.value),
       text: points.map((p) => `${p.name}${p.best ? " (best)" : ""}`),
-      hovertemplate: `%{text}<br>%{x:,} parameters<br>${data.metric} %{y:.4f}<extra></extra>`,
+      hovertemplate: `%{text}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: {
         size: points.map((p) => (p.best ? 15 : 10)),
         color: colorOf(variant),
@@ -76,12 +78,15 @@ function sizePlot(div, data) {
       y: [data.teacher.value],
       text: ["teacher"],
       textposition: "top center",
-      hovertemplate: `${data.teacher.name}<br>%{x:,} parameters<br>${data.metric} %{y:.4f}<extra></extra>`,
+      hovertemplate: `${data.teacher.name}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: { symbol: "star", size: 16, color: "#c0392b" },
     });
   }
-  draw(div, traces, layout(`${data.metric} vs size`, "parameters (log scale)", data.metric, { xaxis: { type: "log", title: { text: "parameters (log scale)" } } }));
+  const extra = { xaxis: { type: "log", title: { text: "parameters (log scale)" } } };
+  if (data.metric === "perplexity") extra.yaxis = { type: "log", title: { text: "perplexity (log scale, lower is better)" } };
+  draw(div, traces, layout(`${data.label} vs size`, "parameters (log scale)", data.label, extra));
   div.dataset.points = String(data.points.length);
+  div.dataset.metric = data.metric;
   div.dataset.teacher = data.teacher ? "1" : "0";
 }
 
@@ -111,7 +116,7 @@ function start() {
   if (data.points.length || data.teacher) sizePlot(sizeDiv, data);
   else sizeDiv.remove();
   const val = data.curves[`val/${data.metric}`];
-  if (val) draw(valDiv, curveTraces(val), layout(`Validation ${data.metric} over steps`, "step", data.metric));
+  if (val) draw(valDiv, curveTraces(val), layout(`Validation ${data.label} over steps`, "step", data.label));
   else valDiv.remove();
   const losses = document.getElementById("plot-losses");
   const terms = Object.keys(data.curves).filter((name) => name.startsWith("loss/"));

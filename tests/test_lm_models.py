@@ -1,0 +1,122 @@
+"""Causal-LM teachers and students: description and parameter counts from the config, students with
+grouped-query attention built from a Llama teacher, and initialisation from mapped teacher blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from distill.config import ConfigError, parse_config
+from distill.students import build_student, count_student_parameters, student_config, validate_against
+from distill.teachers import describe, inspect_teacher, load_causal_lm, load_config
+
+
+def lm_cfg(lm_assets, **student):
+    return parse_config(
+        {
+            "kind": "kd_feature",
+            "task": "causal_lm",
+            "teacher": {"source": str(lm_assets["teacher"])},
+            "student": {"layers": 2, **student},
+            "data": {"source": str(lm_assets["corpus"])},
+        }
+    )
+
+
+def test_it_describes_a_llama_teacher_with_its_lm_head(lm_assets):
+    arch = inspect_teacher(str(lm_assets["teacher"]))
+    model = AutoModelForCausalLM.from_pretrained(lm_assets["teacher"])
+    assert (arch.model_type, arch.layers, arch.hidden_size, arch.heads, arch.kv_heads) == ("llama", 4, 64, 4, 2)
+    assert arch.params == sum(p.numel() for p in model.parameters())  # the tied head counts once
+    assert arch.labels == ()
+
+
+@pytest.mark.parametrize(
+    ("student", "kv_heads"),
+    [({}, 2), ({"heads": 2, "hidden_size": 32, "init": "random"}, 1), ({"heads": 8, "kv_heads": 8}, 8)],
+)
+def test_student_kv_heads_keep_the_teachers_grouping_unless_given(lm_assets, student, kv_heads):
+    cfg = lm_cfg(lm_assets, **student)
+    t_config = load_config(cfg.teacher.source)
+    validate_against(cfg, describe(t_config))
+    config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    assert config.num_key_value_heads == kv_heads
+    assert config.num_attention_heads % config.num_key_value_heads == 0
+    assert config.architectures == ["LlamaForCausalLM"]
+    with torch.device("meta"):
+        counted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    assert count_student_parameters(config) == counted
+
+
+def test_it_validates_kv_heads_against_the_students_heads(lm_assets):
+    cfg = lm_cfg(lm_assets, heads=8, kv_heads=3)
+    with pytest.raises(ConfigError) as err:
+        validate_against(cfg, describe(load_config(cfg.teacher.source)))
+    assert err.value.errors == [("student.kv_heads", "3 kv heads do not divide 8 query heads")]
+
+
+def test_it_copies_embeddings_mapped_blocks_and_tied_head(lm_assets):
+    cfg = lm_cfg(lm_assets)
+    t_config = load_config(cfg.teacher.source)
+    teacher = load_causal_lm(cfg.teacher.source, attentions=False)
+    config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    student = build_student(config, cfg.student, (), teacher, attentions=False)
+    s, t = student.state_dict(), teacher.state_dict()
+    # uniform 2 of 4: student block 1 <- teacher block 2, student block 2 <- teacher block 4
+    for name in ("self_attn.k_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+        assert torch.equal(s[f"model.layers.0.{name}"], t[f"model.layers.1.{name}"])
+        assert torch.equal(s[f"model.layers.1.{name}"], t[f"model.layers.3.{name}"])
+    assert torch.equal(s["model.embed_tokens.weight"], t["model.embed_tokens.weight"])
+    assert torch.equal(s["model.norm.weight"], t["model.norm.weight"])
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    assert isinstance(student, type(teacher)) and student.dtype == torch.float32
+
+
+def test_a_bfloat16_teacher_still_gives_a_float32_student(lm_assets):
+    cfg = lm_cfg(lm_assets)
+    t_config = load_config(cfg.teacher.source)
+    teacher = load_causal_lm(cfg.teacher.source, attentions=False, dtype=torch.bfloat16)
+    config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    student = build_student(config, cfg.student, (), teacher, attentions=False)
+    assert teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight.float())
+
+
+def test_an_exported_config_round_trips(lm_assets, tmp_path):
+    cfg = lm_cfg(lm_assets, kv_heads=1)
+    t_config = load_config(cfg.teacher.source)
+    config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).num_key_value_heads == 1
+
+
+def test_teacher_dtype_applies_to_a_frozen_classifier_not_to_one_being_finetuned(assets, lm_assets):
+    from distill.teachers import load_teacher
+
+    cfg = parse_config(
+        {
+            "kind": "kd_logits",
+            "teacher": {"source": str(assets["teacher"]), "dtype": "bfloat16"},
+            "student": {"layers": 2},
+            "data": {"source": str(assets["reviews"])},
+        }
+    )
+    assert load_teacher(cfg, ("neg", "pos"), attentions=False).dtype == torch.bfloat16
+    assert load_teacher(cfg, ("neg", "pos"), attentions=False, trainable=True).dtype == torch.float32
+
+
+def test_generation_lengths_must_fit_the_teachers_positions(lm_assets):
+    cfg = parse_config(
+        {
+            "kind": "no_kd",
+            "task": "causal_lm",
+            "teacher": {"source": str(lm_assets["teacher"])},
+            "student": {"layers": 2},
+            "data": {"source": str(lm_assets["corpus"]), "max_length": 32},
+            "generation": {"prompt_tokens": 100, "new_tokens": 40},
+        }
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_against(cfg, describe(load_config(cfg.teacher.source)))
+    assert err.value.errors[0][0] == "generation.new_tokens" and "128 positions" in err.value.errors[0][1]
