@@ -172,8 +172,8 @@ def test_it_counts_lora_adapters_and_the_head_as_trained(tiny, assets):
     t_config, arch = tiny  # 4 blocks of width 32, 2 labels
     cfg = config("teacher_finetune", lora={"rank": 8, "dropout": 0.1})
     est = estimate(cfg, arch, 100, teacher_config=t_config)
-    # rank 8 on query and value (32 -> 32) of 4 blocks, and the head trained in full
-    trained = 4 * 2 * 8 * (32 + 32) + (32 * 2 + 2)
+    # rank 8 on query and value (32 -> 32) of 4 blocks; the pooler and the head trained in full
+    trained = 4 * 2 * 8 * (32 + 32) + (32 * 32 + 32) + (32 * 2 + 2)
     assert est.trained_params == trained
     model = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
     assert trainable_parameters(apply_lora(model, cfg.lora, "classification")) == trained  # what peft trains
