@@ -7,7 +7,7 @@ CHROMIUM := /usr/bin/chromium
 # Per-test limit (pytest-timeout), so a hung server fails the suite instead of stalling it.
 TEST_TIMEOUT ?= 900
 
-.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live clean
+.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live bench-lora clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,9 @@ bench-step: venv
 
 bench-quality: venv
 	$(BIN)/python bench/quality.py
+
+bench-lora: venv
+	$(BIN)/python bench/lora.py
 
 # The live view under load: the local PostgreSQL and Redis must answer (`services`); the bench drops and
 # recreates a database of its own (kdweb_bench_live) and empties Redis db 5, never the tests' ones.
