@@ -143,7 +143,7 @@ def longest_batch() -> dict[str, torch.Tensor]:
     return collate([split[i] for i in longest], tokenizer.pad_token_id)
 
 
-def time_steps(rounds: int, warmup: int, tmp: Path) -> dict[str, float]:
+def time_steps(rounds: int, warmup: int, tmp: Path) -> dict[str, Any]:
     batch = longest_batch()
     steps = {variant: Step(variant, batch, tmp / variant) for variant in VARIANTS}
     for _ in range(warmup):
@@ -156,7 +156,13 @@ def time_steps(rounds: int, warmup: int, tmp: Path) -> dict[str, float]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()} | {"batch_tokens": batch["input_ids"].numel()}
+    ratios = {
+        name: statistics.median(a / f for a, f in zip(t, times["full"], strict=True)) for name, t in times.items()
+    }
+    return {name: statistics.median(t) for name, t in times.items()} | {
+        "ratio_to_full": ratios,  # the median of per-round ratios: robust to drift in the machine's load
+        "batch_tokens": batch["input_ids"].numel(),
+    }
 
 
 def report(results: dict) -> str:
@@ -178,18 +184,18 @@ def report(results: dict) -> str:
         "| step peak (MB) | run peak (MB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    full = step["full"]
     for name, r in results["runs"].items():
         lines.append(
             f"| {name} | {VARIANTS[name]['lr']:g} | {r['trainable_params']:,} | "
             f"{100 * r['trainable_params'] / r['params']:.2f}% | {r['validation_accuracy']:.4f} | "
-            f"{r['test_accuracy']:.4f} | {step[name]:.3f} | {step[name] / full:.2f}x | {r['step_peak_mb']:.0f} | "
-            f"{r['run_peak_mb']:.0f} |"
+            f"{r['test_accuracy']:.4f} | {step[name]:.3f} | {step['ratio_to_full'][name]:.2f}x | "
+            f"{r['step_peak_mb']:.0f} | {r['run_peak_mb']:.0f} |"
         )
     lines += [
         "",
         f"Step time: median of {results['rounds']} alternated rounds of each variant's engine `training_step` "
-        f"in one process on the same batch ({step['batch_tokens']} tokens). Step peak: the training steps' "
+        f"in one process on the same batch ({step['batch_tokens']} tokens); vs full: the median of the "
+        "per-round ratios. Step peak: the training steps' "
         "high-water mark of resident memory above the resident size when training began (fresh process per "
         "run); run peak: the whole run's high-water mark from then on, evaluation and export included. "
         "Every export is a plain merged transformers model (no adapter files): "
@@ -205,6 +211,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--max-eval", type=int, default=600)
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "OUTPUT_DIR"))
+    p.add_argument("--reuse-runs", action="store_true", help="keep the runs of the last results; time steps again")
     args = p.parse_args()
     if args.child:
         run_child(args.child[0], Path(args.child[1]), args.max_eval)
@@ -220,8 +227,11 @@ def main() -> None:
         "rounds": args.rounds,
         "runs": {},
     }
+    saved = RESULTS / "lora.json"
+    if args.reuse_runs and saved.exists() and json.loads(saved.read_text())["max_eval"] == args.max_eval:
+        results["runs"] = json.loads(saved.read_text())["runs"]
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v not in results["runs"]]:
             cmd = [
                 sys.executable,
                 __file__,
