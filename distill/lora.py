@@ -1,7 +1,7 @@
 """LoRA teacher fine-tuning with peft: which layers to adapt, wrapping a model, merging at export.
 
-A LoRA run trains low-rank adapters on the chosen linear layers plus, for a classifier, its new head in
-full (peft's ``SEQ_CLS`` task type keeps ``classifier``/``score`` as ``modules_to_save``). At export the
+A LoRA run trains low-rank adapters on the chosen linear layers plus, for a classifier, its new head (and
+BERT's pooler) in full, as peft's ``modules_to_save``; a language model's head stays frozen. At export the
 adapters are merged into the weights (``merge_and_unload``), so the result is a plain transformers model
 that registers as a normal Teacher.
 """
@@ -115,7 +115,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig, task: Task) -> PeftModel:
         lora_dropout=lora.dropout,
         target_modules=list(target_modules(lora, model)),
         # peft adds the classifier heads ("classifier", "score") for SEQ_CLS itself
-        modules_to_save=[POOLER] if task == "classification" and hasattr(model.base_model, POOLER) else None,
+        modules_to_save=[POOLER] if task == "classification" and getattr(model.base_model, POOLER, None) else None,
     )
     wrapped = get_peft_model(model, peft_config)
     trainable = trainable_parameters(wrapped)
