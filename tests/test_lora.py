@@ -128,3 +128,11 @@ def test_it_resumes_a_lora_run_bit_for_bit(lora_config, tmp_path):
     assert not resumed.stopped
     assert next(e for e in second.events if e.startswith("step_end")) == "step_end:4"
     assert first.logs + second.logs == straight.logs  # same batches, LoRA dropout, adapter and head state
+
+
+def test_it_refuses_an_unknown_target_before_training(lora_config):
+    lora_config["lora"]["target_modules"] = ["query", "q_proj"]
+    rec = Recorder()
+    with pytest.raises(ConfigError, match=r"^lora\.target_modules: no layer named 'q_proj' in bert "):
+        train(parse_config(lora_config), [rec])
+    assert rec.events == ["exception:ConfigError"]
