@@ -7,7 +7,7 @@ CHROMIUM := /usr/bin/chromium
 # Per-test limit (pytest-timeout), so a hung server fails the suite instead of stalling it.
 TEST_TIMEOUT ?= 900
 
-.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live bench-lm clean
+.PHONY: venv up test services browser lint demo bench-step bench-quality bench-live bench-lm bench-lora clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,10 @@ bench-quality: venv
 # hand-written one at batch 8 x 256, and a short distillation scored by held-out BBC perplexity.
 bench-lm: venv
 	$(BIN)/python bench/lm.py
+
+# Full vs LoRA fine-tuning of MiniLM-L6 on Rotten Tomatoes: accuracy, trainable parameters, step time.
+bench-lora: venv
+	$(BIN)/python bench/lora.py
 
 # The live view under load: the local PostgreSQL and Redis must answer (`services`); the bench drops and
 # recreates a database of its own (kdweb_bench_live) and empties Redis db 5, never the tests' ones.

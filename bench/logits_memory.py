@@ -69,8 +69,8 @@ def child(mode: str, chunk: int) -> None:
         del p_t, x
     h_s.backward(grad)
     measured = _vm_hwm() - baseline - BYTES_PER_FLOAT * V * D  # less the head's weight gradient
-    models = 2 if kd else 1
-    estimated = BYTES_PER_FLOAT * (min(chunk, N) * V * LOGITS_COPIES * models + N * D * models)
+    copies = LOGITS_COPIES["student"] + (LOGITS_COPIES["teacher"] if kd else 0)
+    estimated = BYTES_PER_FLOAT * (min(chunk, N) * V * copies + N * D * (2 if kd else 1))
     print(json.dumps({"mode": mode, "chunk": chunk, "measured_mb": measured / 2**20, "estimate_mb": estimated / 2**20}))
 
 
@@ -91,8 +91,9 @@ def main() -> None:
         "# Memory of a causal LM's output terms: chunked step vs `distill.estimate`",
         "",
         f"B x L = {B} x {L} tokens, hidden {D}, vocabulary {V} (SmolLM2-135M's), fp32, hand-written chunked "
-        f"step (see the script). Estimate: {LOGITS_COPIES} vocabulary-sized copies per chunk token and per "
-        "model, plus the final hidden states. `full_kd` is the unchunked step: one chunk of all tokens. "
+        f"step (see the script). Estimate: {LOGITS_COPIES['student']} vocabulary-sized copies per chunk token "
+        f"for the task term, {LOGITS_COPIES['teacher']} more with the KL term, plus the final hidden states. "
+        "`full_kd` is the unchunked step: one chunk of all tokens. "
         "Command: `.venv/bin/python bench/logits_memory.py`.",
         "",
         "| case | chunk | measured (MB) | estimated (MB) |",

@@ -12,21 +12,21 @@ Memory (bytes, the peak resident size of the training process)::
     optimizer   = 4 · 3 · trained params                   # gradients + AdamW's two moments
     activations = 4 · B · L · (C_s · d_s · S + A) + w_t · B · L · C_t · d_t · T
     attention   = 4 · B · L² · (h_s · S + h_t · mapped)    # only when the attention term is on
-    logits      = 4 · (c · V · (3 + 3 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
+    logits      = 4 · (c · V · (3 + 4 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
     peak        = weights + optimizer + activations + attention + logits + RUNTIME_BYTES
 
 A LoRA run (``lora`` set) trains the adapters (rank · (in + out) per adapted layer) and a classifier's
-head; the whole teacher is a frozen weight, and each adapted layer keeps A = its dropped-out input and the
+head and pooler; the whole teacher is a frozen weight, and each adapted layer keeps A = its dropped-out input and the
 rank-r intermediate per token (the backward still runs through every block, so C_s is unchanged).
 
 Logits of a causal LM: the engine is assumed to compute the task and output terms in chunks of ``c`` =
 min(B · L, ``LOGITS_CHUNK_TOKENS``) tokens from the final hidden states, so it holds, per chunk, three
-vocabulary-sized copies for the student (logits, log-probabilities, their gradient) and three for the
-teacher in KD kinds (logits, probabilities, the KL's product), plus the gradient of the student's final
-hidden states and the teacher's final hidden states for the whole batch; never the full B · L · V logits
-(an unchunked step holds about 6 · B · L · V floats). The copies are measured on a hand-written chunked
-step (``bench/logits_memory.py``: B · L = 2048, V = 49152, c = 1024, 1176 MB measured against 1161 MB
-estimated), not on the engine's own path.
+vocabulary-sized copies for the student (logits, log-probabilities, their gradient) and in KD kinds four
+more for the teacher's side (its probabilities and the KL's temporaries), plus the gradient of the
+student's final hidden states and the teacher's final hidden states for the whole batch; never the full
+B · L · V logits. The copies are measured on a hand-written chunked step (``bench/logits_memory.py``,
+B · L = 2048, V = 49152: 3.1 copies for the task term alone, 7.1 with the KL; an unchunked step holds
+about 7 · B · L · V floats), not on the engine's own path, which may hold fewer.
 
 Time (per optimizer step, ``grad_accum`` micro-batches of B · L tokens)::
 
@@ -85,8 +85,9 @@ LOGITS_CHUNK_TOKENS = 1024
 """Tokens per chunk of a causal LM's output terms (see the module docstring): an assumption about the
 engine, to keep in step with its chunk size."""
 
-LOGITS_COPIES = 3
-"""Vocabulary-sized floats per chunk token and per model (see the module docstring)."""
+LOGITS_COPIES = {"student": 3, "teacher": 4}
+"""Vocabulary-sized floats per chunk token for the task term, and added by the KL term (see the module
+docstring)."""
 
 RUNTIME_BYTES = 480 * 2**20
 """The training process before any model: Python, torch, transformers, the tokenizer and the encoded data
@@ -246,7 +247,8 @@ def estimate(
     logits_floats = 0
     if lm:  # the chunked output terms: see the module docstring
         chunk = min(tokens, LOGITS_CHUNK_TOKENS)
-        logits_floats = chunk * t_config.vocab_size * LOGITS_COPIES * (2 if kd else 1)
+        copies = LOGITS_COPIES["student"] + (LOGITS_COPIES["teacher"] if kd else 0)
+        logits_floats = chunk * t_config.vocab_size * copies
         logits_floats += tokens * (hidden + (teacher.hidden_size if kd else 0))
     flops *= cfg.optim.grad_accum
     return Estimate(

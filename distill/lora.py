@@ -1,7 +1,7 @@
 """LoRA teacher fine-tuning with peft: which layers to adapt, wrapping a model, merging at export.
 
-A LoRA run trains low-rank adapters on the chosen linear layers plus, for a classifier, its new head in
-full (peft's ``SEQ_CLS`` task type keeps ``classifier``/``score`` as ``modules_to_save``). At export the
+A LoRA run trains low-rank adapters on the chosen linear layers plus, for a classifier, its new head (and
+BERT's pooler) in full, as peft's ``modules_to_save``; a language model's head stays frozen. At export the
 adapters are merged into the weights (``merge_and_unload``), so the result is a plain transformers model
 that registers as a normal Teacher.
 """
@@ -24,6 +24,11 @@ FIELD = "lora.target_modules"
 PEFT_TASKS: dict[str, TaskType] = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM}
 HEAD_NAMES = ("classifier", "score", "lm_head")
 """Output heads: trained in full (classifiers) or left alone (LMs), never given adapters."""
+
+POOLER = "pooler"
+"""BERT's pooler feeds the classification head only, so a classifier's LoRA run trains it with the head.
+Frozen, it starves the new head: in sentence-embedding checkpoints (MiniLM-L6) its output barely varies
+across inputs (std 0.036), and a LoRA run of ``bench/lora.py`` then never left the majority class."""
 
 log = logging.getLogger("distill")
 
@@ -74,22 +79,24 @@ def validate_lora(lora: LoraConfig, config: PretrainedConfig, task: Task) -> tup
 
 
 def adapted_layers(lora: LoraConfig, model: nn.Module) -> list[nn.Module]:
-    """The layers of ``model`` that get adapters (heads never do)."""
-    targets = set(target_modules(lora, model))
+    """The layers of ``model`` that get adapters: never the heads or the pooler, which train in full."""
+    targets, full = set(target_modules(lora, model)), {*HEAD_NAMES, POOLER}
     return [
         m
         for path, m in model.named_modules()
-        if isinstance(m, nn.Linear | Conv1D) and path.rsplit(".", 1)[-1] in targets
+        if isinstance(m, nn.Linear | Conv1D) and path.rsplit(".", 1)[-1] in targets and not full & set(path.split("."))
     ]
 
 
 def head_parameters(model: nn.Module, task: Task) -> int:
-    """Parameters of the head a LoRA run trains in full: a classifier's (peft's ``modules_to_save``), none
-    for a language model."""
+    """Parameters a LoRA run trains in full: a classifier's head and pooler (peft's ``modules_to_save``),
+    none for a language model."""
     if task == "causal_lm":
         return 0
-    heads = [m for path, m in model.named_children() if path in ("classifier", "score")]
-    return sum(p.numel() for m in heads for p in m.parameters())
+    names = (*HEAD_NAMES, POOLER)
+    return sum(
+        p.numel() for path, m in model.named_modules() if path.rsplit(".", 1)[-1] in names for p in m.parameters()
+    )
 
 
 def trainable_parameters(module: nn.Module) -> int:
@@ -98,7 +105,8 @@ def trainable_parameters(module: nn.Module) -> int:
 
 
 def apply_lora(model: nn.Module, lora: LoraConfig, task: Task) -> PeftModel:
-    """Freeze ``model`` and add LoRA adapters to its target layers; a classifier's head trains in full."""
+    """Freeze ``model`` and add LoRA adapters to its target layers; a classifier's head (and pooler, see
+    :data:`POOLER`) trains in full."""
     total = sum(p.numel() for p in model.parameters())
     peft_config = PeftLoraConfig(
         task_type=PEFT_TASKS[task],
@@ -106,6 +114,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, task: Task) -> PeftModel:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(target_modules(lora, model)),
+        # peft adds the classifier heads ("classifier", "score") for SEQ_CLS itself
+        modules_to_save=[POOLER] if task == "classification" and getattr(model.base_model, POOLER, None) else None,
     )
     wrapped = get_peft_model(model, peft_config)
     trainable = trainable_parameters(wrapped)

@@ -172,8 +172,8 @@ def test_it_counts_lora_adapters_and_the_head_as_trained(tiny, assets):
     t_config, arch = tiny  # 4 blocks of width 32, 2 labels
     cfg = config("teacher_finetune", lora={"rank": 8, "dropout": 0.1})
     est = estimate(cfg, arch, 100, teacher_config=t_config)
-    # rank 8 on query and value (32 -> 32) of 4 blocks, and the head trained in full
-    trained = 4 * 2 * 8 * (32 + 32) + (32 * 2 + 2)
+    # rank 8 on query and value (32 -> 32) of 4 blocks; the pooler and the head trained in full
+    trained = 4 * 2 * 8 * (32 + 32) + (32 * 32 + 32) + (32 * 2 + 2)
     assert est.trained_params == trained
     model = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
     assert trainable_parameters(apply_lora(model, cfg.lora, "classification")) == trained  # what peft trains
@@ -209,14 +209,14 @@ def test_it_estimates_a_causal_lm_with_its_chunked_logits():
     s_config = student_config(t_config, lm_config().student, arch, attentions=False)
     assert s_config.num_key_value_heads == 2
     assert est.student_params == sum(p.numel() for p in LlamaForCausalLM(s_config).parameters())
-    # 8 x 32 = 256 tokens, one chunk: 3 vocabulary-sized copies (64 tokens) each for student and teacher,
-    # plus the student's hidden-state gradients and the teacher's final hidden states (width 32 each)
-    assert est.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 * 2 + 256 * (32 + 32))
+    # 8 x 32 = 256 tokens, one chunk: 3 vocabulary-sized copies (64 tokens) for the student, 4 for the
+    # teacher's side, plus the student's hidden-state gradients and the teacher's final hidden states
+    assert est.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * (3 + 4) + 256 * (32 + 32))
     no_kd = estimate(lm_config("no_kd"), arch, 1000, teacher_config=t_config)
     assert no_kd.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 + 256 * 32)
     # 32 x 64 = 2048 tokens: the chunk stops at LOGITS_CHUNK_TOKENS, the hidden-state terms do not
     big = estimate(lm_config(batch=32, length=64), arch, 1000, teacher_config=t_config)
-    assert big.logits_bytes == BYTES_PER_FLOAT * (LOGITS_CHUNK_TOKENS * 64 * 3 * 2 + 2048 * (32 + 32))
+    assert big.logits_bytes == BYTES_PER_FLOAT * (LOGITS_CHUNK_TOKENS * 64 * (3 + 4) + 2048 * (32 + 32))
     assert big.peak_bytes == sum(
         getattr(big, f"{k}_bytes") for k in ("weights", "optimizer", "activation", "attention", "logits", "runtime")
     )

@@ -34,11 +34,11 @@ def tiny_llama_config() -> LlamaConfig:
 @pytest.fixture
 def lora_config(base_config, assets) -> dict:
     """A LoRA fine-tuning of the tiny backbone. Its random weights hold no features for query/value
-    adapters to steer, so every linear layer is adapted (with the pooler's ``dense``) at a high lr."""
+    adapters to steer, so every linear layer of the blocks is adapted, at a high lr."""
     cfg = {**base_config, "kind": "teacher_finetune", "teacher": {"source": str(assets["backbone"])}}
     del cfg["student"]
     cfg["lora"] = {"rank": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
-    cfg["optim"] = {"batch_size": 16, "epochs": 4, "lr": 1e-2}
+    cfg["optim"] = {"batch_size": 16, "epochs": 6, "lr": 5e-3}
     return cfg
 
 
@@ -89,19 +89,24 @@ def test_it_adapts_a_causal_lm_and_merges_it_back():
 def test_it_trains_adapters_and_the_head_and_exports_a_plain_teacher(lora_config, assets):
     rec = Recorder()
     result = train(parse_config(lora_config), [rec])
-    assert rec.logs[-1]["loss/task"] < 0.8 * rec.logs[0]["loss/task"]
+    losses = [logs["loss/task"] for logs in rec.logs]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert result.metrics["teacher"]["accuracy"] > 0.8
     # rank 8 (A: 8 x in, B: out x 8) on each block's query, key, value and attention output (32 -> 32),
-    # intermediate (32 -> 64) and output (64 -> 32) dense layers, the pooler's dense, and the new head
+    # intermediate (32 -> 64) and output (64 -> 32) dense layers; the pooler and the new head in full
     blocks = 4 * (4 * 8 * (32 + 32) + 2 * 8 * (32 + 64))
-    assert result.efficiency["teacher"]["trainable_params"] == blocks + 8 * (32 + 32) + (32 * 2 + 2)
+    assert result.efficiency["teacher"]["trainable_params"] == blocks + (32 * 32 + 32) + (32 * 2 + 2)
 
     before = load_file(assets["backbone"] / "model.safetensors")
     after = {k.removeprefix("bert."): v for k, v in load_file(result.export_dir / "model.safetensors").items()}
     assert set(after) - set(before) == {"classifier.weight", "classifier.bias"}  # a plain classifier
-    # merged adapters changed the adapted weights, and nothing else (no bias, norm or embedding)
+    # merged adapters changed the adapted weights and nothing else (no bias, norm or embedding) but the pooler
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {k for k in before if k.endswith(("query.weight", "key.weight", "value.weight", "dense.weight"))}
+    adapted = ("query.weight", "key.weight", "value.weight", "dense.weight")
+    assert changed == {k for k in before if k.startswith("encoder.") and k.endswith(adapted)} | {
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+    }
     model = AutoModelForSequenceClassification.from_pretrained(result.export_dir)
     assert model.config.id2label == {0: "neg", 1: "pos"}
 
@@ -123,3 +128,11 @@ def test_it_resumes_a_lora_run_bit_for_bit(lora_config, tmp_path):
     assert not resumed.stopped
     assert next(e for e in second.events if e.startswith("step_end")) == "step_end:4"
     assert first.logs + second.logs == straight.logs  # same batches, LoRA dropout, adapter and head state
+
+
+def test_it_refuses_an_unknown_target_before_training(lora_config):
+    lora_config["lora"]["target_modules"] = ["query", "q_proj"]
+    rec = Recorder()
+    with pytest.raises(ConfigError, match=r"^lora\.target_modules: no layer named 'q_proj' in bert "):
+        train(parse_config(lora_config), [rec])
+    assert rec.events == ["exception:ConfigError"]
