@@ -12,19 +12,20 @@ Memory (bytes, the peak resident size of the training process)::
     optimizer   = 4 · 3 · trained params                   # gradients + AdamW's two moments
     activations = 4 · B · L · (C_s · d_s · S + A) + w_t · B · L · C_t · d_t · T
     attention   = 4 · B · L² · (h_s · S + h_t · mapped)    # only when the attention term is on
-    logits      = 4 · (c · V · (3 + 4 [KD kinds]) + B · L · (d_s + d_t [KD kinds]))   # causal LMs only
+    logits      = 4 · (c · V · (3 + 4 [KD kinds]) + B · L · (d_s + d_t [KD kinds]) + V · d_s)   # causal LMs
     peak        = weights + optimizer + activations + attention + logits + RUNTIME_BYTES
 
 A LoRA run (``lora`` set) trains the adapters (rank · (in + out) per adapted layer) and a classifier's
 head and pooler; the whole teacher is a frozen weight, and each adapted layer keeps A = its dropped-out input and the
 rank-r intermediate per token (the backward still runs through every block, so C_s is unchanged).
 
-Logits of a causal LM: the engine is assumed to compute the task and output terms in chunks of ``c`` =
-min(B · L, ``LOGITS_CHUNK_TOKENS``) tokens from the final hidden states, so it holds, per chunk, three
-vocabulary-sized copies for the student (logits, log-probabilities, their gradient) and in KD kinds four
-more for the teacher's side (its probabilities and the KL's temporaries), plus the gradient of the
-student's final hidden states and the teacher's final hidden states for the whole batch; never the full
-B · L · V logits. The copies are measured on a hand-written chunked step (``bench/logits_memory.py``,
+Logits of a causal LM: the engine computes the task and output terms in chunks of ``c`` =
+min(B · L, ``losses.LM_CHUNK_ELEMENTS`` / V) tokens from the final hidden states (a fused LM-head loss), so
+it holds, per chunk, three vocabulary-sized copies for the student (logits, log-probabilities, their
+gradient) and in KD kinds four more for the teacher's side (its probabilities and the KL's temporaries),
+plus the gradient of the student's final hidden states and the teacher's final hidden states for the whole
+batch, and the LM head's gradient (V · d_s) that the fused loss accumulates; never the full B · L · V
+logits. The copies are measured on a hand-written chunked step (``bench/logits_memory.py``,
 B · L = 2048, V = 49152: 3.1 copies for the task term alone, 7.1 with the KL; an unchunked step holds
 about 7 · B · L · V floats), not on the engine's own path, which may hold fewer.
 
@@ -58,6 +59,7 @@ from transformers.pytorch_utils import Conv1D
 from distill.config import KD_KINDS, ConfigError, RunConfig, Task, apply_override, parse_config
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.lora import adapted_layers, head_parameters, meta_model
+from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
 from distill.trainer import total_steps
@@ -80,10 +82,6 @@ states that the losses keep plus the working set of the block being computed."""
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2}
 """Bytes per weight and activation of the frozen teacher, by ``teacher.dtype``."""
-
-LOGITS_CHUNK_TOKENS = 1024
-"""Tokens per chunk of a causal LM's output terms (see the module docstring): an assumption about the
-engine, to keep in step with its chunk size."""
 
 LOGITS_COPIES = {"student": 3, "teacher": 4}
 """Vocabulary-sized floats per chunk token for the task term, and added by the KL term (see the module
@@ -246,10 +244,12 @@ def estimate(
             attention_floats = length * (heads * cfg.student.layers + teacher.heads * mapped)
     logits_floats = 0
     if lm:  # the chunked output terms: see the module docstring
-        chunk = min(tokens, LOGITS_CHUNK_TOKENS)
+        vocab = t_config.vocab_size
+        chunk = min(tokens, max(1, LM_CHUNK_ELEMENTS // vocab))  # the engine's own chunk (losses.py)
         copies = LOGITS_COPIES["student"] + (LOGITS_COPIES["teacher"] if kd else 0)
-        logits_floats = chunk * t_config.vocab_size * copies
+        logits_floats = chunk * vocab * copies
         logits_floats += tokens * (hidden + (teacher.hidden_size if kd else 0))
+        logits_floats += vocab * hidden  # the LM head's gradient, accumulated chunk by chunk in the forward
     flops *= cfg.optim.grad_accum
     return Estimate(
         student_params=student_params,

@@ -11,7 +11,6 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from distill.config import parse_config
 from distill.estimate import (
     BYTES_PER_FLOAT,
-    LOGITS_CHUNK_TOKENS,
     MIN_LENGTH,
     OPTIMIZER_COPIES,
     RUNTIME_BYTES,
@@ -28,6 +27,7 @@ from distill.estimate import (
     suggest_fixes,
 )
 from distill.lora import apply_lora, trainable_parameters
+from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config
 from distill.teachers import Architecture, count_parameters_from_config, describe, load_config
 from distill.trainer import total_steps
@@ -210,13 +210,16 @@ def test_it_estimates_a_causal_lm_with_its_chunked_logits():
     assert s_config.num_key_value_heads == 2
     assert est.student_params == sum(p.numel() for p in LlamaForCausalLM(s_config).parameters())
     # 8 x 32 = 256 tokens, one chunk: 3 vocabulary-sized copies (64 tokens) for the student, 4 for the
-    # teacher's side, plus the student's hidden-state gradients and the teacher's final hidden states
-    assert est.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * (3 + 4) + 256 * (32 + 32))
+    # teacher's side, plus the student's hidden-state gradients, the teacher's final hidden states and the
+    # student's LM-head gradient (64 x 32)
+    assert est.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * (3 + 4) + 256 * (32 + 32) + 64 * 32)
     no_kd = estimate(lm_config("no_kd"), arch, 1000, teacher_config=t_config)
-    assert no_kd.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 + 256 * 32)
-    # 32 x 64 = 2048 tokens: the chunk stops at LOGITS_CHUNK_TOKENS, the hidden-state terms do not
-    big = estimate(lm_config(batch=32, length=64), arch, 1000, teacher_config=t_config)
-    assert big.logits_bytes == BYTES_PER_FLOAT * (LOGITS_CHUNK_TOKENS * 64 * (3 + 4) + 2048 * (32 + 32))
+    assert no_kd.logits_bytes == BYTES_PER_FLOAT * (256 * 64 * 3 + 256 * 32 + 64 * 32)
+    # 4096 x 64 tokens: the chunk stops at the engine's LM_CHUNK_ELEMENTS / V rows, the hidden-state terms do not
+    big = estimate(lm_config(batch=4096, length=64), arch, 1000, teacher_config=t_config)
+    tokens, chunk = 4096 * 64, LM_CHUNK_ELEMENTS // 64
+    assert chunk < tokens
+    assert big.logits_bytes == BYTES_PER_FLOAT * (chunk * 64 * (3 + 4) + tokens * (32 + 32) + 64 * 32)
     assert big.peak_bytes == sum(
         getattr(big, f"{k}_bytes") for k in ("weights", "optimizer", "activation", "attention", "logits", "runtime")
     )
