@@ -173,6 +173,7 @@ def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
         "time_ratio_min": min(ratios),
         "time_ratio_max": max(ratios),
         "rounds": rounds,
+        "times_s": times,  # per round, so a noisy round on a shared machine can be seen
     }
 
 

@@ -210,7 +210,7 @@ def report(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=30, help="distillation steps per student")
     p.add_argument("--length", type=int, default=128, help="distillation window length")

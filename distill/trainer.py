@@ -116,6 +116,7 @@ def encode_split(cfg: RunConfig, data: Data, name: str, tokenizer: Any) -> Datas
 
 
 def task_collate(cfg: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
+    """The batch builder of the task: class ids as labels, or next-token labels for a causal LM."""
     return collate_lm if cfg.task == "causal_lm" else collate
 
 
