@@ -153,8 +153,9 @@ def time_case(case: str, teacher_dir: Path, rounds: int, warmup: int) -> dict:
     return alternate({name: cls(case, teacher_dir) for name, cls in VARIANTS.items()}, rounds, warmup)
 
 
-def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict:
-    """Time the "engine" and "hand" steps in alternating order, round after round, in this process."""
+def round_times(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each step in each round: every step once per round, the order reversed every other round,
+    all in this process, so drift in the machine's load falls on every variant alike."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -165,6 +166,12 @@ def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict:
+    """Time the "engine" and "hand" steps in alternating order (``round_times``), with their ratio."""
+    times = round_times(steps, rounds, warmup)
     ratios = [e / h for e, h in zip(times["engine"], times["hand"], strict=True)]
     return {
         "engine_median_s": statistics.median(times["engine"]),

@@ -34,6 +34,8 @@ from transformers import get_scheduler
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine_step import round_times  # noqa: E402
+
 from distill.callbacks import Callback  # noqa: E402
 from distill.config import parse_config  # noqa: E402
 from distill.data import collate, encode, load_data  # noqa: E402
@@ -145,17 +147,7 @@ def longest_batch() -> dict[str, torch.Tensor]:
 
 def time_steps(rounds: int, warmup: int, tmp: Path) -> dict[str, Any]:
     batch = longest_batch()
-    steps = {variant: Step(variant, batch, tmp / variant) for variant in VARIANTS}
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(rounds):
-        order = list(steps) if r % 2 == 0 else list(reversed(steps))  # alternate who goes first
-        for name in order:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
+    times = round_times({variant: Step(variant, batch, tmp / variant) for variant in VARIANTS}, rounds, warmup)
     ratios = {
         name: statistics.median(a / f for a, f in zip(t, times["full"], strict=True)) for name, t in times.items()
     }

@@ -87,20 +87,24 @@ def run_backfill(run: Run, after_step: int | None = None, max_points: int = DEFA
     stores in a later batch (the page drops what it already has).
     ``last_step`` is the last step stored (``after_step``, or 0, when there is nothing new): the value the
     page sends back when it reconnects. Values that are not finite (a diverged loss) become ``null``.
-    Six series of 10^5 points each build in about 0.25 s on a busy 2-core machine (``_series_arrays``).
+    Series of the same length are downsampled together (``lttb_indices`` on rows): six series of 10^5
+    points each build in about 0.25 s on a 2-core machine, most of it PostgreSQL's (``_series_arrays``).
     """
+    by_length: dict[int, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for name, (steps, values) in _series_arrays(run.pk, after_step).items():
+        if len(steps):
+            by_length.setdefault(len(steps), []).append((name, steps, values))
     series: dict[str, list[list]] = {}
     last_step = after_step or 0
-    for name, (steps, values) in sorted(_series_arrays(run.pk, after_step).items()):
-        if not len(steps):
-            continue
-        kept = lttb_indices(steps, values, max_points)
-        kept_values = values[kept]
-        series[name] = [
-            [s, v if math.isfinite(v) else None]
-            for s, v in zip(steps[kept].tolist(), kept_values.tolist(), strict=True)
-        ]
-        last_step = max(last_step, int(steps[-1]))
+    for group in by_length.values():
+        names, steps, values = zip(*group, strict=True)
+        kept = lttb_indices(np.stack(steps), np.stack(values), max_points)
+        for name, s_row, v_row, k in zip(names, steps, values, kept, strict=True):
+            series[name] = [
+                [s, v if math.isfinite(v) else None] for s, v in zip(s_row[k].tolist(), v_row[k].tolist(), strict=True)
+            ]
+            last_step = max(last_step, int(s_row[-1]))
+    series = dict(sorted(series.items()))
     log, log_last_id = run_log_tail(run)
     return {"type": "backfill", "series": series, "last_step": last_step, "log": log, "log_last_id": log_last_id}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from distill.config import ConfigError, format_location, load_config, parse_config
@@ -153,3 +155,9 @@ def test_it_applies_overrides_before_validating(tmp_path):
         load_config(path, ["optim.lr.x=1"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["optim.lr"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.output_dir.startswith("runs/")

@@ -56,6 +56,7 @@ def at_step(worker: WorkerProcess, run: Run, step: int) -> Run:
 
 def assert_same_points(resumed: Run, reference: Run) -> None:
     """Every series has each step once, with the uninterrupted run's values."""
+    assert reference.status == Run.Status.SUCCEEDED, reference.error
     points, expected = stored(resumed), stored(reference)
     assert [(n, s) for n, s, _ in points] == [(n, s) for n, s, _ in expected]  # no gap, no duplicate
     assert points == expected  # and the same numbers: training continued exactly where it stopped
@@ -145,9 +146,7 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert run.attempts == 3
 
-    reference = reference_worker.wait_for(reference)
-    assert reference.status == Run.Status.SUCCEEDED, reference.error
-    assert_same_points(run, reference)
+    assert_same_points(run, reference_worker.wait_for(reference))
 
 
 def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
@@ -180,9 +179,7 @@ def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
     assert run.status == Run.Status.SUCCEEDED, run.error
     assert f"resumed from the checkpoint at step {stopped} / {STEPS}" in run.log_lines.values_list("text", flat=True)
 
-    reference = reference_worker.wait_for(reference)
-    assert reference.status == Run.Status.SUCCEEDED, reference.error
-    assert_same_points(run, reference)
+    assert_same_points(run, reference_worker.wait_for(reference))
 
 
 # --- Redis restarts mid-run ----------------------------------------------------------------------------------
