@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.db import connection
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from distill.config import ConfigError
+from distill.estimate import config_from_architecture
 from distill.metrics import compression, retention, speedup
+from distill.teachers import Architecture, resolve_source
 from jobs.downsample import DEFAULT_MAX_POINTS, lttb_indices
 from jobs.models import (
     Artifact,
@@ -107,6 +114,38 @@ def run_backfill(run: Run, after_step: int | None = None, max_points: int = DEFA
     series = dict(sorted(series.items()))
     log, log_last_id = run_log_tail(run)
     return {"type": "backfill", "series": series, "last_step": last_step, "log": log, "log_last_id": log_last_id}
+
+
+# --- teachers ---------------------------------------------------------------------------------------
+
+
+def teacher_architecture(teacher: Teacher) -> Architecture:
+    """The engine's ``Architecture`` of a registered teacher, from the facts stored with it."""
+    arch = dict(teacher.architecture)
+    arch["labels"] = tuple(arch.get("labels") or ())
+    return Architecture(**arch)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_config(folder: str, mtime_ns: int) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(folder)
+
+
+def teacher_hf_config(teacher: Teacher) -> PretrainedConfig:
+    """The teacher's transformers config: as stored at registration; for teachers registered before it was
+    stored, its own config.json when the source is on this machine (a package or a folder), else rebuilt from
+    the stored architecture. No page opens a model file (a GGUF teacher is converted by the engine on its
+    first run, never by a page) or waits on the network."""
+    if teacher.hf_config:
+        values = dict(teacher.hf_config)
+        return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
+    try:
+        config_file = Path(resolve_source(teacher.source)) / "config.json"
+        if config_file.is_file():
+            return _read_config(str(config_file.parent), config_file.stat().st_mtime_ns)
+    except (ConfigError, OSError, ValueError):
+        pass
+    return config_from_architecture(teacher_architecture(teacher))
 
 
 LOG_TAIL_LINES = 200

@@ -32,6 +32,7 @@ from django.utils.text import get_valid_filename
 from transformers import PretrainedConfig
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
+from distill.lora import validate_lora
 from distill.students import validate_against
 from distill.teachers import Architecture, describe, is_causal_lm, load_config
 from jobs.events import log_event, run_event_send_on_commit, share_link_closed_on_commit, status_send_on_commit
@@ -50,7 +51,7 @@ from jobs.models import (
     Team,
 )
 from jobs.permissions import require_owner, require_write
-from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD
+from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD, teacher_hf_config
 
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
@@ -199,6 +200,8 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
     try:
         cfg = parse_config(raw)
         validate_against(cfg, Architecture(**teacher.architecture))
+        if cfg.lora is not None:  # target layers that the model lacks fail here, not when the worker starts
+            validate_lora(cfg.lora, teacher_hf_config(teacher), cfg.task)
     except ConfigError as exc:
         raise config_errors(exc) from None
     if cfg.task != teacher.task:

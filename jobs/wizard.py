@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,13 +24,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from distill.config import ConfigError, LayerPair, LossConfig, OptimConfig, StudentConfig
 from distill.estimate import (
     available_memory_bytes,
-    config_from_architecture,
     estimate,
     format_bytes,
     format_duration,
@@ -39,7 +35,7 @@ from distill.estimate import (
 )
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.students import count_student_parameters, student_config, student_shape
-from distill.teachers import Architecture, resolve_source
+from distill.teachers import Architecture
 from jobs import selectors, services
 from jobs.forms import (
     CAUSAL_LM,
@@ -101,39 +97,11 @@ def steps_for(kind: str) -> list[Step]:
 # --- the teacher's config and architecture ----------------------------------------------------------------
 
 
-def architecture(teacher: Teacher) -> Architecture:
-    arch = dict(teacher.architecture)
-    arch["labels"] = tuple(arch.get("labels") or ())
-    return Architecture(**arch)
-
-
-@functools.lru_cache(maxsize=32)
-def _read_config(folder: str, mtime_ns: int) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(folder)
-
-
-def teacher_hf_config(teacher: Teacher) -> PretrainedConfig:
-    """The teacher's transformers config: as stored at registration; for teachers registered before it was
-    stored, its own config.json when the source is on this machine (a package or a folder), else rebuilt from
-    the stored architecture. No page opens a model file (a GGUF teacher is converted by the engine on its
-    first run, never by a page) or waits on the network."""
-    if teacher.hf_config:
-        values = dict(teacher.hf_config)
-        return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
-    try:
-        config_file = Path(resolve_source(teacher.source)) / "config.json"
-        if config_file.is_file():
-            return _read_config(str(config_file.parent), config_file.stat().st_mtime_ns)
-    except (ConfigError, OSError, ValueError):
-        pass
-    return config_from_architecture(architecture(teacher))
-
-
 def student_parameters(teacher: Teacher, student: dict[str, Any]) -> int:
     """The exact parameter count of a student shape (built on the meta device: milliseconds)."""
-    arch = architecture(teacher)
+    arch = selectors.teacher_architecture(teacher)
     cfg = StudentConfig(**{k: v for k, v in student.items() if v is not None})
-    return count_student_parameters(student_config(teacher_hf_config(teacher), cfg, arch, attentions=False))
+    return count_student_parameters(student_config(selectors.teacher_hf_config(teacher), cfg, arch, attentions=False))
 
 
 def short_count(n: int | None) -> str:
@@ -186,7 +154,7 @@ class Wizard:
     @functools.cached_property
     def arch(self) -> Architecture:
         assert self.teacher is not None
-        return architecture(self.teacher)
+        return selectors.teacher_architecture(self.teacher)
 
     @functools.cached_property
     def dataset(self) -> DatasetSpec | None:
@@ -372,7 +340,7 @@ def _teacher_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     ]  # radios with a one-line explanation each
     cards = []
     for t in teachers:
-        arch = architecture(t)
+        arch = selectors.teacher_architecture(t)
         cards.append({"obj": t, "arch": describe_architecture(arch), "checked": str(t.pk) == chosen_teacher})
     context = {
         "form": form,
@@ -734,7 +702,7 @@ def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
     train_size = sizes.get("train") or 0
     if cfg.data.max_train_samples:
         train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
-    teacher_config = teacher_hf_config(wiz.teacher)
+    teacher_config = selectors.teacher_hf_config(wiz.teacher)
     try:
         est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config)
         budget = memory_budget()

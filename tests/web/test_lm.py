@@ -41,7 +41,7 @@ def test_it_registers_a_causal_lm_as_an_lm_teacher(tiny_llama, tiny_teacher, tin
 
 def test_the_teachers_config_comes_from_the_row_not_the_source(tiny_llama):
     tiny_llama.source = "package:not-installed"  # a page must not need the source (a GGUF converts slowly)
-    config = wizard.teacher_hf_config(tiny_llama)
+    config = selectors.teacher_hf_config(tiny_llama)
     assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads) == ("llama", 4, 2)
 
 
@@ -203,6 +203,18 @@ def test_run_create_refuses_lora_outside_teacher_fine_tuning(owner, tiny_llama, 
             sections={**LM_SECTIONS, "lora": {"rank": 4}},
         )  # fmt: skip
     assert caught.value.message_dict == {"lora": ["LoRA adapters fine-tune a teacher; use kind teacher_finetune"]}
+
+
+def test_run_create_refuses_lora_targets_the_teacher_lacks(owner, tiny_llama, tiny_dataset):
+    """Checked on the teacher's architecture at launch (meta device), not when the worker loads it."""
+    with pytest.raises(ValidationError) as caught:
+        services.run_create(
+            user=owner, teacher=tiny_llama, dataset=tiny_dataset, kind="teacher_finetune", name="x",
+            sections={**LM_SECTIONS, "student": None, "lora": {"target_modules": ["query"]}},
+        )  # fmt: skip
+    [message] = caught.value.message_dict["lora.target_modules"]
+    assert message.startswith("no layer named 'query' in llama (linear layers: ") and "q_proj" in message
+    assert not Run.objects.exists()
 
 
 # --- scorecard and run page ----------------------------------------------------------------------------------

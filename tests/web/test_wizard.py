@@ -15,7 +15,7 @@ from django.urls import reverse
 from distill.config import StudentConfig
 from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
-from jobs import services, wizard
+from jobs import selectors, services, wizard
 from jobs.models import Membership, Run, Teacher
 from tests.web.conftest import enqueued, reviews_dataset, teacher_row
 
@@ -344,7 +344,7 @@ def test_it_counts_the_students_parameters_live(wiz_client, tiny_teacher, tiny_d
     response = wiz_client.get(
         live, {"layers": 2, "hidden_size": 16, "heads": 2, "intermediate_size": "", "init": "random"}
     )
-    arch = wizard.architecture(tiny_teacher)
+    arch = selectors.teacher_architecture(tiny_teacher)
     shape = StudentConfig(layers=2, hidden_size=16, heads=2, init="random")
     expected = count_student_parameters(
         student_config(load_config(str(assets["teacher"])), shape, arch, attentions=False)
