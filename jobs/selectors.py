@@ -16,7 +16,7 @@ from django.utils import timezone
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from distill.config import ConfigError
+from distill.config import ConfigError, DataConfig, RunConfig
 from distill.estimate import config_from_architecture
 from distill.metrics import compression, retention, speedup
 from distill.teachers import Architecture, resolve_source
@@ -146,6 +146,25 @@ def teacher_hf_config(teacher: Teacher) -> PretrainedConfig:
     except (ConfigError, OSError, ValueError):
         pass
     return config_from_architecture(teacher_architecture(teacher))
+
+
+@functools.lru_cache(maxsize=16)
+def _lm_windows(teacher_source: str, data_json: str) -> int:
+    from distill.data import encode_lm, load_text_data  # the data modules: only when an LM run is estimated
+    from distill.teachers import load_tokenizer
+
+    data = DataConfig.model_validate_json(data_json)
+    return len(encode_lm(load_text_data(data).train, load_tokenizer(teacher_source), data.max_length))
+
+
+def lm_train_windows(cfg: RunConfig) -> int | None:
+    """The training examples of a causal-LM run: its train texts cut into ``max_length``-token windows, as the
+    engine cuts them (a BBC article is 2-3 windows of 256), so step counts and times are not 2-3x too low.
+    Tokenizing takes a second or two; the count is cached per teacher and data. None when it cannot be read."""
+    try:
+        return _lm_windows(cfg.teacher.source, cfg.data.model_dump_json())
+    except (ConfigError, OSError, ValueError):
+        return None
 
 
 LOG_TAIL_LINES = 200

@@ -702,6 +702,8 @@ def _estimate_context(wiz: Wizard, cfg) -> dict[str, Any]:
     train_size = sizes.get("train") or 0
     if cfg.data.max_train_samples:
         train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
+    if cfg.task == "causal_lm" and train_size:  # an LM trains on token windows, several per text
+        train_size = selectors.lm_train_windows(cfg) or train_size
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
     try:
         est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config)

@@ -11,9 +11,14 @@ would store are written as ``Evaluation`` rows, so each scorecard number can be 
 from __future__ import annotations
 
 import pytest
+import yaml
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from distill.config import parse_config
+from distill.data import encode_lm, load_text_data
+from distill.teachers import load_tokenizer
+from distill.trainer import total_steps
 from jobs import selectors, services, wizard
 from jobs.forms import WRONG_TASK
 from jobs.models import Evaluation, Run, Teacher
@@ -74,6 +79,12 @@ def test_it_walks_the_lm_wizard_and_launches_an_lm_run(
     assert summary["teacher"] == "Distil a student from tiny-llama (alpha); task: causal language modelling"
     assert "metrics perplexity, BLEU, CER (4 samples, 6 prompt + 4 new tokens)" in summary["data"]
     assert "task: causal_lm" in review.content.decode()
+    # the steps count the engine's examples: token windows of the train texts, as the worker cuts them
+    cfg = parse_config(yaml.safe_load(review.context["config_yaml"]))
+    windows = encode_lm(load_text_data(cfg.data).train, load_tokenizer(tiny_llama.source), cfg.data.max_length)
+    assert review.context["train_size"] == len(windows) and review.context["estimate"].total_steps == total_steps(
+        cfg, len(windows)
+    )
     with django_capture_on_commit_callbacks(execute=False):
         c.post(url("review"), {"name": "lm", "baselines": "on", "seeds": "0"})
     runs = Run.objects.filter(study__name="lm")
