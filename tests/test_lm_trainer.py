@@ -12,26 +12,12 @@ import sys
 import pytest
 import torch
 
-from distill.callbacks import Callback, StopAtStep
 from distill.config import ConfigError, parse_config
 from distill.trainer import train
+from tests.recording import Recorder, assert_resume_is_bit_exact
 
 TERMS = ("task", "output", "feature", "attention")
 LM_METRICS = {"split", "perplexity", "nll", "bleu", "rouge_l", "cer"}
-
-
-class Recorder(Callback):
-    """Keeps the logs of every step and every validation."""
-
-    def __init__(self):
-        self.logs: list[dict[str, float]] = []
-        self.evaluations: list[dict[str, float]] = []
-
-    def on_step_end(self, state, control, logs):
-        self.logs.append(logs)
-
-    def on_evaluate(self, state, control, metrics):
-        self.evaluations.append(metrics)
 
 
 @pytest.mark.parametrize(
@@ -97,13 +83,7 @@ def test_it_selects_metrics_and_generation_settings(lm_config):
 def test_it_resumes_an_lm_run_bit_for_bit(lm_config, tmp_path):
     lm_config["student"] = {"layers": 2, "hidden_size": 32, "heads": 2, "init": "random"}  # projections too
     lm_config["optim"]["max_steps"] = 8
-    straight = Recorder()
-    train(parse_config({**lm_config, "output_dir": str(tmp_path / "straight")}), [straight])
-    split = {**lm_config, "output_dir": str(tmp_path / "split")}
-    first, second = Recorder(), Recorder()
-    assert train(parse_config(split), [first, StopAtStep(3)]).stopped
-    assert not train(parse_config(split), [second], resume=True).stopped
-    assert first.logs + second.logs == straight.logs
+    assert_resume_is_bit_exact(lm_config, tmp_path)
 
 
 def test_it_exports_a_causal_lm_that_loads_offline(lm_config):

@@ -7,12 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from distill.callbacks import StopAtStep
 from distill.config import ConfigError, LoraConfig, parse_config
 from distill.lora import apply_lora, default_target_modules, linear_layer_names, merge_adapter, validate_lora
 from distill.teachers import load_config
 from distill.trainer import train
-from tests.test_trainer import Recorder
+from tests.recording import Recorder, assert_resume_is_bit_exact
 
 BERT_LINEAR = "query, key, value, dense"
 LLAMA_LINEAR = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
@@ -118,17 +117,7 @@ def test_it_trains_adapters_and_the_head_and_exports_a_plain_teacher(lora_config
 
 def test_it_resumes_a_lora_run_bit_for_bit(lora_config, tmp_path):
     lora_config["optim"] = {"batch_size": 8, "max_steps": 8, "lr": 1e-2}
-    straight = Recorder()
-    train(parse_config({**lora_config, "output_dir": str(tmp_path / "straight")}), [straight])
-
-    split = {**lora_config, "output_dir": str(tmp_path / "split")}
-    first, second = Recorder(), Recorder()
-    assert train(parse_config(split), [first, StopAtStep(3)]).stopped
-    resumed = train(parse_config(split), [second], resume=True)
-    assert not resumed.stopped
-    assert next(e for e in second.events if e.startswith("step_end")) == "step_end:4"
-    assert first.logs + second.logs == straight.logs  # same batches, LoRA dropout, adapter and head state
-
+    assert_resume_is_bit_exact(lora_config, tmp_path)  # LoRA dropout, adapter and head state too
 
 def test_it_refuses_an_unknown_target_before_training(lora_config):
     lora_config["lora"]["target_modules"] = ["query", "q_proj"]

@@ -17,9 +17,9 @@ import pytest
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
-from distill.callbacks import Callback
 from distill.config import parse_config
 from distill.trainer import train
+from tests.recording import Recorder
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,6 @@ DATA = {
 }
 BUDGET = {"batch_size": 16, "max_steps": 4, "lr": 1e-4}
 TERMS = ("task", "output", "feature", "attention")
-
-
-class Recorder(Callback):
-    """Keeps the logs of every optimizer step."""
-
-    def __init__(self):
-        self.logs: list[dict[str, float]] = []
-
-    def on_step_end(self, state, control, logs):
-        self.logs.append(logs)
 
 
 def run_config(kind: str, teacher: str, output_dir: Path, **extra) -> dict:

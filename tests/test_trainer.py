@@ -9,36 +9,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from distill.callbacks import Callback, StopAtStep
 from distill.config import ConfigError, parse_config
 from distill.trainer import train
-
-
-class Recorder(Callback):
-    """Records every event and the logs of each step."""
-
-    def __init__(self):
-        self.events: list[str] = []
-        self.logs: list[dict[str, float]] = []
-
-    def on_train_begin(self, state, control):
-        self.events.append("train_begin")
-
-    def on_step_end(self, state, control, logs):
-        self.events.append(f"step_end:{state.step}")
-        self.logs.append(logs)
-
-    def on_evaluate(self, state, control, metrics):
-        self.events.append(f"evaluate:{state.step}")
-
-    def on_save(self, state, control):
-        self.events.append(f"save:{state.step}")
-
-    def on_train_end(self, state, control, result):
-        self.events.append("train_end")
-
-    def on_exception(self, state, exc):
-        self.events.append(f"exception:{type(exc).__name__}")
+from tests.recording import Recorder, assert_resume_is_bit_exact
 
 
 def test_it_calls_callbacks_in_order(base_config):
@@ -107,17 +80,7 @@ def test_it_pulls_the_student_towards_the_teacher(base_config):
 def test_it_resumes_to_the_same_losses_as_an_uninterrupted_run(base_config, tmp_path):
     base_config["student"] = {"layers": 2, "hidden_size": 16, "heads": 2, "init": "random"}  # projections too
     base_config["optim"]["max_steps"] = 8
-    straight = Recorder()
-    train(parse_config({**base_config, "output_dir": str(tmp_path / "straight")}), [straight])
-
-    split = {**base_config, "output_dir": str(tmp_path / "split")}
-    first, second = Recorder(), Recorder()
-    stopped = train(parse_config(split), [first, StopAtStep(3)])
-    assert stopped.stopped and stopped.state.step == 3 and stopped.export_dir is None
-    resumed = train(parse_config(split), [second], resume=True)
-    assert not resumed.stopped
-    assert next(e for e in second.events if e.startswith("step_end")) == "step_end:4"
-    assert first.logs + second.logs == straight.logs  # bit-for-bit: same batches, dropout and optimizer state
+    assert assert_resume_is_bit_exact(base_config, tmp_path).export_dir is None  # a stopped run exports nothing
 
 
 def test_it_exports_a_student_transformers_loads(base_config, assets):
