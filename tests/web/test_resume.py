@@ -239,10 +239,12 @@ def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
                 user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="kd_feature", name="redis",
                 sections=sections, queue=queue,
             )  # fmt: skip
-            send_to(url, run, queue)  # the worker's broker is this test's Redis, not the suite's
             cookie = session_cookie(owner)
             with daphne(env, tmp_path / "daphne.log") as base, chromium_session(prefix="redis-restart-") as s:
                 page = open_as(s, base, cookie, f"/runs/{run.pk}/")
+                # queued only once the page watches: on an idle machine the run could otherwise end while
+                # daphne and Chromium start
+                send_to(url, run, queue)  # the worker's broker is this test's Redis, not the suite's
                 total_points_above(page, 20, timeout_ms=60_000)
                 s.shot("live")
 
