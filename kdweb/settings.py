@@ -124,10 +124,14 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
     "redis+socket://" + REDIS_URL.removeprefix("unix://") if REDIS_URL.startswith("unix://") else REDIS_URL
 )
 # Live events (jobs.events) go through Redis so a worker process can reach every web process's sockets.
+# channels-redis passes a host's keys to redis-py's connection pool, for redis:// and unix:// alike. Each
+# socket's receive blocks in BZPOPMIN for 5 s, which is also redis-py's default read timeout: the timeout
+# must be longer, or every idle socket is closed with 1011. Every socket opened at once takes a connection
+# for its group_add, and redis-py refuses more than 100 by default: a storm of viewers needs more.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15, "max_connections": 1000}]},
     }
 }
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("KDWEB_DEFAULT_QUEUE", "default")

@@ -37,12 +37,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def live_layer(settings):
     """channels-redis on the test Redis, its keys under a prefix of this session (channels resets its layers)."""
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [django_settings.REDIS_URL], "prefix": PREFIX},
-        }
-    }
+    default = django_settings.CHANNEL_LAYERS["default"]  # kdweb's connection settings, and a prefix
+    settings.CHANNEL_LAYERS = {"default": {**default, "CONFIG": {**default["CONFIG"], "prefix": PREFIX}}}
 
 
 @pytest.fixture
