@@ -83,9 +83,9 @@ def unix_redis(folder: Path) -> Iterator[str]:
 
 @pytest.fixture
 def unix_redis_url() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="kdweb-redis-", dir="/tmp") as folder:  # a socket path is short
-        with unix_redis(Path(folder)) as url:
-            yield url
+    folder = tempfile.TemporaryDirectory(prefix="kdweb-redis-", dir="/tmp")  # a socket path is short
+    with folder, unix_redis(Path(folder.name)) as url:
+        yield url
 
 
 def layers_on(redis_url: str) -> dict:
@@ -136,8 +136,46 @@ def test_idle_sockets_stay_open_and_hear_the_next_event(settings, member, live_r
 
     logs = {url: data_dir / f"daphne-{i}.log" for i, url in enumerate((django_settings.REDIS_URL, unix_redis_url))}
     env = {url: process_env(data_dir, url, CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL) for url in logs}
-    with daphne(env[django_settings.REDIS_URL], logs[django_settings.REDIS_URL]) as tcp_server:
-        with daphne(env[unix_redis_url], logs[unix_redis_url]) as unix_server:
-            watch({django_settings.REDIS_URL: tcp_server, unix_redis_url: unix_server})
+    tcp, unix = django_settings.REDIS_URL, unix_redis_url
+    with daphne(env[tcp], logs[tcp]) as tcp_server, daphne(env[unix], logs[unix]) as unix_server:
+        watch({tcp: tcp_server, unix: unix_server})
     for log in logs.values():
         assert SERVER_ERROR not in log.read_text(errors="replace")
+
+
+STORM_VIEWERS = 100
+SERIES = ("loss/task", "loss/output", "loss/feature", "loss/attention", "loss/total", "lr")
+
+
+def test_a_storm_of_viewers_all_connect_and_get_their_backfill(member, live_run, data_dir):
+    """100 pages open a run of 7,000 steps at once (a shared link posted in a chat): every handshake is
+    answered and every socket receives the backfill and then the status, although each backfill is large."""
+    MetricPoint.objects.bulk_create(
+        MetricPoint(run=live_run, name=name, step=step, value=1.0 / step + i)
+        for i, name in enumerate(SERIES)
+        for step in range(1, live_run.step + 1)
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cookie = session_cookie(member)
+
+    @async_to_sync
+    async def storm(server: str) -> list[list[dict] | Exception]:
+        async def viewer() -> list[dict]:
+            socket = await WebSocket.connect(server, f"/ws/runs/{live_run.pk}/", cookie)
+            try:
+                return [await asyncio.wait_for(socket.receive(), 120) for _ in range(2)]
+            finally:
+                await socket.close()
+
+        return await asyncio.gather(*(viewer() for _ in range(STORM_VIEWERS)), return_exceptions=True)
+
+    log = data_dir / "daphne.log"
+    with daphne(process_env(data_dir), log) as server:
+        greetings = storm(server)
+    failed = [g for g in greetings if isinstance(g, Exception)]
+    assert not failed, f"{len(failed)} of {STORM_VIEWERS} viewers failed: {failed[:3]}"
+    for backfill, status in greetings:
+        assert backfill["type"] == "backfill" and backfill["last_step"] == live_run.step
+        assert set(backfill["series"]) == set(SERIES)
+        assert status == events.status_event(live_run)
+    assert SERVER_ERROR not in log.read_text(errors="replace")

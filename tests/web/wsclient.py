@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import struct
@@ -100,7 +101,5 @@ class WebSocket:
         if not self.writer.is_closing():
             self._send_frame(CLOSE, struct.pack("!H", 1000))
             self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
