@@ -273,7 +273,8 @@ def test_a_run_is_cancelled_and_resumed_from_its_page(
                 f"stopped at step {stopped_at} / {steps} with a checkpoint: cancelled"
             )
             # the other tab showed "cancelling…" live (the same page load as before the click), then reloaded
-            expect(other.locator(".page-head .badge")).to_have_text("Cancelled")
+            expect(other.locator(".page-head .badge")).to_have_text("Cancelled")  # set live, then it reloads:
+            expect(other.locator("#live-state")).to_have_count(0)  # the reloaded page, before reading its states
             other_states = states(other)
             assert other_states[0][1] == "Running" and other_states[-1][1] == "Cancelled", other_states
             live_load = other_states[0][0]
