@@ -17,9 +17,13 @@ and emptied at the start; never the tests' ``kdweb``/``test_kdweb`` or Redis db 
 3. **Backfill.** A run with 100,000 stored points in each of its 6 series: the time ``selectors.run_backfill``
    takes to build the message the consumer sends on connect, its size, and the time from opening a socket
    to receiving it through daphne.
+4. **Connections.** A storm: 200 sockets opened within one second on a run of 7,000 stored steps, through
+   daphne; how many connect, and the time to their backfill. Stability: idle sockets on a run's page and on
+   the runs list held for a minute, then one event: drops per viewer-hour (none expected), and who heard it.
 
-    .venv/bin/python bench/live.py            # ~8 min; writes bench/results/live.json and .md
+    .venv/bin/python bench/live.py            # ~10 min; writes bench/results/live.json and .md
     .venv/bin/python bench/live.py --quick    # a smoke run of every part (~3 min); results not written
+    .venv/bin/python bench/live.py --only connections   # these parts only, in place of theirs in the results
 
 Timings are only as good as the machine is quiet. Before each part the benchmark waits (a while) for other
 work to stop, a pair of trainings counts only if none ran meanwhile, and the CPU use of each part, the
@@ -37,6 +41,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -245,10 +250,17 @@ def viewer_protocol() -> type:
             super().__init__()
             loop = asyncio.get_running_loop()
             self.latencies_s: list[float] = []
+            self.opened_at: float | None = None
             self.backfill_at: float | None = None
             self.backfill_bytes = 0
+            self.messages = 0  # after the greeting (the backfill and the status of a run's socket)
+            self.opened: asyncio.Future = loop.create_future()  # the handshake is done
             self.ready: asyncio.Future = loop.create_future()  # the backfill and the status have arrived
             self.closed: asyncio.Future = loop.create_future()
+
+        def onOpen(self) -> None:
+            self.opened_at = time.perf_counter()
+            self.opened.set_result(None)
 
         def onMessage(self, payload: bytes, isBinary: bool) -> None:
             arrived = time.time()  # first, before any parsing
@@ -259,28 +271,34 @@ def viewer_protocol() -> type:
                 self.backfill_at, self.backfill_bytes = time.perf_counter(), len(payload)
             elif message["type"] == "status" and not self.ready.done():
                 self.ready.set_result(None)
+            else:
+                self.messages += 1
 
         def onClose(self, wasClean: bool, code: int, reason: str) -> None:
-            if not self.ready.done():  # refused (4403, 4404) or a failed handshake
-                self.ready.set_exception(RuntimeError(f"socket closed before the status: {code} {reason}"))
+            for future in (self.opened, self.ready):
+                if not future.done():  # refused (4403, 4404) or a failed handshake
+                    future.set_exception(RuntimeError(f"socket closed before the status: {code} {reason}"))
             if not self.closed.done():
                 self.closed.set_result(code)
 
     return Viewer
 
 
-async def open_viewer(protocol: type, port: int, run_id: int, cookie: str):
-    """A socket to a run's live view, with the session cookie and the site's own Origin, once it has the
-    backfill and the status."""
+async def open_viewer(protocol: type, port: int, run_id: int | None, cookie: str):
+    """A socket to a run's live view (or, ``run_id=None``, to the runs list), with the session cookie and the
+    site's own Origin, once it has the backfill and the status (the runs list's: once it is open)."""
     from autobahn.asyncio.websocket import WebSocketClientFactory
 
     base = f"127.0.0.1:{port}"
-    factory = WebSocketClientFactory(
-        f"ws://{base}/ws/runs/{run_id}/", origin=f"http://{base}", headers={"Cookie": cookie}
-    )
+    path = "/ws/runs/" if run_id is None else f"/ws/runs/{run_id}/"
+    factory = WebSocketClientFactory(f"ws://{base}{path}", origin=f"http://{base}", headers={"Cookie": cookie})
     factory.protocol = protocol
     _, viewer = await asyncio.get_running_loop().create_connection(factory, "127.0.0.1", port)
-    await asyncio.wait_for(viewer.ready, 60)
+    if run_id is None:
+        await asyncio.wait_for(viewer.opened, 60)
+        viewer.ready.set_result(None)  # the runs list sends no greeting: every message counts
+    else:
+        await asyncio.wait_for(viewer.ready, 60)
     return viewer
 
 
@@ -319,10 +337,56 @@ async def time_backfill(task: dict) -> dict:
     return {"times_s": times, "message_bytes": size}
 
 
+async def storm(task: dict) -> dict:
+    """``viewers`` sockets to one run, opened evenly over ``window_s``: for each, the seconds from opening
+    it to the end of the handshake and to the arrival of the backfill, or why it failed."""
+    protocol = viewer_protocol()
+
+    async def one(delay: float) -> dict:
+        await asyncio.sleep(delay)
+        started = time.perf_counter()
+        try:
+            viewer = await open_viewer(protocol, task["port"], task["run_id"], task["cookie"])
+        except Exception as exc:  # reset, refused, or no backfill within a minute
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        out = {"open_s": viewer.opened_at - started, "backfill_s": viewer.backfill_at - started}
+        return out | {"bytes": viewer.backfill_bytes, "viewer": viewer}
+
+    got = await asyncio.gather(*(one(task["window_s"] * i / task["viewers"]) for i in range(task["viewers"])))
+    await close_viewers([g.pop("viewer") for g in got if "viewer" in g])
+    return {"viewers": got}
+
+
+async def hold(task: dict, ready, stop) -> dict:
+    """``viewers`` idle sockets, half on a run's page and half on the runs list, held until told to stop;
+    then, within 10 s, each should hear the status event the bench sends. A socket the server closed
+    meanwhile is a drop."""
+    protocol = viewer_protocol()
+    run_ids = [task["run_id"], None] * (task["viewers"] // 2)
+    viewers = [await open_viewer(protocol, task["port"], run_id, task["cookie"]) for run_id in run_ids]
+    opened = time.monotonic()
+    ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    held_s = time.monotonic() - opened
+    dropped = [v.closed.result() for v in viewers if v.closed.done()]
+    deadline = time.monotonic() + 10
+    while any(not v.messages and not v.closed.done() for v in viewers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    heard = sum(1 for v in viewers if v.messages and not v.closed.done())
+    await close_viewers([v for v in viewers if not v.closed.done()])
+    return {"viewers": len(viewers), "held_s": held_s, "dropped_codes": dropped, "heard_event": heard}
+
+
 def viewers_main(task: dict, ready, stop, results) -> None:
     """The browsers: one asyncio process of websocket clients (none of Django)."""
     try:
-        work = watch(task, ready, stop) if task["mode"] == "watch" else time_backfill(task)
+        work = {
+            "watch": lambda: watch(task, ready, stop),
+            "backfill": lambda: time_backfill(task),
+            "storm": lambda: storm(task),
+            "hold": lambda: hold(task, ready, stop),
+        }[task["mode"]]()
         results.put(("done", asyncio.run(work)))
     except BaseException:
         import traceback
@@ -348,7 +412,7 @@ def viewers(task: dict) -> Iterator[Callable[[], dict]]:
         return value
 
     try:
-        if task["mode"] == "watch" and not ready.wait(180):
+        if task["mode"] in ("watch", "hold") and not ready.wait(180):
             raise RuntimeError("the viewers did not connect within 180 s")
         yield finish
     finally:
@@ -781,6 +845,54 @@ def measure_backfill(run, repeats: int) -> dict:
     }
 
 
+# --- part 4: connections ----------------------------------------------------------------------------------
+
+
+def measure_connections(fx: Fixture, env: dict, scratch: Path, args) -> dict:
+    """A storm: ``args.storm_viewers`` sockets opened within a second on a run of ``args.storm_steps``
+    stored steps; then stability: ``args.idle_viewers`` sockets held idle for ``args.hold`` seconds, and one
+    status event at the end. daphne's log is searched for the tracebacks of dropped sockets."""
+    from django.conf import settings
+
+    from jobs import events
+
+    cookie = f"{settings.SESSION_COOKIE_NAME}={fx.cookie}"
+    run = create_run(fx, "storm", args.storm_steps)
+    store_series(run.id, args.storm_steps)
+    log = scratch / "daphne-connections.log"
+    with daphne_on_free_port(env, log) as url:
+        task = {"port": int(url.rsplit(":", 1)[1]), "cookie": cookie, "run_id": run.id}
+        with viewers({**task, "mode": "storm", "viewers": args.storm_viewers, "window_s": 1.0}) as finish:
+            got = finish()["viewers"]
+        with viewers({**task, "mode": "hold", "viewers": args.idle_viewers}) as finish:
+            time.sleep(args.hold)
+            events.run_event_send(run.id, events.status_event(run), team_id=run.team_id)
+            held = finish()
+    ok = [g for g in got if "error" not in g]
+    backfill_ms = [g["backfill_s"] * 1000 for g in ok] or [float("nan")]
+    viewer_hours = held["viewers"] * held["held_s"] / 3600
+    return {
+        "storm": {
+            "viewers": len(got),
+            "window_s": 1.0,
+            "stored_steps": args.storm_steps,
+            "connected": len(ok),
+            "errors": sorted({g["error"] for g in got if "error" in g}),
+            "message_bytes": ok[0]["bytes"] if ok else 0,
+            "open_ms_p95": float(np.percentile([g["open_s"] * 1000 for g in ok] or [float("nan")], 95)),
+            "backfill_ms_p50": float(np.percentile(backfill_ms, 50)),
+            "backfill_ms_p95": float(np.percentile(backfill_ms, 95)),
+            "backfill_ms_max": float(max(backfill_ms)),
+        },
+        "idle": {
+            **held,
+            "drops": len(held["dropped_codes"]),
+            "drops_per_viewer_hour": len(held["dropped_codes"]) / viewer_hours,
+        },
+        "server_tracebacks": log.read_text(errors="replace").count("Exception inside application"),
+    }
+
+
 # --- results ---------------------------------------------------------------------------------------------
 
 
@@ -809,20 +921,9 @@ def verdict(value: float, target: float) -> str:
     return "met" if value < target else "**not met**"
 
 
-def report(results: dict) -> str:
-    m, lat, ov, bf = results["machine"], results["latency"], results["overhead"], results["backfill"]
-    fa = ov["flush_anatomy"]
-    a = results["args"]
+def report_latency(results: dict) -> list[str]:
+    lat, a = results["latency"], results["args"]
     lines = [
-        "# The live view under load: latency, monitoring overhead, backfill",
-        "",
-        f"{m['cpus']} CPUs ({m['machine']}), torch {m['torch']} on {m['torch_threads']} threads, Python "
-        f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; everything on "
-        f"this one machine; load average {m['load_avg_at_start']:.2f} at the start, {m['load_avg_at_end']:.2f} at "
-        f"the end. Command: `{results['command']}` "
-        f"({(sum(results['wall_s'].values()) + sum(results['waited_s'].values())) / 60:.1f} min). Schema from "
-        f"{results['schema']}.",
-        "",
         "## Worker to browser: latency of a metric point",
         "",
         "daphne (one process) serves kdweb's ASGI app; the viewers are websocket clients (autobahn, one asyncio "
@@ -854,6 +955,14 @@ def report(results: dict) -> str:
         "the latency; the wait of a "
         "point in the buffer for the next flush (up to 1 s in a worker) is batching and not counted.",
         "",
+    ]
+    return lines
+
+
+def report_overhead(results: dict) -> list[str]:
+    ov = results["overhead"]
+    fa = ov["flush_anatomy"]
+    return [
         "## Monitoring overhead on training",
         "",
         f"One process, {ov['threads']} torch threads: {ov['model']}. Pairs of trainings of the same run, one "
@@ -894,22 +1003,102 @@ def report(results: dict) -> str:
         f"coroutine, which each publish would add on a new loop (and a new Redis connection), "
         f"{fa['async_to_sync_ms']:.1f} ms.",
         "",
+    ]
+
+
+def report_backfill(results: dict) -> list[str]:
+    bf = results["backfill"]
+    sock = results.get("latency", {}).get(
+        "backfill_socket", {"connect_to_backfill_ms_median": float("nan"), "repeats": 0}
+    )
+    return [
         "## Backfill of a long run",
         "",
         f"One run with {bf['stored_points_per_series']:,} stored points in each of {bf['series']} series "
         f"({', '.join(SERIES)}). `selectors.run_backfill`: median of {bf['repeats']} after a warm-up. "
         "Through daphne: from opening the socket to the arrival of the backfill (median of "
-        f"{lat['backfill_socket']['repeats']}).",
+        f"{sock['repeats']}).",
         "",
         "| points sent per series | message bytes | build ms (median, max) | JSON encode ms | socket open to "
         "backfill ms | build < 300 ms |",
         "|---|---|---|---|---|---|",
         f"| {bf['sent_points_per_series']:,} | {bf['message_bytes']:,} | {bf['build_ms_median']:.0f} "
         f"({bf['build_ms_max']:.0f}) | {bf['json_ms_median']:.0f} "
-        f"| {lat['backfill_socket']['connect_to_backfill_ms_median']:.0f} "
+        f"| {sock['connect_to_backfill_ms_median']:.0f} "
         f"| {verdict(bf['build_ms_median'], TARGETS['backfill_ms'])} |",
         "",
-        "Targets: latency p95 < 250 ms, overhead < 2%, backfill build < 300 ms.",
+    ]
+
+
+def report_connections(results: dict) -> list[str]:
+    c = results["connections"]
+    st, idle = c["storm"], c["idle"]
+    return [
+        "## Connections: a storm of viewers, and idle sockets",
+        "",
+        f"daphne (one process) serves kdweb's ASGI app, as in the latency part. Storm: {st['viewers']} sockets "
+        f"(autobahn, one asyncio process) open `/ws/runs/<id>/` of a run with {st['stored_steps']:,} stored steps "
+        f"of each of the {len(SERIES)} series, evenly within {st['window_s']:.0f} s; time from opening a socket "
+        "to the end of its handshake and to the arrival of its backfill (a message of "
+        f"{st['message_bytes']:,} bytes). Stability: {idle['viewers']} sockets, half on the run's page and half "
+        f"on the runs list, held idle for {idle['held_s']:.0f} s; then one status event is sent, which each "
+        "should hear. A drop is a socket the server closed meanwhile.",
+        "",
+        "| viewers connected | handshake ms p95 | backfill ms p50 / p95 / max | all connected |",
+        "|---|---|---|---|",
+        f"| {st['connected']} of {st['viewers']} | {st['open_ms_p95']:.0f} | {st['backfill_ms_p50']:.0f} / "
+        f"{st['backfill_ms_p95']:.0f} / {st['backfill_ms_max']:.0f} "
+        f"| {'met' if st['connected'] == st['viewers'] else '**not met**'} |",
+        "",
+        "| idle sockets | held s | drops (close codes) | drops per viewer-hour | heard the event after | no drop |",
+        "|---|---|---|---|---|---|",
+        f"| {idle['viewers']} | {idle['held_s']:.0f} "
+        f"| {idle['drops']} ({', '.join(map(str, idle['dropped_codes'])) or '-'}) "
+        f"| {idle['drops_per_viewer_hour']:.1f} | {idle['heard_event']} of {idle['viewers']} "
+        f"| {'met' if idle['drops'] == 0 else '**not met**'} |",
+        "",
+        f'Tracebacks in daphne\'s log ("Exception inside application"): {c["server_tracebacks"]}.'
+        + (f" Storm errors: {'; '.join(st['errors'])}." if st["errors"] else ""),
+        "",
+    ]
+
+
+REPORTS = {  # part -> its section, in the order of the page
+    "latency": report_latency,
+    "overhead": report_overhead,
+    "backfill": report_backfill,
+    "connections": report_connections,
+}
+
+
+def report(results: dict) -> str:
+    m, a = results["machine"], results["args"]
+    separate = results.get("separate", {})
+    together = [part for part in results["cpu"] if part not in separate]
+    wall_s = sum(s for part, s in results["wall_s"].items() if part not in separate)
+    minutes = (wall_s + sum(results["waited_s"][part] for part in together)) / 60
+    lines = [
+        "# The live view under load: latency, monitoring overhead, backfill, connections",
+        "",
+        f"{m['cpus']} CPUs ({m['machine']}), torch {m['torch']} on {m['torch_threads']} threads, Python "
+        f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}; everything on "
+        f"this one machine; load average {m['load_avg_at_start']:.2f} at the start, {m['load_avg_at_end']:.2f} at "
+        f"the end. Command: `{results['command']}` ({minutes:.1f} min). Schema from {results['schema']}.",
+        "",
+    ]
+    for part, section in REPORTS.items():
+        if part in results:
+            lines += section(results)
+        if part in separate:
+            x = separate[part]
+            lines += [
+                f"Measured on its own, {x['date']}: `{x['command']}`; load average {x['load_avg_at_start']:.2f} "
+                f"at the start, {x['load_avg_at_end']:.2f} at the end (`uptime`: {x['uptime']}).",
+                "",
+            ]
+    lines += [
+        "Targets: latency p95 < 250 ms, overhead < 2%, backfill build < 300 ms; connections: every viewer of a "
+        "storm connected, no idle socket dropped.",
         "",
         "CPU during each part, in % of all cores: the machine's busy time / this benchmark's processes / the "
         "rest (other people's work, and PostgreSQL and Redis serving the benchmark) / niced work (which yields "
@@ -936,6 +1125,27 @@ def with_worker_malloc() -> None:
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**WORKER_MALLOC, **os.environ})
 
 
+PARTS = ("overhead", "latency", "backfill", "connections")  # in the order they run
+
+
+def with_earlier_parts(results: dict, earlier: dict) -> dict:
+    """The earlier results (a run of every part) with the parts just measured in place of theirs, each marked
+    as measured on its own, with its command and the machine's load."""
+    merged = {**earlier, "separate": dict(earlier.get("separate", {}))}
+    for key in ("cpu", "waited_s", "wall_s"):
+        merged[key] = {**earlier[key], **results[key]}
+    for part in results["cpu"]:
+        merged[part] = results[part]
+        merged["separate"][part] = {
+            "command": results["command"],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_avg_at_start": results["machine"]["load_avg_at_start"],
+            "load_avg_at_end": results["machine"]["load_avg_at_end"],
+            "uptime": results["machine"]["uptime_at_end"],
+        }
+    return merged
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke run of every part; the results are not written")
@@ -949,11 +1159,22 @@ def main() -> None:
     p.add_argument("--skip-steps", type=int, default=15, help="overhead: first steps not timed")
     p.add_argument("--points", type=int, default=100_000, help="backfill: stored points per series")
     p.add_argument("--repeats", type=int, default=7, help="backfill: timed builds")
+    p.add_argument("--storm-viewers", type=int, default=200, help="connections: sockets opened within a second")
+    p.add_argument("--storm-steps", type=int, default=7000, help="connections: stored steps of the storm's run")
+    p.add_argument("--idle-viewers", type=int, default=100, help="connections: idle sockets held")
+    p.add_argument("--hold", type=float, default=60.0, help="connections: seconds the idle sockets are held")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(PARTS),
+        help="run only these parts; they replace their own results in bench/results/live.{json,md}",
+    )
     args = p.parse_args()
     with_worker_malloc()
     if args.quick:
         args.duration, args.rounds, args.steps, args.skip_steps, args.repeats = 4.0, 2, 50, 10, 3
         args.overhead_budget, args.wait = 60, 10
+        args.storm_viewers, args.idle_viewers, args.hold = 50, 20, 10.0
     command = " ".join([".venv/bin/python bench/live.py", *sys.argv[1:]])
 
     reset_services(args.database_url, args.redis_url)
@@ -972,17 +1193,24 @@ def main() -> None:
             "targets": TARGETS,
         }
         fx = create_fixture()
-        backfill_run = create_run(fx, "backfill", args.points)
-        wall, started = {}, time.perf_counter()
-        store_series(backfill_run.id, args.points)
-        wall["store_backfill_points"] = time.perf_counter() - started
+        wall: dict[str, float] = {}
+        only = args.only or list(PARTS)
+        if {"latency", "backfill"} & set(only):
+            backfill_run = create_run(fx, "backfill", args.points)
+            started = time.perf_counter()
+            store_series(backfill_run.id, args.points)
+            wall["store_backfill_points"] = time.perf_counter() - started
         parts = {  # the most sensitive to other work on the machine first
             "overhead": lambda: measure_overhead(fx, scratch, args),
             "latency": lambda: measure_latency(fx, backfill_run.id, env, scratch, args),
             "backfill": lambda: measure_backfill(backfill_run, args.repeats),
+            "connections": lambda: measure_connections(fx, env, scratch, args),
         }
         results["cpu"], results["waited_s"] = {}, {}
-        for name, part in parts.items():
+        for name in PARTS:
+            if name not in only:
+                continue
+            part = parts[name]
             results["waited_s"][name] = wait_for_quiet(time.monotonic() + args.wait)
             started, before = time.perf_counter(), CpuSnapshot.now()
             results[name] = part()
@@ -990,6 +1218,9 @@ def main() -> None:
             results["cpu"][name] = CpuSnapshot.now().since(before)
         results["wall_s"] = {k: round(v, 1) for k, v in wall.items()}
         results["machine"]["load_avg_at_end"] = os.getloadavg()[0]
+        results["machine"]["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    if args.only and not args.quick and (RESULTS / "live.json").exists():
+        results = with_earlier_parts(results, json.loads((RESULTS / "live.json").read_text()))
     text = report(results)
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
