@@ -77,7 +77,13 @@ def model_cache() -> Path:
 
 def _package_root(name: str) -> Path:
     module = name.replace("-", "_")
-    spec = importlib.util.find_spec(module)
+    # "package:.", "package:a..b": find_spec reads those as relative or broken module paths and raises
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise ConfigError.one(FIELD, f"{name!r} is not a package name (letters, digits, '-', '_' and '.')")
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:  # a dotted name whose parent is not installed
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError.one(FIELD, f"package {name!r} is not installed (pip install --no-deps {name})")
     return Path(next(iter(spec.submodule_search_locations)))

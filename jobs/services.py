@@ -57,6 +57,9 @@ UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
 UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file (or, plain text for language models, a .txt file)."
 IN_DATA_DIR = "That folder holds kdweb's own runs and uploads; they are registered by their team, not by path."
+NO_IMPORT_ROOTS = "This server reads no local paths: upload the file, or use a package."
+OUTSIDE_IMPORT_ROOTS = "Local paths must be under {roots}: upload the file, or use a package."
+REMOTE_PREFIXES = ("package:", "packaged:", "hf:")
 
 
 def config_errors(exc: ConfigError) -> ValidationError:
@@ -98,13 +101,39 @@ def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     require_write(user, team)
     if Teacher.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a teacher named {name!r}."})
-    _refuse_data_dir(source, "source")
+    import_path_check(source, "source", hub_ids=True)
     return Teacher.objects.create(team=team, name=name, source=source, created_by=user, **teacher_facts(source))
 
 
-def _refuse_data_dir(source: str, field: str) -> None:
-    """Another team's exports and uploads live under DATA_DIR: a path into it must not bypass the team check."""
-    if Path(source).expanduser().resolve().is_relative_to(Path(settings.DATA_DIR).resolve()):
+def local_path(source: str, *, hub_ids: bool = False) -> Path | None:
+    """The file or folder a source names on this server, or None for a package, a packaged set, ``hf:`` or
+    (with ``hub_ids``, as teachers take them) a hub id such as ``org/model`` that is no local path."""
+    if source.startswith(REMOTE_PREFIXES):
+        return None
+    path = Path(source).expanduser()
+    # the engine's rule (distill.teachers.resolve_source): what is not on disk and looks like org/model is a hub id
+    if hub_ids and not path.exists() and not source.startswith((".", "/", "~")) and source.count("/") <= 1:
+        return None
+    return path
+
+
+def import_path_check(source: str, field: str, *, hub_ids: bool = False) -> None:
+    """Refuse a local path outside the operator's ``KDWEB_IMPORT_ROOTS`` (symlinks and ``..`` resolved first),
+    or inside DATA_DIR, where other teams' exports and uploads live, unless a root inside DATA_DIR (the local
+    demo's ``var/imports``) holds it. The answer is the same whether the path exists or not, so it tells
+    nothing about the server's files."""
+    path = local_path(source, hub_ids=hub_ids)
+    if path is None:
+        return
+    roots = [Path(root).resolve() for root in settings.KDWEB_IMPORT_ROOTS]
+    if not roots:
+        raise ValidationError({field: NO_IMPORT_ROOTS})
+    resolved = path.resolve()
+    holders = [root for root in roots if resolved.is_relative_to(root)]
+    if not holders:
+        raise ValidationError({field: OUTSIDE_IMPORT_ROOTS.format(roots=", ".join(map(str, roots)))})
+    data_dir = Path(settings.DATA_DIR).resolve()
+    if resolved.is_relative_to(data_dir) and not any(root.is_relative_to(data_dir) for root in holders):
         raise ValidationError({field: IN_DATA_DIR})
 
 
@@ -148,7 +177,7 @@ def dataset_create(
     if DatasetSpec.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a data set named {name!r}."})
     if source and not upload:
-        _refuse_data_dir(source, "source")
+        import_path_check(source, "source")
     stored = _store_upload(upload) if upload else ""
     if stored:
         source = default_storage.path(stored)

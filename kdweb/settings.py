@@ -5,6 +5,8 @@ REDIS_URL      Celery broker and channel layer (redis://host:port/db or unix:///
                starts an embedded Redis when unset. CELERY_BROKER_URL overrides the broker alone.
 KDWEB_DEBUG    "True"/"False" (default True). With False, DJANGO_SECRET_KEY must be set.
 KDWEB_DATA_DIR where uploads, checkpoints, exported students and the SQLite database live (default ./var).
+KDWEB_IMPORT_ROOTS     folders (os.pathsep-separated) under which teachers and data sets may be registered by
+               local path; empty by default: uploads and packages only.
 KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default 5).
 KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
 KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs (default 10).
@@ -111,6 +113,8 @@ RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the wo
 KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
+# Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
+KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
 # The wizard warns, with fixes, when a run's estimated peak memory exceeds this (None: this host's available).
 KDWEB_WORKER_MEMORY_BYTES = (

@@ -259,7 +259,8 @@ def test_teacher_register(api, team, owner, assets):
         "/api/v1/teachers/", {"name": "t2", "source": str(assets["teacher"]), "team": team.pk}, format="json"
     )
     assert again.status_code == 400 and list(again.json()) == ["name"]
-    bad = client.post("/api/v1/teachers/", {"name": "t3", "source": "/nowhere/model"}, format="json")
+    nowhere = str(assets["teacher"].parent / "nowhere")  # under the import root (tests/web/conftest.py)
+    bad = client.post("/api/v1/teachers/", {"name": "t3", "source": nowhere}, format="json")
     assert bad.status_code == 400 and "no model folder" in bad.json()["source"][0]
     other = client.post("/api/v1/teachers/", {"name": "t4", "source": "x", "team": 10**6}, format="json")
     assert other.status_code == 400 and list(other.json()) == ["team"]
