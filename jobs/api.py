@@ -74,6 +74,7 @@ ERRORS = {
     "401": "No or a wrong token (Authorization: Token <key>).",
     "403": "Not allowed: viewers cannot change anything in their team.",
     "404": "No such object, or one of another team.",
+    "413": "The request body is larger than the API takes (KDWEB_API_MAX_BODY_BYTES).",
 }
 
 
@@ -86,6 +87,8 @@ def document_errors(result: dict, generator: Any, request: Any, public: bool) ->
             codes = ["401", "403"]
             if method in ("post", "put", "patch") or any(p["in"] == "query" for p in operation.get("parameters", [])):
                 codes.append("400")
+            if method in ("post", "put", "patch"):
+                codes.append("413")
             if "{" in path:
                 codes.append("404")
             responses = operation.setdefault("responses", {})

@@ -186,10 +186,12 @@ def dataset_create(
     try:
         data_cfg = DataConfig(source=source, text_column=text_column, label_column=label_column)
         described = dataset_describe(data_cfg, task)
-    except ValidationError as exc:
-        if stored:
+    except Exception as exc:
+        if stored:  # a refused file is not kept, nor one that broke the reader
             default_storage.delete(stored)
-        raise ValidationError({k.removeprefix("data."): v for k, v in exc.message_dict.items()}) from None
+        if isinstance(exc, ValidationError):
+            raise ValidationError({k.removeprefix("data."): v for k, v in exc.message_dict.items()}) from None
+        raise
     return DatasetSpec.objects.create(
         team=team,
         name=name,

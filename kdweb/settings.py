@@ -120,6 +120,8 @@ UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
 KDWEB_WORKER_MEMORY_BYTES = (
     int(os.environ["KDWEB_WORKER_MEMORY_BYTES"]) if os.environ.get("KDWEB_WORKER_MEMORY_BYTES") else None
 )
+# An API body (JSON: names, ids, a run's sections) is small; larger ones answer 413 (jobs.parsers).
+KDWEB_API_MAX_BODY_BYTES = int(os.environ.get("KDWEB_API_MAX_BODY_BYTES", 2**20))
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 2**20
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -151,7 +153,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["jobs.parsers.BoundedJSONParser"],  # size and depth limits
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
