@@ -32,6 +32,7 @@ from django.utils.text import get_valid_filename
 from transformers import PretrainedConfig
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
+from distill.export import write_model_card
 from distill.lora import validate_lora
 from distill.students import validate_against
 from distill.teachers import Architecture, describe, is_causal_lm, load_config
@@ -462,6 +463,7 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             },
         )
     export = Path(result["export_dir"])
+    write_model_card(export, export_config(run), result["metrics"], result["efficiency"])
     # the run's name is user input: as a file name it must not add folders or climb out of runs/<pk>/
     stored, size, digest = _zip_folder(export, f"runs/{run.pk}/{get_valid_filename(f'{run.name}-export.zip')}")
     Artifact.objects.create(run=run, kind=Artifact.Kind.STUDENT, path=stored, bytes=size, sha256=digest)
@@ -479,6 +481,24 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
     run_log(run.pk, f"succeeded: exported {size / 2**20:.1f} MB (zip)")
     status_send_on_commit(run)
     return run
+
+
+def export_config(run: Run) -> RunConfig:
+    """The run's config as its export states it (the zip a public link may serve): the registered teacher's
+    and data set's names stand for their local paths, and the output folder is the engine's default."""
+    cfg = parse_config(run.config)
+    teacher, data = cfg.teacher.source, cfg.data.source
+    if local_path(teacher, hub_ids=True) is not None:
+        teacher = f"kdweb teacher {run.teacher.name!r}"
+    if local_path(data) is not None:
+        data = f"kdweb data set {run.dataset.name!r}"
+    return cfg.model_copy(
+        update={
+            "teacher": cfg.teacher.model_copy(update={"source": teacher}),
+            "data": cfg.data.model_copy(update={"source": data}),
+            "output_dir": RunConfig.model_fields["output_dir"].default,
+        }
+    )
 
 
 def _free_teacher_name(run: Run) -> str:
