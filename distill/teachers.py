@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from huggingface_hub import constants as hf_constants
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -73,6 +74,12 @@ class Architecture:
 def model_cache() -> Path:
     """Where converted models live: ``$KDWEB_MODEL_CACHE`` or ``~/.cache/kdweb/models``."""
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/kdweb/models").expanduser()
+
+
+OFFLINE = (
+    "{source!r} is read as a hub id, which is not in this server's model cache, and the hub is offline "
+    "(HF_HUB_OFFLINE=1): register a package:<pip-name> or a model folder instead"
+)
 
 
 def _package_root(name: str) -> Path:
@@ -178,6 +185,8 @@ def load_config(source: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
+        if location == source and hf_constants.HF_HUB_OFFLINE:  # a hub id that is not in the local cache
+            raise ConfigError.one(FIELD, OFFLINE.format(source=source)) from None
         raise ConfigError.one(FIELD, f"cannot load a model config from {source!r}: {exc}") from None
 
 
