@@ -96,6 +96,8 @@ def test_missing_pages_and_dead_links_show_kdwebs_404_page(client):
         html = response.content.decode()
         assert response.status_code == 404 and "<h1>Not found</h1>" in html
         assert "URLconf" not in html and "api/v1/" not in html
+    api = client.get("/api/v1/runs/1/artifacts/-1/download/")  # no URL pattern: JSON, as the API documents
+    assert api.status_code == 404 and api.json() == {"detail": "Not found."}
 
 
 @pytest.mark.django_db
