@@ -308,6 +308,8 @@ def _json_records(text: str, path: Path) -> tuple[_Records, list[str]]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError.one("data.source", f"{path} is not valid JSON: {exc.msg} on line {exc.lineno}") from None
+        except RecursionError:
+            raise ConfigError.one("data.source", f"{path} is nested too deeply") from None
         for n, item in enumerate(items, 1):
             if not isinstance(item, dict):
                 raise ConfigError.one("data.source", f"{path}: item {n} of the array is not a JSON object")
@@ -323,6 +325,8 @@ def _json_records(text: str, path: Path) -> tuple[_Records, list[str]]:
                 raise ConfigError.one(
                     "data.source", f"{path} line {n} is not valid JSON: {exc.msg} (column {exc.colno})"
                 ) from None
+            except RecursionError:  # the parser recurses once per level: a hostile line must not crash a request
+                raise ConfigError.one("data.source", f"{path} line {n} is nested too deeply") from None
             if not isinstance(item, dict):
                 raise ConfigError.one("data.source", f"{path} line {n} is not a JSON object")
             records.append((n, item))

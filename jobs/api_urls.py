@@ -1,7 +1,7 @@
 """URLs of the REST API, mounted at ``/api/v1/``: the viewsets, the OpenAPI schema and its Swagger UI."""
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from jobs import api
@@ -16,6 +16,7 @@ router.register("studies", api.StudyViewSet, basename="api-study")
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # Swagger UI's files come from drf-spectacular-sidecar (static files), never from a CDN
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # the split view serves its start-up script as a file (?script): the pages allow no inline script (CSP)
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     *router.urls,
 ]

@@ -21,6 +21,7 @@ from distill.config import LM_METRICS, ConfigError, GenerationConfig, LoraConfig
 from distill.lora import default_target_modules
 from distill.students import validate_against
 from distill.teachers import Architecture
+from jobs import safejson
 from jobs.models import DatasetSpec, Run, Teacher
 from jobs.selectors import ABLATIONS
 
@@ -299,7 +300,7 @@ class LayerMapStepForm(forms.Form):
         if self.cleaned_data.get("preset") != "custom":
             return []  # a preset needs no pairs (a browser without JavaScript sends only the radio)
         try:
-            pairs = json.loads(raw)
+            pairs = safejson.loads(raw)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(BAD_PAIRS.format(error=exc.msg)) from None
         if not isinstance(pairs, list):

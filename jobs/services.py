@@ -32,6 +32,7 @@ from django.utils.text import get_valid_filename
 from transformers import PretrainedConfig
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
+from distill.export import write_model_card
 from distill.lora import validate_lora
 from distill.students import validate_against
 from distill.teachers import Architecture, describe, is_causal_lm, load_config
@@ -57,6 +58,9 @@ UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
 UPLOAD_BAD_TYPE = "Upload a .csv or .jsonl file (or, plain text for language models, a .txt file)."
 IN_DATA_DIR = "That folder holds kdweb's own runs and uploads; they are registered by their team, not by path."
+NO_IMPORT_ROOTS = "This server reads no local paths: upload the file, or use a package."
+OUTSIDE_IMPORT_ROOTS = "Local paths must be under {roots}: upload the file, or use a package."
+REMOTE_PREFIXES = ("package:", "packaged:", "hf:")
 
 
 def config_errors(exc: ConfigError) -> ValidationError:
@@ -98,13 +102,39 @@ def teacher_register(*, user, team: Team, name: str, source: str) -> Teacher:
     require_write(user, team)
     if Teacher.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a teacher named {name!r}."})
-    _refuse_data_dir(source, "source")
+    import_path_check(source, "source", hub_ids=True)
     return Teacher.objects.create(team=team, name=name, source=source, created_by=user, **teacher_facts(source))
 
 
-def _refuse_data_dir(source: str, field: str) -> None:
-    """Another team's exports and uploads live under DATA_DIR: a path into it must not bypass the team check."""
-    if Path(source).expanduser().resolve().is_relative_to(Path(settings.DATA_DIR).resolve()):
+def local_path(source: str, *, hub_ids: bool = False) -> Path | None:
+    """The file or folder a source names on this server, or None for a package, a packaged set, ``hf:`` or
+    (with ``hub_ids``, as teachers take them) a hub id such as ``org/model`` that is no local path."""
+    if source.startswith(REMOTE_PREFIXES):
+        return None
+    path = Path(source).expanduser()
+    # the engine's rule (distill.teachers.resolve_source): what is not on disk and looks like org/model is a hub id
+    if hub_ids and not path.exists() and not source.startswith((".", "/", "~")) and source.count("/") <= 1:
+        return None
+    return path
+
+
+def import_path_check(source: str, field: str, *, hub_ids: bool = False) -> None:
+    """Refuse a local path outside the operator's ``KDWEB_IMPORT_ROOTS`` (symlinks and ``..`` resolved first),
+    or inside DATA_DIR, where other teams' exports and uploads live, unless a root inside DATA_DIR (the local
+    demo's ``var/imports``) holds it. The answer is the same whether the path exists or not, so it tells
+    nothing about the server's files."""
+    path = local_path(source, hub_ids=hub_ids)
+    if path is None:
+        return
+    roots = [Path(root).resolve() for root in settings.KDWEB_IMPORT_ROOTS]
+    if not roots:
+        raise ValidationError({field: NO_IMPORT_ROOTS})
+    resolved = path.resolve()
+    holders = [root for root in roots if resolved.is_relative_to(root)]
+    if not holders:
+        raise ValidationError({field: OUTSIDE_IMPORT_ROOTS.format(roots=", ".join(map(str, roots)))})
+    data_dir = Path(settings.DATA_DIR).resolve()
+    if resolved.is_relative_to(data_dir) and not any(root.is_relative_to(data_dir) for root in holders):
         raise ValidationError({field: IN_DATA_DIR})
 
 
@@ -148,7 +178,7 @@ def dataset_create(
     if DatasetSpec.objects.filter(team=team, name=name).exists():
         raise ValidationError({"name": f"This team already has a data set named {name!r}."})
     if source and not upload:
-        _refuse_data_dir(source, "source")
+        import_path_check(source, "source")
     stored = _store_upload(upload) if upload else ""
     if stored:
         source = default_storage.path(stored)
@@ -157,10 +187,12 @@ def dataset_create(
     try:
         data_cfg = DataConfig(source=source, text_column=text_column, label_column=label_column)
         described = dataset_describe(data_cfg, task)
-    except ValidationError as exc:
-        if stored:
+    except Exception as exc:
+        if stored:  # a refused file is not kept, nor one that broke the reader
             default_storage.delete(stored)
-        raise ValidationError({k.removeprefix("data."): v for k, v in exc.message_dict.items()}) from None
+        if isinstance(exc, ValidationError):
+            raise ValidationError({k.removeprefix("data."): v for k, v in exc.message_dict.items()}) from None
+        raise
     return DatasetSpec.objects.create(
         team=team,
         name=name,
@@ -431,6 +463,7 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             },
         )
     export = Path(result["export_dir"])
+    write_model_card(export, export_config(run), result["metrics"], result["efficiency"])
     # the run's name is user input: as a file name it must not add folders or climb out of runs/<pk>/
     stored, size, digest = _zip_folder(export, f"runs/{run.pk}/{get_valid_filename(f'{run.name}-export.zip')}")
     Artifact.objects.create(run=run, kind=Artifact.Kind.STUDENT, path=stored, bytes=size, sha256=digest)
@@ -448,6 +481,24 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
     run_log(run.pk, f"succeeded: exported {size / 2**20:.1f} MB (zip)")
     status_send_on_commit(run)
     return run
+
+
+def export_config(run: Run) -> RunConfig:
+    """The run's config as its export states it (the zip a public link may serve): the registered teacher's
+    and data set's names stand for their local paths, and the output folder is the engine's default."""
+    cfg = parse_config(run.config)
+    teacher, data = cfg.teacher.source, cfg.data.source
+    if local_path(teacher, hub_ids=True) is not None:
+        teacher = f"kdweb teacher {run.teacher.name!r}"
+    if local_path(data) is not None:
+        data = f"kdweb data set {run.dataset.name!r}"
+    return cfg.model_copy(
+        update={
+            "teacher": cfg.teacher.model_copy(update={"source": teacher}),
+            "data": cfg.data.model_copy(update={"source": data}),
+            "output_dir": RunConfig.model_fields["output_dir"].default,
+        }
+    )
 
 
 def _free_teacher_name(run: Run) -> str:

@@ -95,6 +95,15 @@ CSV_MEASURES = (
 )
 
 
+# a cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...) in a run's name)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: Any) -> str:
+    """A text cell as data: a leading ``'`` keeps a spreadsheet from reading user text as a formula (OWASP)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else str(value)
+
+
 def _number(value: float | int | None, key: str = "") -> str:
     if value is None:
         return ""
@@ -116,8 +125,8 @@ def scorecard_csv_rows(card: dict[str, Any]) -> list[list[str]]:
     lines = [header + [label for _, label in CSV_MEASURES] + ["host", "threads", "best"]]
 
     def line(labels: list[Any], item: dict[str, Any], numbers: dict[str, Any]) -> list[str]:
-        where = [item.get("host") or "", _number(item.get("threads")), "yes" if item.get("best") else ""]
-        return [str(v) for v in labels] + [_number(numbers.get(k), k) for k in keys] + where
+        where = [_text(item.get("host") or ""), _number(item.get("threads")), "yes" if item.get("best") else ""]
+        return [_text(v) for v in labels] + [_number(numbers.get(k), k) for k in keys] + where
 
     for row in card["rows"]:
         run = row["run"]

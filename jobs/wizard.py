@@ -36,7 +36,7 @@ from distill.estimate import (
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
-from jobs import selectors, services
+from jobs import safejson, selectors, services
 from jobs.forms import (
     CAUSAL_LM,
     DATA_FIELDS,
@@ -513,7 +513,7 @@ def _dump_pairs(pairs: list) -> str:
 
 def _json_pairs(raw: str | None) -> list:
     try:
-        value = json.loads(raw or "[]")
+        value = safejson.loads(raw or "[]")
     except json.JSONDecodeError:
         return []
     return value if isinstance(value, list) else []
@@ -911,7 +911,7 @@ def fix(request: HttpRequest) -> HttpResponse:
     if wiz.teacher is None:
         return redirect("wizard_step", step="teacher")
     try:
-        changes = json.loads(request.POST.get("changes", ""))
+        changes = safejson.loads(request.POST.get("changes", ""))
         if not isinstance(changes, dict):
             raise ValueError(changes)
         apply_fix(wiz, changes)

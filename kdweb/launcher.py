@@ -99,6 +99,12 @@ class Launcher:
         self.env = dict(os.environ, KDWEB_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         # the web side enqueues on the queue this launcher's worker consumes
         self.env.setdefault("KDWEB_DEFAULT_QUEUE", args.queue)
+        # hub ids fail at once with a clear message instead of waiting on the network (unless the operator says)
+        self.env.setdefault("HF_HUB_OFFLINE", "1")
+        # the local demo (KDWEB_DEBUG, the settings' default): its login, and a folder for local files
+        self.debug = self.env.get("KDWEB_DEBUG", "True") in ("True", "1")
+        if self.debug:
+            self.env.setdefault("KDWEB_IMPORT_ROOTS", str(self.data_dir / "imports"))
         self.redis_sock: Path | None = None
 
     # --- signals ---------------------------------------------------------------------------------------
@@ -182,6 +188,11 @@ class Launcher:
         started = time.monotonic()
         self.install_signals()
         try:
+            if self.debug and not is_loopback(args.host):
+                raise Failed(
+                    f"KDWEB_DEBUG shows Django's debug pages (every URL, settings): serve {args.host} with "
+                    "KDWEB_DEBUG=False and a DJANGO_SECRET_KEY, or keep KDWEB_HOST on 127.0.0.1"
+                )
             if not port_free(args.host, args.port):
                 raise Failed(f"{args.host}:{args.port} is in use: set KDWEB_PORT (or --port) to a free port")
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +200,10 @@ class Launcher:
             say(f"data: {self.data_dir}; database: {database}")
             self.start_redis()
             self.wait_for(self.manage("migrate", "--noinput", "-v", "0", "--skip-checks"))
-            demo = None if args.no_demo else self.manage("demo")
+            if self.debug and "KDWEB_IMPORT_ROOTS" not in os.environ:
+                (self.data_dir / "imports").mkdir(exist_ok=True)
+            # the demo login has a published password: a local demo's only (`manage.py demo` refuses otherwise)
+            demo = None if args.no_demo or not self.debug else self.manage("demo")
             py = [sys.executable, "-m"]
             self.start("web", [*py, "daphne", "-b", args.host, "-p", str(args.port), "kdweb.asgi:application"])
             worker_env = {**WORKER_MALLOC, **self.env}
@@ -209,9 +223,10 @@ class Launcher:
             url = f"http://{args.host}:{args.port}/"
             say(f"ready in {time.monotonic() - started:.1f} s")
             print(f"\n  kdweb is up: {url}", flush=True)
-            if not args.no_demo:
+            if demo:
                 password = os.environ.get("KDWEB_DEMO_PASSWORD") or DEMO_PASSWORD
                 print(f"  login: demo / {password}", flush=True)
+                print(f"  local files to register by path: {self.env['KDWEB_IMPORT_ROOTS']}", flush=True)
             print("  Ctrl-C stops web, worker and Redis.\n", flush=True)
             while True:
                 self.check()
@@ -272,6 +287,10 @@ def describe(returncode: int | None) -> str:
     if returncode < 0:
         return signal.Signals(-returncode).name
     return str(returncode)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 def answers_unix(path: Path) -> bool:

@@ -4,7 +4,14 @@ DATABASE_URL   PostgreSQL (e.g. postgres://user@host:5432/kdweb); SQLite in KDWE
 REDIS_URL      Celery broker and channel layer (redis://host:port/db or unix:///path/to/socket); `make up`
                starts an embedded Redis when unset. CELERY_BROKER_URL overrides the broker alone.
 KDWEB_DEBUG    "True"/"False" (default True). With False, DJANGO_SECRET_KEY must be set.
+KDWEB_SECURE   "1" behind a TLS-terminating proxy (README, "Deployment"): HTTPS only, secure cookies, HSTS
+               (KDWEB_HSTS_SECONDS, default a year); the proxy must set X-Forwarded-Proto.
+KDWEB_LOGIN_FAILURE_LIMIT, KDWEB_LOGIN_LOCKOUT_MIN  wrong passwords for one username from one address before
+               its logins are refused (default 10), and for how long (minutes, default 15).
+KDWEB_CSP      the Content-Security-Policy header of every answer (default: everything from this site only).
 KDWEB_DATA_DIR where uploads, checkpoints, exported students and the SQLite database live (default ./var).
+KDWEB_IMPORT_ROOTS     folders (os.pathsep-separated) under which teachers and data sets may be registered by
+               local path; empty by default: uploads and packages only.
 KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default 5).
 KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
 KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs (default 10).
@@ -13,6 +20,7 @@ KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizar
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -24,9 +32,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 def envbool(name: str, default: str) -> bool:
     value = os.environ.get(name, default)
-    if value not in ("True", "False"):
-        raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}")
-    return value == "True"
+    if value not in ("True", "False", "1", "0"):
+        raise ImproperlyConfigured(f"{name} must be True or False (or 1 or 0), got {value!r}")
+    return value in ("True", "1")
 
 
 DEBUG = envbool("KDWEB_DEBUG", "True")
@@ -50,16 +58,19 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from the package rather than a CDN
+    "axes",  # login throttling
     "jobs",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "kdweb.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires
 ]
 ROOT_URLCONF = "kdweb.urls"
 ASGI_APPLICATION = "kdweb.asgi.application"
@@ -93,6 +104,33 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs"
 LOGOUT_REDIRECT_URL = "login"
 AUTH_PASSWORD_VALIDATORS = [{"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"}]
+# django-axes: after KDWEB_LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair's
+# logins answer 429 (registration/locked.html) for KDWEB_LOGIN_LOCKOUT_MIN minutes. The address is REMOTE_ADDR:
+# behind a proxy, daphne's --proxy-headers sets it from the proxy's X-Forwarded-For (README, "Deployment").
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(os.environ.get("KDWEB_LOGIN_FAILURE_LIMIT", 10))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("KDWEB_LOGIN_LOCKOUT_MIN", 15)))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
+# Every page loads its scripts, styles, fonts and data from this site only (kdweb.csp). Styles may be inline:
+# progress bars set their width in a style attribute, and Plotly and htmx add <style> rules.
+KDWEB_CSP = os.environ.get(
+    "KDWEB_CSP",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'",
+)
+
+# KDWEB_SECURE: served over HTTPS by a TLS-terminating proxy (nginx, README) that sets X-Forwarded-Proto.
+KDWEB_SECURE = envbool("KDWEB_SECURE", "False")
+if KDWEB_SECURE:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("KDWEB_HSTS_SECONDS", 365 * 24 * 3600))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -111,11 +149,15 @@ RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the wo
 KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
+# Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
+KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
 # The wizard warns, with fixes, when a run's estimated peak memory exceeds this (None: this host's available).
 KDWEB_WORKER_MEMORY_BYTES = (
     int(os.environ["KDWEB_WORKER_MEMORY_BYTES"]) if os.environ.get("KDWEB_WORKER_MEMORY_BYTES") else None
 )
+# An API body (JSON: names, ids, a run's sections) is small; larger ones answer 413 (jobs.parsers).
+KDWEB_API_MAX_BODY_BYTES = int(os.environ.get("KDWEB_API_MAX_BODY_BYTES", 2**20))
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 2**20
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -151,7 +193,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["jobs.parsers.BoundedJSONParser"],  # size and depth limits
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

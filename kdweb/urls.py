@@ -12,3 +12,4 @@ urlpatterns = [
     path("account/token/", api.token_page, name="api_token"),
     path("", include("jobs.urls")),
 ]
+handler404 = api.not_found

@@ -55,6 +55,14 @@ def data_dir(request, settings, tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def import_roots(settings, tmp_path_factory) -> list[Path]:
+    """The tests' model folders and files (``assets``, ``lm_assets``, ``tmp_path``) live under pytest's base
+    temporary folder: the operator's import root here (``KDWEB_IMPORT_ROOTS``), given to its processes too."""
+    settings.KDWEB_IMPORT_ROOTS = [tmp_path_factory.getbasetemp()]
+    return settings.KDWEB_IMPORT_ROOTS
+
+
 # --- personas ---------------------------------------------------------------------------------------
 
 
@@ -183,6 +191,7 @@ def process_env(data_dir: Path, redis_url: str | None = None, **extra: str) -> d
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL if redis_url == settings.REDIS_URL else redis_url,
         "KDWEB_DATA_DIR": str(data_dir),
+        "KDWEB_IMPORT_ROOTS": os.pathsep.join(map(str, settings.KDWEB_IMPORT_ROOTS)),
         "KDWEB_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         # one torch thread: with one per core, torch spins for cores that the browser, daphne and the tests

@@ -21,7 +21,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 
 from jobs import services
-from jobs.models import Membership, Study
+from jobs.models import DatasetSpec, Membership, Study, Teacher
 from kdweb.asgi import application
 from tests.web.test_consumers import LOCAL_ORIGIN, TIMEOUT, _cookie, live_layer  # noqa: F401 (an autouse fixture)
 from tests.web.test_public_links import finished_run
@@ -163,3 +163,84 @@ def test_websockets(request, world, persona, method, path, data, expected):
     headers = [LOCAL_ORIGIN, (b"host", b"localhost")] + ([_cookie(user)] if user.is_authenticated else [])
     communicator = WebsocketCommunicator(application, path.format(**world), headers=headers)
     assert async_to_sync(_outcome)(communicator) == expected[persona]
+
+
+# --- local paths: only under the operator's import roots (KDWEB_IMPORT_ROOTS) -------------------------------
+
+
+@pytest.fixture
+def import_root(settings, tmp_path, assets) -> dict[str, str]:
+    """An import root holding a copy of the tiny teacher and the reviews, beside files outside it: a secret
+    readable by the server, a symlink in the root to it, one to a model folder outside, and ``..`` paths."""
+    import shutil
+
+    root = tmp_path / "imports"
+    shutil.copytree(assets["teacher"], root / "teacher")
+    shutil.copy(assets["reviews"], root / "reviews.csv")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("review,sentiment\nthe server's secret,neg\n" * 20)
+    (root / "link.csv").symlink_to(secret)
+    (root / "link-teacher").symlink_to(assets["teacher"], target_is_directory=True)
+    settings.KDWEB_IMPORT_ROOTS = [root]
+    return {
+        "root": str(root),
+        "secret": str(secret),
+        "teacher_outside": str(assets["teacher"]),
+        "symlink": str(root / "link.csv"),
+        "symlink_teacher": str(root / "link-teacher"),
+        "dotdot": f"{root}/../secret.csv",
+        "dotdot_teacher": f"{root}/teacher/../../../{assets['teacher'].parent.name}/teacher",
+    }
+
+
+def _member_api(member):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(member)
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("source", ["/etc/passwd", "/etc/hostname.csv", "{secret}", "{symlink}", "{dotdot}"])
+def test_a_member_cannot_add_a_data_set_from_a_path_outside_the_import_roots(member, team, import_root, source):
+    body = {"name": "stolen", "source": source.format(**import_root), "text_column": "review"}
+    body["label_column"] = "sentiment"
+    response = _member_api(member).post("/api/v1/datasets/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["source"]
+    assert "must be under" in response.json()["source"][0] and "secret" not in response.content.decode()
+    assert not DatasetSpec.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("source", ["/etc", "{teacher_outside}", "{symlink_teacher}", "{dotdot_teacher}"])
+def test_a_member_cannot_register_a_teacher_folder_outside_the_import_roots(member, team, import_root, source):
+    body = {"name": "stolen", "source": source.format(**import_root)}
+    response = _member_api(member).post("/api/v1/teachers/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["source"] and "must be under" in response.json()["source"][0]
+    assert not Teacher.objects.exists()
+
+
+@pytest.mark.django_db
+def test_paths_under_an_import_root_are_registered(member, team, import_root):
+    client = _member_api(member)
+    body = {"name": "reviews", "source": f"{import_root['root']}/reviews.csv", "text_column": "review"}
+    assert client.post("/api/v1/datasets/", body | {"label_column": "sentiment"}, format="json").status_code == 201
+    teacher = {"name": "tiny", "source": f"{import_root['root']}/teacher"}
+    assert client.post("/api/v1/teachers/", teacher, format="json").status_code == 201
+
+
+@pytest.mark.django_db
+def test_without_import_roots_only_uploads_and_packages_are_taken(member, team, settings, assets):
+    settings.KDWEB_IMPORT_ROOTS = []  # the production default
+    client = _member_api(member)
+    body = {"name": "reviews", "source": str(assets["reviews"]), "text_column": "review", "label_column": "sentiment"}
+    response = client.post("/api/v1/datasets/", body, format="json")
+    assert response.status_code == 400 and response.json() == {"source": [services.NO_IMPORT_ROOTS]}
+    page = Client()
+    page.force_login(member)
+    form = {"team": team.pk, "name": "tiny", "source": str(assets["teacher"])}
+    assert services.NO_IMPORT_ROOTS in page.post("/teachers/", form).content.decode()
+    assert not DatasetSpec.objects.exists() and not Teacher.objects.exists()

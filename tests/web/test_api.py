@@ -259,7 +259,8 @@ def test_teacher_register(api, team, owner, assets):
         "/api/v1/teachers/", {"name": "t2", "source": str(assets["teacher"]), "team": team.pk}, format="json"
     )
     assert again.status_code == 400 and list(again.json()) == ["name"]
-    bad = client.post("/api/v1/teachers/", {"name": "t3", "source": "/nowhere/model"}, format="json")
+    nowhere = str(assets["teacher"].parent / "nowhere")  # under the import root (tests/web/conftest.py)
+    bad = client.post("/api/v1/teachers/", {"name": "t3", "source": nowhere}, format="json")
     assert bad.status_code == 400 and "no model folder" in bad.json()["source"][0]
     other = client.post("/api/v1/teachers/", {"name": "t4", "source": "x", "team": 10**6}, format="json")
     assert other.status_code == 400 and list(other.json()) == ["team"]
@@ -323,3 +324,38 @@ def test_token_page_shows_and_regenerates_the_token(client, api, owner):
     stale = APIClient()
     stale.credentials(HTTP_AUTHORIZATION=f"Token {old}")
     assert stale.get("/api/v1/runs/").status_code == 401
+
+
+# --- malformed input: 400 naming the field (or 413), nothing stored, never a 500 ------------------------------
+
+DEEP = 5_000
+
+
+def _deep(depth: int = DEEP) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("path", ["teachers", "datasets", "runs", "studies"])  # the POSTs that read a body
+@pytest.mark.parametrize("body", [_deep(), '{"name": "x", "sections": ' + _deep() + "}", '{"a": ' * DEEP + "1"])
+def test_deeply_nested_json_bodies_answer_400(api, queued_run, path, body):
+    response = api("owner").post(f"/api/v1/{path}/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "nested more than" in response.json()["detail"]
+    assert (Run.objects.count(), Study.objects.count(), Teacher.objects.count()) == (1, 0, 1)
+
+
+def test_an_oversized_body_answers_413(api, tiny_teacher, tiny_dataset, settings):
+    sections = {**KD_SECTIONS, "padding": "x" * settings.KDWEB_API_MAX_BODY_BYTES}
+    body = {"teacher": tiny_teacher.pk, "dataset": tiny_dataset.pk, "kind": "kd_feature", "name": "big"}
+    response = api("owner").post("/api/v1/runs/", body | {"sections": sections}, format="json")
+    assert response.status_code == 413, response.content
+    assert "larger than" in response.json()["detail"]
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("source", ["package:.", "package:..", "package:a..b", "package:", "package:a.b"])
+def test_teacher_package_names_that_are_no_package_answer_400(api, team, source):
+    response = api("owner").post("/api/v1/teachers/", {"name": "t", "source": source}, format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["source"]
+    assert not Teacher.objects.exists()

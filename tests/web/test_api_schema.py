@@ -1,6 +1,7 @@
 """Schemathesis against the API's own OpenAPI schema, in process (WSGI), with a token: for every operation,
 generated requests (random ids and ones of real objects, random bodies and valid ones) must never answer 5xx,
-and every answer must be one the schema documents, in status, content type, headers and body.
+and every answer must be one the schema documents, in status, content type, headers and body. Operations that
+take a body also get bodies nested too deeply (400) and too large (413).
 
 ``CASES`` generated cases per operation, ≥ 1,000 in all (the schema has 17 operations); about 40 s.
 """
@@ -11,6 +12,7 @@ import datasets.config
 import huggingface_hub.constants
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.signals import request_finished, request_started
@@ -28,6 +30,7 @@ from schemathesis.checks import (
 )
 
 from jobs.models import Artifact, MetricPoint, Run, Study
+from jobs.safejson import MAX_DEPTH
 from tests.web.conftest import KD_SECTIONS
 
 pytestmark = pytest.mark.django_db
@@ -118,9 +121,26 @@ def real(owner, tiny_teacher, tiny_dataset, queued_run) -> dict:
     }
 
 
+def _nested(depth: int) -> dict:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return {"name": "deep", "sections": value}
+
+
+# Hostile bodies for every operation that takes one: nested past jobs.safejson.MAX_DEPTH (up to a depth the
+# client's own JSON encoder can still write), and larger than KDWEB_API_MAX_BODY_BYTES.
+NESTED = st.integers(MAX_DEPTH + 1, 400).map(_nested)
+OVERSIZED = st.integers(1, 2**16).map(lambda extra: {"name": "x" * (django_settings.KDWEB_API_MAX_BODY_BYTES + extra)})
+
+
 def _strategy(operation, real: dict) -> st.SearchStrategy:
-    """Fully generated cases, and (half of them) cases aimed at real objects or with a valid run body."""
+    """Fully generated cases, and (half of them) cases aimed at real objects or with a valid run body, and for
+    operations with a body, nested and oversized ones."""
     aimed = []
+    if list(operation.body):
+        hostile = st.one_of(NESTED, OVERSIZED)
+        aimed.append(hostile.flatmap(lambda body: operation.as_strategy(body=body, media_type="application/json")))
     if "{id}" in operation.path:
         ids = {"id": real["ids"].get(operation.path, real["run"])}
         if "{artifact_id}" in operation.path:
@@ -151,7 +171,11 @@ def test_operation_conforms(operation, real):
     def check(case):
         nonlocal calls
         calls += 1
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        refused[response.status_code] = refused.get(response.status_code, 0) + 1
 
+    refused: dict[int, int] = {}
     check()
     assert calls >= CASES
+    if list(operation.body):  # the hostile bodies were sent, and refused as such
+        assert refused.get(400) and refused.get(413), refused

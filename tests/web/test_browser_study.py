@@ -17,7 +17,10 @@ from playwright.sync_api import expect
 from jobs import services
 from jobs.models import Run
 from tests.web.browser import chromium_session, open_as, session_cookie
+from tests.web.conftest import daphne, process_env, teacher_row
 from tests.web.test_browser_live import expect_clean
+from tests.web.test_pages import ARCH
+from tests.web.test_public_links import finished_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,4 +82,29 @@ def test_a_study_of_three_runs_shows_its_scorecard_and_plots(
         expect(page.locator("#scorecard tr.run-row")).to_have_count(2)
         expect(page.locator("#plot-size")).to_have_attribute("data-points", "2")
         s.shot("compare")
+        expect_clean(s)
+
+
+EVIL = '<a href="https://evil.example">x</a>'
+# every link in the page, HTML or SVG (Plotly draws its pseudo-HTML links as <a xlink:href> in its SVG)
+LINKS_JS = "[...document.querySelectorAll('a')].map(a => a.getAttribute('href') || a.getAttribute('xlink:href'))"
+
+
+def test_run_and_teacher_names_in_the_plots_are_text_not_markup(data_dir, owner, team):
+    teacher_row(team, EVIL, ARCH)  # the runs below take this team's first teacher
+    runs = [finished_run(team, EVIL), finished_run(team, "plain")]
+    runs[1].evaluations.filter(role="student").update(params=2000)  # apart from the first on the size plot
+    cookie = session_cookie(owner)
+    with daphne(process_env(data_dir), data_dir / "daphne.log") as base, chromium_session(prefix="escape-") as s:
+        page = open_as(s, base, cookie, f"/compare/?runs={runs[0].pk},{runs[1].pk}")
+        expect(page.locator("#plot-size.js-plotly-plot")).to_have_attribute("data-teacher", "1")
+        loss_plot = page.locator('#plot-losses .chart[data-term="loss/total"]')
+        expect(loss_plot).to_have_attribute("data-traces", "2")
+        expect(loss_plot.locator(".legendtext").first).to_have_text(EVIL)  # shown as typed
+        points = page.locator("#plot-size .point")
+        for n, name in enumerate([EVIL, "plain", EVIL]):  # the runs, then the teacher's star
+            points.nth(n).hover(force=True)  # Plotly listens on the drag layer above the points
+            expect(page.locator("#plot-size .hoverlayer")).to_contain_text(name)  # shown as typed
+        assert not [href for href in page.evaluate(LINKS_JS) if href and "evil" in href]
+        s.shot("compare-evil-names")
         expect_clean(s)

@@ -487,3 +487,16 @@ def test_it_refuses_an_oversize_upload(login, member, team):
     upload = _field_block(_html(response), "upload")
     assert f"The file is {big.size:,} bytes; the limit is 100 bytes." in upload
     assert not DatasetSpec.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_jsonl_line_nested_too_deeply_is_refused_and_not_kept(login, settings, member, team):
+    client = login(member)
+    deep = b'{"text": "fine", "label": "pos"}\n{"text": ' + b"[" * 5_000 + b"]" * 5_000 + b', "label": "neg"}\n'
+
+    response = _upload(client, team, "deep", SimpleUploadedFile("deep.jsonl", deep))
+
+    assert response.status_code == 200
+    assert "line 2 is nested too deeply" in _field_block(_html(response), "upload")
+    assert not DatasetSpec.objects.exists()
+    assert not list((settings.MEDIA_ROOT / "uploads").glob("*"))

@@ -10,8 +10,11 @@ on the test Redis, as in ``test_consumers.py``.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 import string
+import zipfile
 from datetime import timedelta
 
 import pytest
@@ -26,7 +29,7 @@ from jobs import events, services
 from jobs.models import Artifact, DatasetSpec, Evaluation, LogLine, MetricPoint, Run, ShareLink, Study, Team
 from jobs.public import public_config
 from kdweb.asgi import application
-from tests.web.conftest import teacher_row
+from tests.web.conftest import KD_SECTIONS, teacher_row
 from tests.web.test_consumers import LOCAL_ORIGIN, TIMEOUT, live_layer  # noqa: F401 (an autouse fixture)
 from tests.web.test_pages import ARCH
 
@@ -353,3 +356,31 @@ def test_a_public_socket_closes_once_its_link_has_expired(owner, team):
 
     closed = scenario()
     assert (closed["type"], closed.get("code")) == ("websocket.close", 4404)
+
+
+# --- the shared zip -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_shared_zip_names_no_server_path(
+    celery_worker_process, client, owner, tiny_teacher, tiny_dataset, tmp_path_factory
+):
+    """README.md and distill.json name the registered teacher and data set, not their folders or the run's."""
+    worker = celery_worker_process
+    run = worker.wait_for(worker.launch(owner, tiny_teacher, tiny_dataset, {**KD_SECTIONS, "latency_repeats": 1}))
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    link = link_to(run, owner, allow_downloads=True)
+    response = client.get(f"/p/{link.token}/artifacts/{run.artifacts.get().pk}/")
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    # the tests' files and the worker's data folder all lie in pytest's temporary folders
+    server_paths = [str(tmp_path_factory.getbasetemp().parent), str(worker.data_dir), tiny_teacher.source]
+    for name in archive.namelist():
+        text = archive.read(name).decode("utf-8", errors="replace")
+        assert not any(path in text for path in server_paths), name
+        assert not re.search(r"(?<![\w.])/(tmp|srv|home|root|var|data|usr)/", text), name
+    card = archive.read("README.md").decode()
+    assert "kdweb teacher 'tiny-bert'" in card and "kdweb data set 'reviews'" in card
+    record = json.loads(archive.read("distill.json"))
+    assert record["config"]["teacher"]["source"] == "kdweb teacher 'tiny-bert'"
+    assert record["config"]["output_dir"] == "runs/run"

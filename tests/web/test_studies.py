@@ -301,6 +301,17 @@ def test_any_runs_compare_on_the_same_page(login, owner, make_study):
     assert len(table) == 1 + 2 + 1
 
 
+@pytest.mark.parametrize("name", ['=HYPERLINK("https://evil.example","x")', "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(login, owner, make_study, name):
+    runs = by_variant(make_study())
+    run = runs[("kd_feature", 0)]
+    Run.objects.filter(pk=run.pk).update(name=name)
+    evaluate(run, 0.85)
+    table = list(csv.reader(io.StringIO(login(owner).get(f"{reverse('compare_csv')}?runs={run.pk}").content.decode())))
+    assert table[1][0] == f"'{name}"
+    assert table[1][table[0].index("accuracy")] == "0.85"  # numbers stay numbers
+
+
 def test_comparing_runs_of_another_team_answers_404(login, owner, outsider, other_team, tiny_teacher, make_study):
     mine = by_variant(make_study())[("kd_feature", 0)]
     foreign_teacher = teacher_row(other_team, "foreign", tiny_teacher.architecture)

@@ -15,7 +15,7 @@ from django.urls import reverse
 from distill.config import StudentConfig
 from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
-from jobs import selectors, services, wizard
+from jobs import forms, selectors, services, wizard
 from jobs.models import Membership, Run, Teacher
 from tests.web.conftest import enqueued, reviews_dataset, teacher_row
 
@@ -288,6 +288,14 @@ def test_it_rejects_a_teacher_layer_out_of_range(wiz_client, tiny_teacher, tiny_
     assert errors(response, "pairs") == ["student.layer_map[1]: student layer 1 is mapped twice"]
     response = post(wiz_client, "layer-map", {**bad, "pairs": "[[1, -1]]"})
     assert errors(response, "pairs") == ["student.layer_map[0].teacher: Input should be greater than or equal to 0"]
+
+
+def test_layer_map_pairs_nested_too_deeply_are_a_field_error(wiz_client, tiny_teacher, tiny_dataset):
+    walk(wiz_client, tiny_teacher, tiny_dataset, until="layer-map")
+    deep = {"preset": "custom", "pairs": "[" * 5_000 + "]" * 5_000, "map_embeddings": "on"}
+    response = post(wiz_client, "layer-map", deep)
+    assert response.status_code == 200
+    assert errors(response, "pairs") == [forms.BAD_PAIRS.format(error="nested more than 32 levels deep")]
 
 
 def test_it_accepts_a_preset_alone_without_javascript(wiz_client, tiny_teacher, tiny_dataset):

@@ -28,6 +28,14 @@ const VARIANT_COLORS = {
 };
 const CONFIG = { displaylogo: false, responsive: true };
 
+// Plotly renders trace names, hover text and templates as its own HTML subset (<a href>, <b>, <br>...): a run
+// or teacher named with markup would become a live link. Entities show the characters as typed.
+// (Plotly decodes these three entities only; without a "<" no tag can open.)
+const ENTITIES = { "&": "&amp;", "<": "&lt;", ">": "&gt;" };
+function plain(text) {
+  return String(text).replace(/[&<>]/g, (c) => ENTITIES[c]);
+}
+
 function colorOf(variant) {
   return VARIANT_COLORS[variant] || "#1d2330";
 }
@@ -57,10 +65,10 @@ function sizePlot(div, data) {
     return {
       type: "scatter",
       mode: "markers",
-      name: variant,
+      name: plain(variant),
       x: points.map((p) => p.params),
       y: points.map((p) => p.value),
-      text: points.map((p) => `${p.name}${p.best ? " (best)" : ""}`),
+      text: points.map((p) => `${plain(p.name)}${p.best ? " (best)" : ""}`),
       hovertemplate: `%{text}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: {
         size: points.map((p) => (p.best ? 15 : 10)),
@@ -77,8 +85,9 @@ function sizePlot(div, data) {
       x: [data.teacher.params],
       y: [data.teacher.value],
       text: ["teacher"],
+      customdata: [plain(data.teacher.name)], // a template would read "%{...}" in a name as its own fields
       textposition: "top center",
-      hovertemplate: `${data.teacher.name}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
+      hovertemplate: `%{customdata}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: { symbol: "star", size: 16, color: "#c0392b" },
     });
   }
@@ -94,7 +103,7 @@ function curveTraces(runs) {
   return runs.map((run) => ({
     type: "scatter",
     mode: run.points.length > 1 ? "lines" : "markers",
-    name: run.name,
+    name: plain(run.name),
     x: run.points.map((p) => p[0]),
     y: run.points.map((p) => p[1]),
     line: { color: colorOf(run.variant), width: 1.5 },

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -39,6 +40,8 @@ class Command(BaseCommand):
     help = "Create (or refresh) the demo team and user, the packaged teachers (MiniLM, SmolLM2) and data sets."
 
     def handle(self, *args, **options) -> None:
+        if not settings.DEBUG:  # its password is in the README: a local demo's login only
+            raise CommandError("the demo login is for a local instance: run it with KDWEB_DEBUG=True")
         started = time.monotonic()
         password = demo_password()
         with transaction.atomic():
