@@ -7,6 +7,9 @@ come through the real services (``conftest.py``), nothing reaches a broker (on-c
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -14,6 +17,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from distill.config import config_schema
 from distill.layer_map import OUT_OF_RANGE
 from jobs.models import Artifact, MetricPoint, Run, Study, Teacher
 from tests.web.conftest import KD_SECTIONS, enqueued
@@ -177,6 +181,64 @@ def test_run_create_errors_name_their_field(api, tiny_teacher, tiny_dataset, cha
     errors = response.json()
     assert field in errors, errors
     assert any(message in m for m in errors[field]), errors[field]
+    assert not Run.objects.exists()
+
+
+def _numeric_fields(node: dict, path: str, defs: dict) -> Iterator[tuple[str, dict]]:
+    """``(config path, schema)`` of every number in the run config's JSON schema, through unions and lists."""
+    if "$ref" in node:
+        yield from _numeric_fields(defs[node["$ref"].rsplit("/", 1)[-1]], path, defs)
+    for branch in node.get("anyOf", ()):
+        yield from _numeric_fields(branch, path, defs)
+    for key, child in node.get("properties", {}).items():
+        yield from _numeric_fields(child, f"{path}.{key}" if path else key, defs)
+    if node.get("type") == "array" and "items" in node:
+        yield from _numeric_fields(node["items"], f"{path}[0]", defs)
+    if node.get("type") in ("integer", "number"):
+        yield path, node
+
+
+CONFIG_SCHEMA = config_schema()
+NUMERIC_FIELDS = dict(_numeric_fields(CONFIG_SCHEMA, "", CONFIG_SCHEMA["$defs"]))
+# a list item's required fields, valid, for the field under test to be the only wrong one
+LIST_ITEMS = {"student.layer_map": {"student": 1, "teacher": 1}}
+
+
+def _out_of_range(schema: dict) -> tuple[float, float]:
+    """A value just above the field's bound and one just below its minimum."""
+    step = 1 if schema["type"] == "integer" else 0.5
+    above = schema["exclusiveMaximum"] if "exclusiveMaximum" in schema else schema["maximum"] + step
+    below = schema["exclusiveMinimum"] if "exclusiveMinimum" in schema else schema["minimum"] - step
+    return above, below
+
+
+def _sections_with(path: str, value: float) -> dict:
+    """KD_SECTIONS with ``value`` at the config path ``a.b[0].c``."""
+    sections = copy.deepcopy(KD_SECTIONS)
+    node, walked = sections, ""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        name, _, index = part.partition("[")
+        walked = f"{walked}.{name}" if walked else name
+        if index:
+            node[name] = [dict(LIST_ITEMS[walked])]
+            node = node[name][0]
+        else:
+            node = node.setdefault(name, {})
+    node[leaf] = value
+    return sections
+
+
+@pytest.mark.parametrize("path", sorted(NUMERIC_FIELDS))
+def test_every_number_of_the_config_is_bounded_and_refused_out_of_range(api, tiny_teacher, tiny_dataset, path):
+    schema = NUMERIC_FIELDS[path]
+    assert "maximum" in schema or "exclusiveMaximum" in schema, f"{path} has no upper bound"
+    assert "minimum" in schema or "exclusiveMinimum" in schema, f"{path} has no lower bound"
+    for value in _out_of_range(schema):
+        body = run_body(tiny_teacher, tiny_dataset, sections=_sections_with(path, value))
+        response = api("owner").post("/api/v1/runs/", body, format="json")
+        assert response.status_code == 400, (path, value, response.content)
+        assert list(response.json()) == [path], (value, response.json())
     assert not Run.objects.exists()
 
 
