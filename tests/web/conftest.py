@@ -276,7 +276,7 @@ def stop_worker(worker: WorkerProcess) -> None:
             worker.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
-    _forget_queue(worker.queue)
+    forget_queue(worker.queue)
 
 
 def new_queue() -> str:
@@ -298,7 +298,7 @@ def celery_worker_process(django_db_setup, tmp_path_factory):
         stop_worker(worker)
 
 
-def _forget_queue(queue: str) -> None:
+def forget_queue(queue: str) -> None:
     """Drop the queue and its bindings from the broker, so test runs leave nothing behind."""
     from kombu import Exchange, Queue
 

@@ -3,13 +3,16 @@ worker's side (claim, progress, failure), all against the real database and the 
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
+import redis
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -17,7 +20,7 @@ from distill.layer_map import OUT_OF_RANGE
 from jobs import services
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
 from jobs.tasks import run_execute
-from tests.web.conftest import KD_SECTIONS, enqueued, reviews_dataset
+from tests.web.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -482,3 +485,52 @@ def test_the_watchdog_command_interrupts_stale_runs(queued_run, capsys):
     stale.refresh_from_db()
     assert stale.status == Run.Status.INTERRUPTED
     assert f"run {stale.pk}: no heartbeat for 60 s, marked interrupted" in capsys.readouterr().out
+
+
+# --- sending runs to the broker: the request's send and the watchdog's sweep ----------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_sends_an_unsent_run_once_and_skips_one_being_sent(queued_run, settings):
+    """A run committed but never sent (as when the broker was down): while another process holds its row (the
+    request's own send, or a second sweep) the sweep skips it; then it sends it once."""
+    queue = new_queue()
+    Run.objects.filter(pk=queued_run.pk).update(queue=queue, enqueued_at=None, celery_task_id="")
+    assert services.runs_send_unsent() == []  # too young: its request may be sending it right now
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with transaction.atomic():
+            Run.objects.select_for_update().get(pk=queued_run.pk)
+            locked.set()
+            release.wait(30)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        assert services.runs_send_unsent(older_than_s=0) == []  # skipped, not waited for
+    finally:
+        release.set()
+        holder.join()
+    try:
+        assert services.runs_send_unsent(older_than_s=0) == [queued_run.pk]
+        assert services.runs_send_unsent(older_than_s=0) == []
+        assert redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue) == 1  # one message
+    finally:
+        forget_queue(queue)
+    queued_run.refresh_from_db()
+    assert queued_run.enqueued_at is not None and queued_run.celery_task_id
+    assert not queued_run.waiting_for_broker
+    assert log_of(queued_run)[-1] == f"the broker answers again: sent to the queue {queue}"
+
+
+def test_resuming_a_run_makes_it_unsent_again(queued_run, member, django_capture_on_commit_callbacks):
+    run = running(queued_run)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.INTERRUPTED, enqueued_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=False):  # the broker never got the new message
+        services.run_resume(user=member, run=run)
+    run.refresh_from_db()
+    assert run.waiting_for_broker  # the sweep sends it
