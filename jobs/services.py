@@ -405,17 +405,23 @@ def run_resume(*, user, run: Run) -> Run:
 
 
 def runs_interrupt(
-    *, stale_after_s: float | None = None, host: str | None = None, reason: str | None = None
+    *,
+    stale_after_s: float | None = None,
+    host: str | None = None,
+    task_ids: Iterable[str] | None = None,
+    reason: str | None = None,
 ) -> list[int]:
-    """Mark running runs ``interrupted``: those whose heartbeat is older than ``stale_after_s`` (a worker
-    that died or lost the database), or those claimed by ``host`` (a worker that starts again under the name
-    it had, so none of its runs can still be running, or one that is shutting down). ``reason`` goes to the
-    runs' logs. Returns the ids marked."""
+    """Mark running runs ``interrupted``, those that meet every condition given: a heartbeat older than
+    ``stale_after_s`` (a worker that died or lost the database), claimed by the node ``host``, run by one of
+    the Celery tasks ``task_ids`` (a worker that is shutting down). ``reason`` goes to the runs' logs.
+    Returns the ids marked."""
     stale = Run.objects.filter(status=Run.Status.RUNNING)
     if stale_after_s is not None:
         stale = stale.filter(heartbeat_at__lt=timezone.now() - timedelta(seconds=stale_after_s))
     if host is not None:
         stale = stale.filter(host=host)
+    if task_ids is not None:
+        stale = stale.filter(celery_task_id__in=list(task_ids))
     marked = []
     for run_id in stale.values_list("pk", flat=True):
         with transaction.atomic():

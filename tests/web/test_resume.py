@@ -11,8 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from distill.checkpoint import has_checkpoint
@@ -48,6 +50,7 @@ SECTIONS = {
     "data": {"max_length": 24},
 }
 HEARTBEAT_S = "0.5"  # the killed worker's run goes stale within seconds, not the default 30 s
+STALE_AFTER_S = 3.0
 
 
 def stored(run: Run) -> list[tuple[str, int, float]]:
@@ -123,15 +126,17 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
     reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
 
     queue, data_dir = new_queue(), tmp_path
-    env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S)
+    env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S, KDWEB_STALE_AFTER_S=str(STALE_AFTER_S))
     worker = start_worker(queue, data_dir, env)
     try:
         run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="crashy"), 15)
         worker.kill()  # 1. the host dies mid-run: nothing is cleaned up
         run.refresh_from_db()
         assert run.status == Run.Status.RUNNING  # nobody knows yet
+        stale = timedelta(seconds=STALE_AFTER_S + 0.5)
+        worker.wait_for(run, timeout=60, until=lambda r: r.heartbeat_at < timezone.now() - stale)
 
-        worker = start_worker(queue, data_dir, env)  # the same node name comes back
+        worker = start_worker(queue, data_dir, env)  # the same node name comes back, its run's heartbeat stale
         run = worker.wait_for(run, timeout=30, until=lambda r: r.status == Run.Status.INTERRUPTED)
         assert f"{worker.node} started again" in run.log_lines.last().text
 
@@ -184,6 +189,38 @@ def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
     assert f"resumed from the checkpoint at step {stopped} / {STEPS}" in run.log_lines.values_list("text", flat=True)
 
     assert_same_points(run, reference_worker.wait_for(reference))
+
+
+def test_a_second_worker_under_the_same_name_leaves_the_live_ones_run_alone(
+    owner, tiny_teacher, tiny_dataset, tmp_path
+):
+    """A second worker started under the node name of a live one (one more ``make up`` with the same queue on
+    the host, overlapping deploys) interrupts the first one's run neither when it starts (the run's heartbeat
+    is fresh) nor when it shuts down (it stops the runs of its own tasks only)."""
+    queue = new_queue()
+    env = process_env(tmp_path, KDWEB_HEARTBEAT_S=HEARTBEAT_S, KDWEB_STALE_AFTER_S=str(STALE_AFTER_S))
+    sections = {**SECTIONS, "eval_every": 100_000, "checkpoint_every": 1000, "optim": {"max_steps": 100_000}}
+    first = start_worker(queue, tmp_path, env)
+    second = None
+    try:
+        run = at_step(first, first.launch(owner, tiny_teacher, tiny_dataset, sections, name="first's"), 15)
+        second = start_worker(queue, tmp_path, env, log_name="second.log")  # ready: it has looked at the runs
+        assert second.node == first.node
+        run.refresh_from_db()
+        assert run.status == Run.Status.RUNNING, second.log()
+
+        second.process.send_signal(signal.SIGTERM)  # its warm shutdown
+        assert second.process.wait(timeout=30) == 0, second.log()
+        run = at_step(first, run, run.step + 20)  # still running, and training on
+
+        services.run_cancel(user=owner, run=run)
+        run = first.wait_for(run)
+    finally:
+        if second is not None and second.process.poll() is None:
+            second.kill()
+        stop_worker(first)
+    assert run.status == Run.Status.CANCELLED and run.attempts == 1, run.error
+    assert not any("interrupted" in line for line in run.log_lines.values_list("text", flat=True))
 
 
 # --- Redis restarts mid-run ----------------------------------------------------------------------------------

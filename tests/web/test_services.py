@@ -376,8 +376,8 @@ def test_it_refuses_paths_into_kdwebs_own_data_folder(team, owner, settings, tmp
 # --- cancel, resume, heartbeats, interruption --------------------------------------------------------------
 
 
-def running(run: Run, *, beat_seconds_ago: float = 0.0, host: str = "w1@gpu") -> Run:
-    services.run_claim(run.pk, host=host, task_id="t")
+def running(run: Run, *, beat_seconds_ago: float = 0.0, host: str = "w1@gpu", task_id: str = "t") -> Run:
+    services.run_claim(run.pk, host=host, task_id=task_id)
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=beat_seconds_ago))
     run.refresh_from_db()
     return run
@@ -461,16 +461,31 @@ def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny
     assert services.runs_interrupt(stale_after_s=60) == []
 
 
-def test_a_restarted_worker_interrupts_the_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
-    mine = running(queued_run, host="w1@gpu")
-    other = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="other"), host="w2@gpu")
+def test_a_restarted_worker_interrupts_the_stale_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
+    """As ``jobs.tasks.interrupt_runs_of_restarted_worker`` calls it: a fresh heartbeat under the same node name
+    is a live worker of that name, whose run goes on."""
+    mine = running(queued_run, host="w1@gpu", beat_seconds_ago=120)
+    namesake = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="namesake"), host="w1@gpu")
+    other = running(
+        create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="other"), host="w2@gpu", beat_seconds_ago=120
+    )
 
-    assert services.runs_interrupt(host="w1@gpu") == [mine.pk]
+    assert services.runs_interrupt(host="w1@gpu", stale_after_s=60) == [mine.pk]
 
-    mine.refresh_from_db()
-    other.refresh_from_db()
-    assert (mine.status, other.status) == (Run.Status.INTERRUPTED, Run.Status.RUNNING)
+    for run in (mine, namesake, other):
+        run.refresh_from_db()
+    assert (mine.status, namesake.status, other.status) == (Run.Status.INTERRUPTED, *[Run.Status.RUNNING] * 2)
     assert "w1@gpu started again" in log_of(mine)[-1]
+
+
+def test_a_stopping_worker_interrupts_the_runs_of_its_own_tasks_only(queued_run, owner, tiny_teacher, tiny_dataset):
+    mine = running(queued_run, host="w1@gpu", task_id="task-mine")
+    namesake = running(
+        create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="namesake"), host="w1@gpu", task_id="task-2"
+    )
+    assert services.runs_interrupt(task_ids=["task-mine"], reason="w1@gpu is shutting down") == [mine.pk]
+    namesake.refresh_from_db()
+    assert namesake.status == Run.Status.RUNNING
 
 
 def test_the_watchdog_command_refuses_a_staleness_below_the_heartbeat(settings):
