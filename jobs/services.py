@@ -54,7 +54,7 @@ from jobs.models import (
     Team,
 )
 from jobs.permissions import require_owner, require_write
-from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD, teacher_hf_config
+from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD, live_queues, teacher_hf_config
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,25 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
     return cfg
 
 
+QUEUE_NOT_LIVE = (
+    "No worker consumes the queue “{queue}”: a run there would wait forever. Live queues: {live}; or the default "
+    "queue “{default}”, where a run waits for a worker."
+)
+
+
+def _checked_queue(queue: str) -> str:
+    """The queue to launch on: the default one when blank; a named one only if a live worker consumes it (the
+    default one is always accepted, a run there waits for a worker)."""
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    if not queue or queue == default or queue in live_queues():
+        return queue or default
+    live = live_queues(fresh=True)  # a worker may have started since the cached answer
+    if queue not in live:
+        message = QUEUE_NOT_LIVE.format(queue=queue, live=", ".join(live) or "none", default=default)
+        raise ValidationError({"queue": message})
+    return queue
+
+
 @transaction.atomic
 def run_create(
     *, user, teacher: Teacher, dataset: DatasetSpec, kind: str, name: str, sections: dict, queue: str = ""
@@ -235,6 +254,7 @@ def run_create(
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "The data set belongs to another team."})
     cfg = run_config_build(kind=kind, teacher=teacher, dataset=dataset, name=name, sections=sections)
+    queue = _checked_queue(queue)
     run = Run.objects.create(
         team=team,
         name=name,
@@ -242,7 +262,7 @@ def run_create(
         teacher=teacher,
         dataset=dataset,
         config=cfg.model_dump(mode="json"),
-        queue=queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+        queue=queue,
         created_by=user,
     )
     status_send_on_commit(run)  # the runs lists open on the team show it at once
@@ -725,6 +745,7 @@ def study_create(
         raise ValidationError({"seeds": "Give at least one seed."})
     if len(seeds) > MAX_STUDY_SEEDS:
         raise ValidationError({"seeds": f"At most {MAX_STUDY_SEEDS} seeds ({len(seeds)} given)."})
+    queue = _checked_queue(queue)  # once for all its runs, unlabelled
     names = ", ".join(variant for variant, _, _ in variants)
     study = Study.objects.create(
         team=teacher.team,

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 from distill.config import config_schema
 from distill.layer_map import OUT_OF_RANGE
 from jobs.models import Artifact, MetricPoint, Run, Study, Teacher
+from jobs.services import QUEUE_NOT_LIVE
 from tests.web.conftest import KD_SECTIONS, enqueued
 
 pytestmark = pytest.mark.django_db
@@ -142,14 +143,15 @@ def test_run_create_needs_write_access(api, name, tiny_teacher, tiny_dataset, dj
 # --- runs -----------------------------------------------------------------------------------------------------
 
 
-def test_run_create_is_the_wizards_run(api, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):
-    body = run_body(tiny_teacher, tiny_dataset, queue="gpu-2")
+def test_run_create_is_the_wizards_run(api, tiny_teacher, tiny_dataset, settings, django_capture_on_commit_callbacks):
+    body = run_body(tiny_teacher, tiny_dataset)
     with django_capture_on_commit_callbacks():
         response = api("member").post("/api/v1/runs/", body, format="json")
     assert response.status_code == 201, response.content
     created = response.json()
     run = Run.objects.get(pk=created["id"])
-    assert (run.queue, run.kind, run.name, run.status) == ("gpu-2", "kd_feature", "api-run", "queued")
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    assert (run.queue, run.kind, run.name, run.status) == (default, "kd_feature", "api-run", "queued")
     assert created["config"]["student"]["layers"] == 2
     assert created["config"]["teacher"]["source"] == tiny_teacher.source  # from the registered teacher
     assert created["config"]["data"]["text_column"] == "review"  # from the registered data set
@@ -240,6 +242,22 @@ def test_every_number_of_the_config_is_bounded_and_refused_out_of_range(api, tin
         assert response.status_code == 400, (path, value, response.content)
         assert list(response.json()) == [path], (value, response.json())
     assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["runs", "studies"])
+def test_a_queue_no_worker_consumes_is_refused_at_launch_but_the_default_one_is_not(
+    api, tiny_teacher, tiny_dataset, settings, path, django_capture_on_commit_callbacks
+):
+    """No worker is up in these tests: a named queue is refused, the default one accepted (the run waits)."""
+    body = run_body(tiny_teacher, tiny_dataset)
+    response = api("owner").post(f"/api/v1/{path}/", body | {"queue": "gpu-9"}, format="json")
+    assert response.status_code == 400
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    assert response.json() == {"queue": [QUEUE_NOT_LIVE.format(queue="gpu-9", live="none", default=default)]}
+    assert not Run.objects.exists() and not Study.objects.exists()
+    with django_capture_on_commit_callbacks():
+        response = api("owner").post(f"/api/v1/{path}/", body | {"queue": default}, format="json")
+    assert response.status_code == 201, response.content
 
 
 def test_run_list_filters(api, done_run, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):

@@ -245,11 +245,10 @@ def test_run_create_takes_sources_from_the_registered_objects(owner, tiny_teache
         "teacher": {"source": str(tmp_path / "elsewhere")},
         "data": {"max_length": 24, "source": "/etc/passwd.csv", "text_column": "x"},
     }
-    run = create_run(owner, tiny_teacher, tiny_dataset, sections, queue="gpu")
+    run = create_run(owner, tiny_teacher, tiny_dataset, sections)
     assert run.config["teacher"]["source"] == tiny_teacher.source
     assert run.config["data"]["source"] == tiny_dataset.source
     assert run.config["data"]["text_column"] == "review"
-    assert run.queue == "gpu"
 
 
 def test_run_create_accepts_a_teacher_finetune_of_a_backbone(owner, tiny_backbone, tiny_dataset):
