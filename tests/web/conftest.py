@@ -243,13 +243,16 @@ def _consumed(queue: str) -> bool:
     return any(q["name"] == queue for queues in replies.values() for q in queues)
 
 
-def start_worker(queue: str, data_dir: Path, env: dict[str, str], log_name: str = "worker.log") -> WorkerProcess:
-    """Start a worker on ``queue`` (node ``<queue>@kdweb-test``) and return once it consumes the queue."""
+def start_worker(
+    queue: str, data_dir: Path, env: dict[str, str], log_name: str = "worker.log", pool: str = "solo"
+) -> WorkerProcess:
+    """Start a worker on ``queue`` (node ``<queue>@kdweb-test``) and return once it consumes the queue. ``pool``
+    ``prefork`` is the pool of ``make up`` and docker-compose (one process of its own per task)."""
     node = f"{queue}@kdweb-test"
     log_path = data_dir / log_name
     command = [
         *(sys.executable, "-m", "celery", "-A", "kdweb", "worker", "-Q", queue, "-n", node),
-        *("--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
+        *("--concurrency", "1", "--pool", pool, "--loglevel", "INFO"),
         *("--without-gossip", "--without-mingle", "--without-heartbeat"),
     ]
     with log_path.open("ab") as log:

@@ -158,17 +158,19 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
     assert_same_points(run, reference_worker.wait_for(reference))
 
 
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
-    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path
+    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path, pool
 ):
-    """SIGTERM (a deploy, Ctrl-C of ``make up``): the worker marks its run interrupted, the trainer checkpoints
-    at its next step and returns, and the worker exits well before a cold shutdown would kill it."""
+    """SIGTERM (a deploy, Ctrl-C of ``make up``): the worker marks its run interrupted (it knows the run by
+    its task, also when a pool process of its own runs that), the trainer checkpoints at its next step and
+    returns, and the worker exits well before a cold shutdown would kill it."""
     reference_worker = celery_worker_process
     reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
 
     queue, data_dir = new_queue(), tmp_path
     env = process_env(data_dir)
-    worker = start_worker(queue, data_dir, env)
+    worker = start_worker(queue, data_dir, env, pool=pool)
     try:
         run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="redeployed"), 15)
         worker.process.send_signal(signal.SIGTERM)
@@ -246,9 +248,11 @@ def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
     with redis_server(port, tmp_path) as redis_process:
         worker = start_worker(queue, tmp_path, env)
         try:
+            # on the default queue: the worker's queue is live on this test's Redis, not on the suite's, which
+            # this process's launch checks; the message goes to the worker below (send_to)
             run = services.run_create(
                 user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="kd_feature", name="redis",
-                sections=sections, queue=queue,
+                sections=sections,
             )  # fmt: skip
             cookie = session_cookie(owner)
             with daphne(env, tmp_path / "daphne.log") as base, chromium_session(prefix="redis-restart-") as s:
