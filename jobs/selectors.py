@@ -6,10 +6,12 @@ import functools
 import math
 import statistics
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
@@ -184,13 +186,18 @@ LIVE_QUEUES_KEY = "kdweb:live-queues"
 
 
 def live_queues(timeout: float = 1.0, *, fresh: bool = False) -> list[str]:
-    """Queues that running workers consume (Celery inspect), as read at most ``LIVE_QUEUES_CACHE_S`` seconds
-    ago (``fresh``: now); empty when no worker answers in time or the broker is down."""
+    """Queues that running workers consume: those that answer Celery's inspect (as read at most
+    ``LIVE_QUEUES_CACHE_S`` seconds ago; ``fresh``: now), and those of runs heartbeating now, whose worker
+    may be too busy to answer (a solo pool trains in the process that would). Empty when no worker answers
+    and none heartbeats, or the broker is down."""
     queues = None if fresh else cache.get(LIVE_QUEUES_KEY)
     if queues is None:
         queues = _inspect_queues(timeout)
         cache.set(LIVE_QUEUES_KEY, queues, LIVE_QUEUES_CACHE_S)
-    return queues
+    beating = Run.objects.filter(
+        status=Run.Status.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=settings.KDWEB_STALE_AFTER_S)
+    )
+    return sorted({*queues, *beating.values_list("queue", flat=True)})
 
 
 def _inspect_queues(timeout: float) -> list[str]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -258,6 +260,19 @@ def test_a_queue_no_worker_consumes_is_refused_at_launch_but_the_default_one_is_
     with django_capture_on_commit_callbacks():
         response = api("owner").post(f"/api/v1/{path}/", body | {"queue": default}, format="json")
     assert response.status_code == 201, response.content
+
+
+def test_a_queue_whose_worker_heartbeats_a_run_is_live(
+    api, queued_run, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks
+):
+    """A solo worker that trains answers no inspect: the fresh heartbeat of its run says it is there."""
+    busy = Run.objects.filter(pk=queued_run.pk)
+    busy.update(status=Run.Status.RUNNING, queue="gpu-busy", heartbeat_at=timezone.now())
+    body = run_body(tiny_teacher, tiny_dataset, queue="gpu-busy")
+    with django_capture_on_commit_callbacks():
+        assert api("owner").post("/api/v1/runs/", body, format="json").status_code == 201
+    busy.update(heartbeat_at=timezone.now() - timedelta(minutes=5))  # its worker is gone
+    assert list(api("owner").post("/api/v1/runs/", body, format="json").json()) == ["queue"]
 
 
 def test_run_list_filters(api, done_run, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):
