@@ -23,8 +23,39 @@ Task = Literal["classification", "causal_lm"]
 LmMetric = Literal["perplexity", "bleu", "rouge_l", "cer"]
 LM_METRICS: tuple[str, ...] = ("perplexity", "bleu", "rouge_l", "cer")
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
+# Upper bounds of every field: far above any real run, low enough that no value overflows a counter, a database
+# column (steps are 32-bit) or a worker's time (a latency figure of a billion passes never ends).
+MAX_LAYERS = 256  # student blocks, and layer indices (0 is the embeddings)
+MAX_LAYER_PAIRS = MAX_LAYERS + 1
+MAX_HIDDEN_SIZE = 65_536
+MAX_HEADS = 1_024
+MAX_INTERMEDIATE_SIZE = 262_144
+MAX_LENGTH = 8_192  # tokens per example, and per prompt or continuation
+MAX_SAMPLES = 100_000_000
+MAX_WEIGHT = 10_000.0  # loss weights and per-pair weights
+MAX_TEMPERATURE = 100.0
+MAX_LR = 1.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_EPOCHS = 1_000.0
+MAX_STEPS = 1_000_000  # optimizer steps, and the intervals counted in steps
+MAX_BATCH_SIZE = 4_096
+MAX_GRAD_ACCUM = 1_024
+MAX_GRAD_NORM = 10_000.0
+MAX_LORA_RANK = 1_024
+MAX_LORA_ALPHA = 10_000.0
+MAX_GENERATION_SAMPLES = 10_000
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_LATENCY_REPEATS = 1_000
+MAX_NAME_CHARS = 200  # names: the run, columns, labels, modules
+MAX_PATH_CHARS = 4_096  # sources and folders
+MAX_LABELS = 10_000
+MAX_TARGET_MODULES = 64
+
+Weight = Annotated[float, Field(ge=0.0, le=MAX_WEIGHT)]
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
+Tokens = Annotated[int, Field(gt=0, le=MAX_LENGTH)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
 class ConfigError(ValueError):
@@ -46,6 +77,7 @@ class _Frozen(BaseModel):
 class TeacherConfig(_Frozen):
     source: str = Field(
         min_length=1,
+        max_length=MAX_PATH_CHARS,
         description="package:<pip-name>, a local model directory (e.g. a run's export) or a hub id",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
@@ -56,10 +88,10 @@ class TeacherConfig(_Frozen):
 class LayerPair(_Frozen):
     """One mapped pair. Layer 0 is the embedding output; layer i the output of block i."""
 
-    student: Annotated[int, Field(ge=0)]
-    teacher: Annotated[int, Field(ge=0)]
-    feature_weight: NonNegFloat = 1.0
-    attention_weight: NonNegFloat = 1.0
+    student: Annotated[int, Field(ge=0, le=MAX_LAYERS)]
+    teacher: Annotated[int, Field(ge=0, le=MAX_LAYERS)]
+    feature_weight: Weight = 1.0
+    attention_weight: Weight = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -74,42 +106,51 @@ class LayerPair(_Frozen):
 
 
 class StudentConfig(_Frozen):
-    layers: PositiveInt
-    hidden_size: PositiveInt | None = Field(None, description="defaults to the teacher's")
-    heads: PositiveInt | None = Field(None, description="defaults to the teacher's")
-    kv_heads: PositiveInt | None = Field(
+    layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    hidden_size: Annotated[int, Field(gt=0, le=MAX_HIDDEN_SIZE)] | None = Field(
+        None, description="defaults to the teacher's"
+    )
+    heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = Field(None, description="defaults to the teacher's")
+    kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = Field(
         None,
         description="key/value heads (grouped-query attention; must divide heads); default: the teacher's "
         "query heads per kv head, kept",
     )
-    intermediate_size: PositiveInt | None = Field(None, description="defaults to 4 x hidden size")
+    intermediate_size: Annotated[int, Field(gt=0, le=MAX_INTERMEDIATE_SIZE)] | None = Field(
+        None, description="defaults to 4 x hidden size"
+    )
     init: Literal["teacher", "random"] = Field(
         "teacher", description="copy the mapped teacher layers (needs the teacher's width) or random"
     )
-    layer_map: Literal["uniform", "last"] | tuple[LayerPair, ...] = "uniform"
+    layer_map: Literal["uniform", "last"] | Annotated[tuple[LayerPair, ...], Field(max_length=MAX_LAYER_PAIRS)] = (
+        "uniform"
+    )
     map_embeddings: bool = Field(True, description="add the pair (0, 0) to uniform/last maps")
 
 
 class DataConfig(_Frozen):
     source: str = Field(
         min_length=1,
+        max_length=MAX_PATH_CHARS,
         description="packaged:rotten_tomatoes, packaged:bbc_news, a .csv/.jsonl path, or hf:<dataset id>",
     )
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: tuple[str, ...] | None = Field(None, description="allowed labels, in class-id order")
-    max_length: Annotated[int, Field(gt=0, le=8192)] = 128
-    max_train_samples: PositiveInt | None = None
-    max_eval_samples: PositiveInt | None = None
+    text_column: Name = "text"
+    label_column: Name = "label"
+    labels: Annotated[tuple[Name, ...], Field(max_length=MAX_LABELS)] | None = Field(
+        None, description="allowed labels, in class-id order"
+    )
+    max_length: Tokens = 128
+    max_train_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
+    max_eval_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
     eval_split: Literal["validation", "test"] = "validation"
 
 
 class LossConfig(_Frozen):
-    task: NonNegFloat = 1.0
-    output: NonNegFloat = 1.0
-    feature: NonNegFloat = 1.0
-    attention: NonNegFloat = 1.0
-    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
+    task: Weight = 1.0
+    output: Weight = 1.0
+    feature: Weight = 1.0
+    attention: Weight = 1.0
+    temperature: Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)] = 2.0
     feature_variant: Literal["mse", "cosine"] = "mse"
     attention_variant: Literal["kl", "mse"] = "kl"
     head_mapping: Literal["group", "mean"] = Field(
@@ -123,25 +164,25 @@ class LossConfig(_Frozen):
 
 
 class OptimConfig(_Frozen):
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
-    weight_decay: NonNegFloat = 0.01
+    lr: Annotated[float, Field(gt=0.0, le=MAX_LR)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT_DECAY)] = 0.01
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.06
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    epochs: Annotated[float, Field(gt=0.0)] = 3.0
-    max_steps: PositiveInt | None = Field(None, description="overrides epochs when set")
-    batch_size: PositiveInt = 32
-    grad_accum: PositiveInt = 1
-    max_grad_norm: Annotated[float, Field(gt=0.0)] | None = 1.0
+    epochs: Annotated[float, Field(gt=0.0, le=MAX_EPOCHS)] = 3.0
+    max_steps: Steps | None = Field(None, description="overrides epochs when set")
+    batch_size: BatchSize = 32
+    grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = 1
+    max_grad_norm: Annotated[float, Field(gt=0.0, le=MAX_GRAD_NORM)] | None = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 class LoraConfig(_Frozen):
     """Low-rank adapters (peft) for teacher fine-tuning; merged into the weights at export."""
 
-    rank: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0.0)] = 16.0
+    rank: Annotated[int, Field(gt=0, le=MAX_LORA_RANK)] = 8
+    alpha: Annotated[float, Field(gt=0.0, le=MAX_LORA_ALPHA)] = 16.0
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
-    target_modules: tuple[str, ...] | None = Field(
+    target_modules: Annotated[tuple[Name, ...], Field(max_length=MAX_TARGET_MODULES)] | None = Field(
         None, description="names of the linear layers to adapt; default: the architecture's attention projections"
     )
 
@@ -150,17 +191,19 @@ class GenerationConfig(_Frozen):
     """Causal-LM evaluation: perplexity on held-out text, and a continuation task (prompt = the start of a
     held-out text, reference = the text that follows) scored by BLEU, ROUGE-L and CER."""
 
-    metrics: tuple[LmMetric, ...] = LM_METRICS
-    samples: PositiveInt = Field(32, description="held-out texts continued for BLEU, ROUGE-L and CER")
-    prompt_tokens: PositiveInt = 48
-    new_tokens: PositiveInt = 32
+    metrics: Annotated[tuple[LmMetric, ...], Field(max_length=len(LM_METRICS))] = LM_METRICS
+    samples: Annotated[int, Field(gt=0, le=MAX_GENERATION_SAMPLES)] = Field(
+        32, description="held-out texts continued for BLEU, ROUGE-L and CER"
+    )
+    prompt_tokens: Tokens = 48
+    new_tokens: Tokens = 32
 
 
 class RunConfig(_Frozen):
     kind: Kind
     task: Task = Field("classification", description="classification, or causal_lm (next-token prediction)")
-    name: str = "run"
-    seed: int = 0
+    name: Name = "run"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     teacher: TeacherConfig
     student: StudentConfig | None = None
     data: DataConfig
@@ -168,12 +211,16 @@ class RunConfig(_Frozen):
     optim: OptimConfig = OptimConfig()
     lora: LoraConfig | None = Field(None, description="teacher_finetune only: train LoRA adapters, not all weights")
     generation: GenerationConfig = GenerationConfig()
-    output_dir: str = Field("runs/run", description="checkpoints, logs and the export go here")
-    log_every: PositiveInt = 10
-    eval_every: PositiveInt | None = Field(None, description="steps between evaluations; default: each epoch")
-    checkpoint_every: PositiveInt = 200
-    eval_batch_size: PositiveInt = 64
-    latency_repeats: PositiveInt = Field(10, description="timed forward passes per latency figure")
+    output_dir: str = Field(
+        "runs/run", max_length=MAX_PATH_CHARS, description="checkpoints, logs and the export go here"
+    )
+    log_every: Steps = 10
+    eval_every: Steps | None = Field(None, description="steps between evaluations; default: each epoch")
+    checkpoint_every: Steps = 200
+    eval_batch_size: BatchSize = 64
+    latency_repeats: Annotated[int, Field(gt=0, le=MAX_LATENCY_REPEATS)] = Field(
+        10, description="timed forward passes per latency figure"
+    )
 
     @model_validator(mode="after")
     def _student_matches_kind(self) -> RunConfig:

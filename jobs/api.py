@@ -202,10 +202,16 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
+    waiting_for_broker = serializers.BooleanField(
+        read_only=True,
+        help_text="Queued, but not sent to its queue yet: the broker did not answer. It is sent when it does.",
+    )
+
     class Meta:
         model = Run
         fields = ["id", "team", "study", "name", "kind", "status", "teacher", "dataset", "queue", "progress"]
         fields += ["step", "total_steps", "eta_s", "attempts", "created_at", "started_at", "finished_at"]
+        fields += ["waiting_for_broker"]
 
 
 class RunDetailSerializer(RunSerializer):

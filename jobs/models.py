@@ -158,6 +158,9 @@ class Run(models.Model):
     queue = models.CharField(max_length=100)
     host = models.CharField(max_length=200, blank=True)
     celery_task_id = models.CharField(max_length=100, blank=True)
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the broker took its message; unset while queued: not sent yet"
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False, help_text="read by the worker's heartbeat")
     attempts = models.IntegerField(default=0, help_text="times a worker claimed the run (1 + resumes)")
@@ -179,6 +182,11 @@ class Run(models.Model):
     @property
     def is_resumable(self) -> bool:
         return self.status in self.RESUMABLE
+
+    @property
+    def waiting_for_broker(self) -> bool:
+        """Queued, but its message never reached the broker (it was down): ``manage.py watchdog`` sends it."""
+        return self.status == self.Status.QUEUED and self.enqueued_at is None
 
     @property
     def student_shape(self) -> str:

@@ -6,13 +6,17 @@ import functools
 import math
 import statistics
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -177,13 +181,31 @@ def run_log_tail(run: Run, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int]
     return [text for _, text in reversed(newest)], newest[0][0] if newest else 0
 
 
-def live_queues(timeout: float = 1.0) -> list[str]:
-    """Queues that running workers consume (Celery inspect); empty when no worker answers in time."""
+LIVE_QUEUES_CACHE_S = 5.0  # an inspect waits its whole timeout: pages and launches share one answer a while
+LIVE_QUEUES_KEY = "kdweb:live-queues"
+
+
+def live_queues(timeout: float = 1.0, *, fresh: bool = False) -> list[str]:
+    """Queues that running workers consume: those that answer Celery's inspect (as read at most
+    ``LIVE_QUEUES_CACHE_S`` seconds ago; ``fresh``: now), and those of runs heartbeating now, whose worker
+    may be too busy to answer (a solo pool trains in the process that would). Empty when no worker answers
+    and none heartbeats, or the broker is down."""
+    queues = None if fresh else cache.get(LIVE_QUEUES_KEY)
+    if queues is None:
+        queues = _inspect_queues(timeout)
+        cache.set(LIVE_QUEUES_KEY, queues, LIVE_QUEUES_CACHE_S)
+    beating = Run.objects.filter(
+        status=Run.Status.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=settings.KDWEB_STALE_AFTER_S)
+    )
+    return sorted({*queues, *beating.values_list("queue", flat=True)})
+
+
+def _inspect_queues(timeout: float) -> list[str]:
     from kdweb.celery import app
 
     try:
         replies = app.control.inspect(timeout=timeout).active_queues() or {}
-    except OSError:  # the broker is down: no worker can be reached either
+    except (OSError, OperationalError):  # the broker is down: no worker can be reached either
         return []
     return sorted({q["name"] for queues in replies.values() for q in queues})
 

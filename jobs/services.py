@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.core.files.storage import default_storage
@@ -29,6 +31,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from kombu.exceptions import OperationalError as BrokerError
 from transformers import PretrainedConfig
 
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
@@ -52,7 +55,9 @@ from jobs.models import (
     Team,
 )
 from jobs.permissions import require_owner, require_write
-from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD, teacher_hf_config
+from jobs.selectors import ABLATIONS, BASELINES, FULL_METHOD, live_queues, teacher_hf_config
+
+log = logging.getLogger(__name__)
 
 UPLOAD_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 UPLOAD_TOO_LARGE = "The file is {size:,} bytes; the limit is {limit:,} bytes."
@@ -252,6 +257,25 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
     return cfg
 
 
+QUEUE_NOT_LIVE = (
+    "No worker consumes the queue “{queue}”: a run there would wait forever. Live queues: {live}; or the default "
+    "queue “{default}”, where a run waits for a worker."
+)
+
+
+def _checked_queue(queue: str) -> str:
+    """The queue to launch on: the default one when blank; a named one only if a live worker consumes it (the
+    default one is always accepted, a run there waits for a worker)."""
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    if not queue or queue == default or queue in live_queues():
+        return queue or default
+    live = live_queues(fresh=True)  # a worker may have started since the cached answer
+    if queue not in live:
+        message = QUEUE_NOT_LIVE.format(queue=queue, live=", ".join(live) or "none", default=default)
+        raise ValidationError({"queue": message})
+    return queue
+
+
 @transaction.atomic
 def run_create(
     *, user, teacher: Teacher, dataset: DatasetSpec, kind: str, name: str, sections: dict, queue: str = ""
@@ -262,6 +286,7 @@ def run_create(
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "The data set belongs to another team."})
     cfg = run_config_build(kind=kind, teacher=teacher, dataset=dataset, name=name, sections=sections)
+    queue = _checked_queue(queue)
     run = Run.objects.create(
         team=team,
         name=name,
@@ -269,7 +294,7 @@ def run_create(
         teacher=teacher,
         dataset=dataset,
         config=cfg.model_dump(mode="json"),
-        queue=queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+        queue=queue,
         created_by=user,
     )
     status_send_on_commit(run)  # the runs lists open on the team show it at once
@@ -277,11 +302,70 @@ def run_create(
     return run
 
 
-def _enqueue(run: Run) -> None:
+# --- runs: sending them to the broker ------------------------------------------------------------------
+# A run is committed first, then its message is sent (on commit), and ``enqueued_at`` records that the broker
+# took it. A run queued with ``enqueued_at`` unset was never sent (the broker was down): the watchdog's sweep
+# (``runs_send_unsent``) sends it. Both send under the run's row lock, only while it is queued and unsent, so
+# the message goes out once; were it ever sent twice, the worker's claim (``run_claim``) runs it once.
+
+SEND_GRACE_S = 5.0  # the sweep leaves runs this young to the request that queued them
+BROKER_DOWN_S = 5.0  # after a failed send, the requests of this process do not try for this long
+BROKER_DOWN_KEY = "kdweb:broker-down"
+WAITING_FOR_BROKER = (
+    "not sent yet: the broker does not answer ({error}); the run stays queued and is sent as soon as it does"
+)
+
+
+def _send(run_id: int) -> Run | None:
+    """Send the run's message if it is queued and unsent and no one else is sending it (its row is locked for
+    the send); the run as sent, or None. Raises ``BrokerError`` when the broker cannot be reached."""
     from jobs.tasks import run_execute
 
-    result = run_execute.apply_async((run.id,), queue=run.queue)
-    Run.objects.filter(pk=run.pk).update(celery_task_id=result.id)
+    with transaction.atomic():
+        unsent = Run.objects.select_for_update(skip_locked=True).filter(
+            pk=run_id, status=Run.Status.QUEUED, enqueued_at=None
+        )
+        run = unsent.first()
+        if run is None:
+            return None
+        run.celery_task_id = run_execute.apply_async((run.pk,), queue=run.queue).id
+        run.enqueued_at = timezone.now()
+        run.save(update_fields=["celery_task_id", "enqueued_at"])
+        return run
+
+
+def _enqueue(run: Run) -> None:
+    """On commit of the request that queued ``run``: send it. A broker that does not answer fails nothing: the
+    run stays queued, its log says why, and the sweep sends it later. Updates ``run`` when sent."""
+    error = "nor did it a moment ago" if cache.get(BROKER_DOWN_KEY) else None
+    if error is None:
+        try:
+            sent = _send(run.pk)
+        except BrokerError as exc:
+            cache.set(BROKER_DOWN_KEY, True, BROKER_DOWN_S)  # the next runs of a study need not wait for it too
+            error = str(exc)
+        else:
+            if sent is not None:
+                run.celery_task_id, run.enqueued_at = sent.celery_task_id, sent.enqueued_at
+            return
+    log.warning("run %s not sent to the broker: %s", run.pk, error)
+    run_log(run.pk, WAITING_FOR_BROKER.format(error=error))
+
+
+def runs_send_unsent(older_than_s: float = SEND_GRACE_S) -> list[int]:
+    """Send the queued runs whose message never reached the broker, oldest first (the watchdog's sweep).
+    Returns the ids sent; raises ``BrokerError`` when the broker is still down (the rest waits for the next
+    sweep)."""
+    unsent = Run.objects.filter(
+        status=Run.Status.QUEUED, enqueued_at=None, created_at__lt=timezone.now() - timedelta(seconds=older_than_s)
+    )
+    sent = []
+    for run_id in unsent.order_by("created_at", "pk").values_list("pk", flat=True):
+        run = _send(run_id)
+        if run is not None:
+            run_log(run_id, f"the broker answers again: sent to the queue {run.queue}")
+            sent.append(run_id)
+    return sent
 
 
 # --- runs: the worker's side ---------------------------------------------------------------------------
@@ -364,7 +448,8 @@ def run_resume(*, user, run: Run) -> Run:
     if not run.is_resumable:
         raise ValidationError(f"Only a cancelled or interrupted run can be resumed; this one is {run.status}.")
     run.status, run.cancel_requested, run.error, run.finished_at = Run.Status.QUEUED, False, "", None
-    run.save(update_fields=["status", "cancel_requested", "error", "finished_at"])
+    run.enqueued_at = None  # a new message to send
+    run.save(update_fields=["status", "cancel_requested", "error", "finished_at", "enqueued_at"])
     run_log(run.pk, f"resume requested by {user.get_username()}")
     status_send_on_commit(run)
     transaction.on_commit(lambda: _enqueue(run))
@@ -372,17 +457,23 @@ def run_resume(*, user, run: Run) -> Run:
 
 
 def runs_interrupt(
-    *, stale_after_s: float | None = None, host: str | None = None, reason: str | None = None
+    *,
+    stale_after_s: float | None = None,
+    host: str | None = None,
+    task_ids: Iterable[str] | None = None,
+    reason: str | None = None,
 ) -> list[int]:
-    """Mark running runs ``interrupted``: those whose heartbeat is older than ``stale_after_s`` (a worker
-    that died or lost the database), or those claimed by ``host`` (a worker that starts again under the name
-    it had, so none of its runs can still be running, or one that is shutting down). ``reason`` goes to the
-    runs' logs. Returns the ids marked."""
+    """Mark running runs ``interrupted``, those that meet every condition given: a heartbeat older than
+    ``stale_after_s`` (a worker that died or lost the database), claimed by the node ``host``, run by one of
+    the Celery tasks ``task_ids`` (a worker that is shutting down). ``reason`` goes to the runs' logs.
+    Returns the ids marked."""
     stale = Run.objects.filter(status=Run.Status.RUNNING)
     if stale_after_s is not None:
         stale = stale.filter(heartbeat_at__lt=timezone.now() - timedelta(seconds=stale_after_s))
     if host is not None:
         stale = stale.filter(host=host)
+    if task_ids is not None:
+        stale = stale.filter(celery_task_id__in=list(task_ids))
     marked = []
     for run_id in stale.values_list("pk", flat=True):
         with transaction.atomic():
@@ -705,6 +796,7 @@ def study_create(
         raise ValidationError({"seeds": "Give at least one seed."})
     if len(seeds) > MAX_STUDY_SEEDS:
         raise ValidationError({"seeds": f"At most {MAX_STUDY_SEEDS} seeds ({len(seeds)} given)."})
+    queue = _checked_queue(queue)  # once for all its runs, unlabelled
     names = ", ".join(variant for variant, _, _ in variants)
     study = Study.objects.create(
         team=teacher.team,

@@ -9,6 +9,8 @@ import traceback
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
+from celery.worker import state as worker_state
+from django.conf import settings
 from django.db import connections
 
 from distill.config import parse_config
@@ -24,7 +26,7 @@ def run_execute(self, run_id: int) -> None:
     """Train one run, or resume it from its checkpoint. The database claim makes a redelivered message a no-op.
 
     The worker's node name (``celery@host``) is stored as the run's host: a worker that starts again under
-    that name marks the run interrupted (``interrupt_runs_of_restarted_worker``).
+    that name marks the run interrupted if its heartbeat is stale (``interrupt_runs_of_restarted_worker``).
     """
     run = services.run_claim(run_id, host=self.request.hostname or socket.gethostname(), task_id=self.request.id or "")
     if run is None:
@@ -45,10 +47,11 @@ def run_execute(self, run_id: int) -> None:
 
 @worker_ready.connect
 def interrupt_runs_of_restarted_worker(sender, **kwargs) -> None:
-    """A worker starting under a node name cannot have runs of that name still running: they died with the
-    previous process (killed, out of memory, host rebooted), so they are marked interrupted at once rather
-    than when their heartbeat goes stale."""
-    marked = services.runs_interrupt(host=sender.hostname)
+    """A worker starting under a node name finds the runs still marked running under that name. Those whose
+    heartbeat is stale died with a previous process of that name (killed, out of memory, host rebooted) and
+    are marked interrupted at once, without waiting for the watchdog's next round. Those whose heartbeat is
+    fresh belong to a live worker that has the same name: they are left alone."""
+    marked = services.runs_interrupt(host=sender.hostname, stale_after_s=settings.KDWEB_STALE_AFTER_S)
     if marked:
         log.warning("runs %s were running on %s when it stopped: interrupted", marked, sender.hostname)
     connections.close_all()  # opened in the parent process: forked pool children must not share it
@@ -59,16 +62,18 @@ def interrupt_runs_of_stopping_worker(sender: str, how: str, **kwargs) -> None:
     """A warm shutdown (SIGTERM) lets running tasks go on until the cold one kills them, checkpoints lost.
     Marking their runs interrupted at once makes each trainer stop at its next step end (the monitor reads
     the status within a second), checkpoint there and return, so the worker exits early and the runs resume
-    from where they were. ``sender`` is the node name, the runs' host.
+    from where they were. Only the runs of this worker's own tasks (by task id): another worker may run under
+    the same node name (``sender``).
 
     This runs in a signal handler, which may have interrupted the task's own database work on this thread
     (solo pool): the update goes through a thread, and so a connection, of its own."""
-    if how != "Warm":
+    task_ids = [request.id for request in worker_state.active_requests]
+    if how != "Warm" or not task_ids:
         return
 
     def interrupt() -> None:
         try:
-            if marked := services.runs_interrupt(host=sender, reason=f"{sender} is shutting down"):
+            if marked := services.runs_interrupt(task_ids=task_ids, reason=f"{sender} is shutting down"):
                 log.warning("runs %s interrupted: %s is shutting down; they stop at a checkpoint", marked, sender)
         finally:
             connections.close_all()

@@ -813,7 +813,10 @@ def _launch(request: HttpRequest) -> HttpResponse:
     if as_study:
         messages.success(request, f"Study “{study.name}”: {study.runs.count()} runs are queued.")
         return redirect("study_detail", study_id=study.pk)
-    messages.success(request, f"“{run.name}” is queued on {run.queue}.")
+    if run.waiting_for_broker:
+        messages.warning(request, f"“{run.name}” is queued; the broker does not answer: it is sent once it does.")
+    else:
+        messages.success(request, f"“{run.name}” is queued on {run.queue}.")
     return redirect("run_detail", run_id=run.pk)
 
 

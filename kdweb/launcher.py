@@ -15,7 +15,8 @@
    Celery's main process survives it, fails the task with WorkerLostError and forks a fresh one, and
    ``--max-tasks-per-child 1`` gives every run a fresh process, so a run's memory goes back to the system
    when it ends. With solo the same crash takes the worker down, and with it (by design, below) kdweb.
-   watchdog: ``manage.py watchdog`` marks runs whose worker stopped heartbeating ``interrupted``.
+   watchdog: ``manage.py watchdog`` marks runs whose worker stopped heartbeating ``interrupted`` and sends
+   runs queued while the broker was down.
 4. When ``/login/`` answers, it prints the URL and the login.
 
 Each child runs in its own process group (so a terminal's Ctrl-C reaches only the launcher, which stops

@@ -14,7 +14,8 @@ KDWEB_IMPORT_ROOTS     folders (os.pathsep-separated) under which teachers and d
                local path; empty by default: uploads and packages only.
 KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default 5).
 KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
-KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs (default 10).
+KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs, and for queued runs never sent to the
+               broker (default 10).
 KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizard's estimate (default: what
                this host has available, which is right when web and worker share a machine).
 """

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import ConfigError, format_location, load_config, parse_config
+from distill.config import (
+    MAX_LATENCY_REPEATS,
+    MAX_SEED,
+    MAX_STEPS,
+    ConfigError,
+    format_location,
+    load_config,
+    parse_config,
+)
 from distill.layer_map import DUPLICATE_STUDENT, EMPTY_MAP, OUT_OF_RANGE, resolve_layer_map, uniform_pairs
 from distill.students import validate_against
 from distill.teachers import Architecture
@@ -161,3 +169,22 @@ def test_it_applies_overrides_before_validating(tmp_path):
 def test_every_example_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.name and cfg.output_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("seed", -1, "greater than or equal to 0"),
+        ("seed", MAX_SEED + 1, f"less than or equal to {MAX_SEED}"),
+        ("optim.max_steps", 1e10, f"less than or equal to {MAX_STEPS}"),
+        ("latency_repeats", 1_000_000_000, f"less than or equal to {MAX_LATENCY_REPEATS}"),
+    ],
+)
+def test_it_bounds_every_number(base_config, field, value, message):
+    """The cases of issue 11; every numeric field is walked through the API in tests/web/test_api.py."""
+    section, _, leaf = field.rpartition(".")
+    (base_config.setdefault(section, {}) if section else base_config)[leaf] = value
+    assert message in errors_of(base_config)[field]
+    bound = {"seed": MAX_SEED, "optim.max_steps": MAX_STEPS, "latency_repeats": MAX_LATENCY_REPEATS}[field]
+    (base_config[section] if section else base_config)[leaf] = bound
+    parse_config(base_config)  # the bound itself is valid

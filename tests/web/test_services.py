@@ -3,13 +3,16 @@ worker's side (claim, progress, failure), all against the real database and the 
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
+import redis
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -17,7 +20,7 @@ from distill.layer_map import OUT_OF_RANGE
 from jobs import services
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
 from jobs.tasks import run_execute
-from tests.web.conftest import KD_SECTIONS, enqueued, reviews_dataset
+from tests.web.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -242,11 +245,10 @@ def test_run_create_takes_sources_from_the_registered_objects(owner, tiny_teache
         "teacher": {"source": str(tmp_path / "elsewhere")},
         "data": {"max_length": 24, "source": "/etc/passwd.csv", "text_column": "x"},
     }
-    run = create_run(owner, tiny_teacher, tiny_dataset, sections, queue="gpu")
+    run = create_run(owner, tiny_teacher, tiny_dataset, sections)
     assert run.config["teacher"]["source"] == tiny_teacher.source
     assert run.config["data"]["source"] == tiny_dataset.source
     assert run.config["data"]["text_column"] == "review"
-    assert run.queue == "gpu"
 
 
 def test_run_create_accepts_a_teacher_finetune_of_a_backbone(owner, tiny_backbone, tiny_dataset):
@@ -373,8 +375,8 @@ def test_it_refuses_paths_into_kdwebs_own_data_folder(team, owner, settings, tmp
 # --- cancel, resume, heartbeats, interruption --------------------------------------------------------------
 
 
-def running(run: Run, *, beat_seconds_ago: float = 0.0, host: str = "w1@gpu") -> Run:
-    services.run_claim(run.pk, host=host, task_id="t")
+def running(run: Run, *, beat_seconds_ago: float = 0.0, host: str = "w1@gpu", task_id: str = "t") -> Run:
+    services.run_claim(run.pk, host=host, task_id=task_id)
     Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=beat_seconds_ago))
     run.refresh_from_db()
     return run
@@ -458,16 +460,31 @@ def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny
     assert services.runs_interrupt(stale_after_s=60) == []
 
 
-def test_a_restarted_worker_interrupts_the_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
-    mine = running(queued_run, host="w1@gpu")
-    other = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="other"), host="w2@gpu")
+def test_a_restarted_worker_interrupts_the_stale_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
+    """As ``jobs.tasks.interrupt_runs_of_restarted_worker`` calls it: a fresh heartbeat under the same node name
+    is a live worker of that name, whose run goes on."""
+    mine = running(queued_run, host="w1@gpu", beat_seconds_ago=120)
+    namesake = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="namesake"), host="w1@gpu")
+    other = running(
+        create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="other"), host="w2@gpu", beat_seconds_ago=120
+    )
 
-    assert services.runs_interrupt(host="w1@gpu") == [mine.pk]
+    assert services.runs_interrupt(host="w1@gpu", stale_after_s=60) == [mine.pk]
 
-    mine.refresh_from_db()
-    other.refresh_from_db()
-    assert (mine.status, other.status) == (Run.Status.INTERRUPTED, Run.Status.RUNNING)
+    for run in (mine, namesake, other):
+        run.refresh_from_db()
+    assert (mine.status, namesake.status, other.status) == (Run.Status.INTERRUPTED, *[Run.Status.RUNNING] * 2)
     assert "w1@gpu started again" in log_of(mine)[-1]
+
+
+def test_a_stopping_worker_interrupts_the_runs_of_its_own_tasks_only(queued_run, owner, tiny_teacher, tiny_dataset):
+    mine = running(queued_run, host="w1@gpu", task_id="task-mine")
+    namesake = running(
+        create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="namesake"), host="w1@gpu", task_id="task-2"
+    )
+    assert services.runs_interrupt(task_ids=["task-mine"], reason="w1@gpu is shutting down") == [mine.pk]
+    namesake.refresh_from_db()
+    assert namesake.status == Run.Status.RUNNING
 
 
 def test_the_watchdog_command_refuses_a_staleness_below_the_heartbeat(settings):
@@ -482,3 +499,52 @@ def test_the_watchdog_command_interrupts_stale_runs(queued_run, capsys):
     stale.refresh_from_db()
     assert stale.status == Run.Status.INTERRUPTED
     assert f"run {stale.pk}: no heartbeat for 60 s, marked interrupted" in capsys.readouterr().out
+
+
+# --- sending runs to the broker: the request's send and the watchdog's sweep ----------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_sends_an_unsent_run_once_and_skips_one_being_sent(queued_run, settings):
+    """A run committed but never sent (as when the broker was down): while another process holds its row (the
+    request's own send, or a second sweep) the sweep skips it; then it sends it once."""
+    queue = new_queue()
+    Run.objects.filter(pk=queued_run.pk).update(queue=queue, enqueued_at=None, celery_task_id="")
+    assert services.runs_send_unsent() == []  # too young: its request may be sending it right now
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with transaction.atomic():
+            Run.objects.select_for_update().get(pk=queued_run.pk)
+            locked.set()
+            release.wait(30)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        assert services.runs_send_unsent(older_than_s=0) == []  # skipped, not waited for
+    finally:
+        release.set()
+        holder.join()
+    try:
+        assert services.runs_send_unsent(older_than_s=0) == [queued_run.pk]
+        assert services.runs_send_unsent(older_than_s=0) == []
+        assert redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue) == 1  # one message
+    finally:
+        forget_queue(queue)
+    queued_run.refresh_from_db()
+    assert queued_run.enqueued_at is not None and queued_run.celery_task_id
+    assert not queued_run.waiting_for_broker
+    assert log_of(queued_run)[-1] == f"the broker answers again: sent to the queue {queue}"
+
+
+def test_resuming_a_run_makes_it_unsent_again(queued_run, member, django_capture_on_commit_callbacks):
+    run = running(queued_run)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.INTERRUPTED, enqueued_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=False):  # the broker never got the new message
+        services.run_resume(user=member, run=run)
+    run.refresh_from_db()
+    assert run.waiting_for_broker  # the sweep sends it

@@ -15,6 +15,7 @@ import zipfile
 import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
 from transformers import AutoModelForSequenceClassification
 
 from jobs import services
@@ -142,3 +143,25 @@ def test_a_run_that_fails_in_training_stores_its_error(celery_worker_process, ow
     assert run.finished_at is not None and run.progress == 0.0
     assert not Artifact.objects.filter(run=run).exists() and not Evaluation.objects.filter(run=run).exists()
     assert worker.process.poll() is None  # a failing run does not take the worker down
+
+
+def test_a_run_is_launched_on_a_live_workers_queue_and_refused_on_an_unknown_one(
+    celery_worker_process, owner, tiny_teacher, tiny_dataset
+):
+    worker = celery_worker_process
+    client = APIClient()
+    client.force_authenticate(owner)
+    body = {"teacher": tiny_teacher.pk, "dataset": tiny_dataset.pk, "kind": "kd_logits", "name": "q"}
+    body["sections"] = KD_SECTIONS
+
+    refused = client.post("/api/v1/runs/", body | {"queue": "gpu-typo"}, format="json")
+    assert refused.status_code == 400
+    (message,) = refused.json()["queue"]
+    assert message.startswith("No worker consumes the queue “gpu-typo”") and f"Live queues: {worker.queue};" in message
+    assert not Run.objects.exists()
+
+    launched = client.post("/api/v1/runs/", body | {"queue": worker.queue}, format="json")
+    assert launched.status_code == 201, launched.content
+    assert launched.json()["waiting_for_broker"] is False  # sent before the answer
+    run = worker.wait_for(Run.objects.get(pk=launched.json()["id"]))
+    assert_succeeded(run, worker)

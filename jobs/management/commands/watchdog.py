@@ -1,9 +1,10 @@
-"""``manage.py watchdog``: mark runs whose worker stopped heartbeating ``interrupted``, periodically.
+"""``manage.py watchdog``: mark runs whose worker stopped heartbeating ``interrupted``, and send queued runs
+that never reached the broker, periodically.
 
-A worker that dies (SIGKILL, out of memory, a lost host) cannot say so; its run's heartbeat goes stale. This
-loop, one per deployment (``make up`` and docker-compose start it), finds such runs every
-``KDWEB_WATCHDOG_EVERY_S`` seconds; ``--once`` suits cron. A worker restarting under its old name does the
-same for its own runs at start-up (``jobs.tasks``), without waiting for staleness.
+A worker that dies (SIGKILL, out of memory, a lost host) cannot say so; its run's heartbeat goes stale. A run
+queued while the broker was down was committed but never sent. This loop, one per deployment (``make up``
+and docker-compose start it), finds both every ``KDWEB_WATCHDOG_EVERY_S`` seconds; ``--once`` suits cron. A
+worker restarting under its old name interrupts its own stale runs at start-up too (``jobs.tasks``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from jobs import services
 
 
 class Command(BaseCommand):
-    help = "Mark running runs without a recent heartbeat as interrupted (they can then be resumed)."
+    help = (
+        "Mark running runs without a recent heartbeat as interrupted (they can then be resumed), and send queued "
+        "runs whose message never reached the broker."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--once", action="store_true", help="check once and exit (for cron)")
@@ -35,14 +39,20 @@ class Command(BaseCommand):
                 f"--stale-after ({stale_after:g} s) must exceed the heartbeat interval "
                 f"(KDWEB_HEARTBEAT_S = {settings.KDWEB_HEARTBEAT_S:g} s), or live runs would be interrupted"
             )
-        self.stdout.write(f"watchdog: runs silent for {stale_after:g} s are marked interrupted")
+        self.stdout.write(
+            f"watchdog: runs silent for {stale_after:g} s are marked interrupted; queued runs never sent are sent"
+        )
         while True:
             try:
                 for run_id in services.runs_interrupt(stale_after_s=stale_after):
                     self.stdout.write(f"run {run_id}: no heartbeat for {stale_after:g} s, marked interrupted")
+                for run_id in services.runs_send_unsent():
+                    self.stdout.write(f"run {run_id}: sent to the broker")
             except DatabaseError as exc:  # a database restart must not end the watch
                 self.stderr.write(f"watchdog: database unavailable ({exc}); retrying")
                 connection.close()
+            except services.BrokerError as exc:  # nor a broker restart: its runs wait for the next round
+                self.stderr.write(f"watchdog: broker unavailable ({exc}); retrying")
             if once:
                 return
             time.sleep(every)
