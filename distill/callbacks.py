@@ -52,6 +52,7 @@ class TrainState:
 TRAINING, VALIDATING, EVALUATING = "training", "validating", "evaluating"
 MEASURING, EXPORTING = "measuring", "exporting"
 PHASES = (TRAINING, VALIDATING, EVALUATING, MEASURING, EXPORTING)
+FINISH_PHASES = (EVALUATING, MEASURING, EXPORTING)  # after the last step: a stop ends them at once
 
 
 class StopRequested(Exception):
