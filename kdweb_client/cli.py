@@ -277,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             return watch(client, args.run, interval=args.interval)
         if args.command in ("cancel", "resume"):
             run = client.post(f"/runs/{args.run}/{args.command}/")
-            cancelling = " (cancelling)" if run["cancel_requested"] else ""
-            print(f"run {run['id']} {run['status']}{cancelling}", file=sys.stderr)
+            print(f"run {run['id']}: {args.command} requested; it is {run['status']}", file=sys.stderr)
             return watch(client, run["id"]) if getattr(args, "watch", False) else 0
         for path in download(client, args.run, args.output):
             print(path)
