@@ -1,8 +1,11 @@
 """The trainer's progress protocol: callbacks read ``TrainState`` and steer only through ``Control``.
 
 A trimmed version of transformers' ``trainer_callback.py``. The Celery task, the CLI's progress bar and
-the tests all observe training through these six hooks; cancelling sets ``control.should_stop``, and the
-trainer then checkpoints and returns cleanly.
+the tests all observe training through these hooks; cancelling sets ``control.should_stop``, and the
+trainer then checkpoints and returns cleanly. After training, the finish (evaluation, latency measurement,
+export) has no step to stop at: there ``on_phase`` reports its progress, and a stop request raises
+``StopRequested`` inside it, which the trainer turns into a stopped result (the final checkpoint stays, so a
+resume redoes only the finish).
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ class TrainState:
         return cls(**json.loads(path.read_text()))
 
 
+# What the trainer is doing, as ``on_phase`` reports it.
+TRAINING, VALIDATING, EVALUATING = "training", "validating", "evaluating"
+MEASURING, EXPORTING = "measuring", "exporting"
+PHASES = (TRAINING, VALIDATING, EVALUATING, MEASURING, EXPORTING)
+FINISH_PHASES = (EVALUATING, MEASURING, EXPORTING)  # after the last step: a stop ends them at once
+
+
+class StopRequested(Exception):
+    """A callback asked to stop during the finish; the trainer returns a stopped result."""
+
+    def __init__(self, phase: str):
+        super().__init__(f"stop requested while {phase}")
+        self.phase = phase
+
+
 @dataclass
 class Control:
     """Flags a callback may set; the trainer reads them after each hook."""
@@ -63,6 +81,11 @@ class Callback:
 
     def on_evaluate(self, state: TrainState, control: Control, metrics: dict[str, Any]) -> None:
         """An evaluation finished."""
+
+    def on_phase(self, state: TrainState, control: Control, phase: str, done: int, total: int) -> None:
+        """``phase`` (one of ``PHASES``) has done ``done`` of its ``total`` units (batches, timed passes,
+        files); called as it starts (``done`` 0) and after each unit. A stop requested here ends a finish
+        phase at once (``StopRequested``); during training the trainer stops at the step's end as usual."""
 
     def on_save(self, state: TrainState, control: Control) -> None:
         """A checkpoint of ``state.step`` is about to be written. A resumed run restarts after that step, so

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,25 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distill.config import RunConfig
+from distill.metrics import no_tick
 
 CARD_FILE, RUN_FILE = "README.md", "distill.json"
 
 
-def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
-    """Save weights, config and tokenizer to ``folder``, replacing it whole (never half-written)."""
+EXPORT_UNITS = 2  # the ticks of ``export_model``: weights saved, tokenizer saved
+
+
+def export_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, tick: Callable[[], None] = no_tick
+) -> Path:
+    """Save weights, config and tokenizer to ``folder``, replacing it whole (never half-written); ``tick``
+    after each part (it may raise to stop: ``folder`` is then left as it was)."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    tick()
     tokenizer.save_pretrained(tmp)
+    tick()
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

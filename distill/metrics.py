@@ -6,6 +6,9 @@ scored by sacrebleu's BLEU, rouge-score's ROUGE-L and jiwer's CER. Efficiency me
 parameters a deployed student carries, the bytes of its exported weights and its CPU forward latency;
 the ratios at the bottom turn a teacher/student pair into the numbers a comparison table shows
 (retention, ×smaller, ×faster).
+
+The loops that take long (evaluation batches, generation batches, timed passes) call their ``tick`` after
+each unit of work: the trainer reports progress through it, and stops a run by raising from it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,11 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+Tick = Callable[[], None]
+
+
+def no_tick() -> None:
+    """The default ``tick``: nobody watches."""
 
 
 def classification_metrics(
@@ -60,7 +68,10 @@ def regression_metrics(
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: torch.device | str = "cpu"
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    device: torch.device | str = "cpu",
+    tick: Tick = no_tick,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a sequence classifier over ``loader``: ``(logits (N, C) float32, labels (N,))``.
 
@@ -75,6 +86,7 @@ def predict(
             inputs = {k: batch[k].to(device) for k in INPUT_KEYS if k in batch}
             logits.append(model(**inputs).logits.float().cpu())
             labels.append(batch["labels"].cpu())
+            tick()
     finally:
         model.train(was_training)
     if not logits:
@@ -87,9 +99,10 @@ def evaluate_classifier(
     loader: Iterable[dict[str, torch.Tensor]],
     num_labels: int,
     device: torch.device | str = "cpu",
+    tick: Tick = no_tick,
 ) -> dict[str, float]:
     """:func:`classification_metrics` of the argmax predictions, plus ``loss``: the mean cross-entropy."""
-    logits, labels = predict(model, loader, device)
+    logits, labels = predict(model, loader, device, tick)
     metrics = classification_metrics(logits.argmax(axis=-1), labels, num_labels)
     metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()))
     return metrics
@@ -97,7 +110,10 @@ def evaluate_classifier(
 
 @torch.inference_mode()
 def evaluate_lm(
-    model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: torch.device | str = "cpu"
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    device: torch.device | str = "cpu",
+    tick: Tick = no_tick,
 ) -> dict[str, float]:
     """``nll``: mean next-token negative log-likelihood over the real tokens of ``loader`` (batches from
     :func:`~distill.data.collate_lm`), and ``perplexity`` = exp(nll). The LM head runs in chunks, so an
@@ -115,6 +131,7 @@ def evaluate_lm(
             hidden = lm_backbone(model, batch)[:, :-1][keep]
             total += float(lm_nll_sum(hidden, model.get_output_embeddings(), targets))
             tokens += len(targets)
+            tick()
     finally:
         model.train(was_training)
     if not tokens:
@@ -173,6 +190,7 @@ def generation_metrics(
     metrics: Iterable[str],
     batch_size: int = 16,
     device: torch.device | str = "cpu",
+    tick: Tick = no_tick,
 ) -> dict[str, float]:
     """Greedy continuations of held-out texts scored by :func:`text_similarity`.
 
@@ -198,6 +216,7 @@ def generation_metrics(
                 pad_token_id=tokenizer.pad_token_id,
             )
             hypotheses += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            tick()
     finally:
         model.train(was_training)
     return text_similarity(hypotheses, references, metrics)
@@ -253,6 +272,7 @@ def measure_latency(
     warmup: int = 3,
     threads: int | None = None,
     forward_kwargs: dict[str, Any] | None = None,
+    tick: Tick = no_tick,
 ) -> Latency:
     """Time ``repeats`` forward passes on seeded random ``input_ids`` with a full attention mask.
 
@@ -281,6 +301,7 @@ def measure_latency(
                     torch.cuda.synchronize(device)  # kernels are async: wait before stopping the clock
                 if i >= warmup:
                     times_ms.append((time.perf_counter() - start) * 1000.0)
+                tick()
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
@@ -295,13 +316,22 @@ def measure_latency(
     )
 
 
+LATENCY_BATCH_SIZES = (1, 32)
+
+
+def latency_warmup(repeats: int) -> int:
+    """As many warm-up passes as timed ones, up to 3: a single timed pass of a big model stays cheap."""
+    return min(3, repeats)
+
+
 def efficiency_report(
     model: torch.nn.Module,
     vocab_size: int,
     seq_len: int = 128,
-    batch_sizes: Sequence[int] = (1, 32),
+    batch_sizes: Sequence[int] = LATENCY_BATCH_SIZES,
     repeats: int = 20,
     causal_lm: bool = False,
+    tick: Tick = no_tick,
 ) -> dict[str, Any]:
     """Parameter count and latency per batch size: ``{"params": n, "latency": {"bs1": {...}, ...}}``.
 
@@ -313,9 +343,15 @@ def efficiency_report(
     return {
         "params": count_parameters(model),
         "latency": {
-            # as many warm-up passes as timed ones, up to 3: a single timed pass of a big model stays cheap
             f"bs{bs}": measure_latency(
-                model, bs, seq_len, vocab_size, repeats=repeats, warmup=min(3, repeats), forward_kwargs=kwargs
+                model,
+                bs,
+                seq_len,
+                vocab_size,
+                repeats=repeats,
+                warmup=latency_warmup(repeats),
+                forward_kwargs=kwargs,
+                tick=tick,
             ).as_dict()
             for bs in batch_sizes
         },

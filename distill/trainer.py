@@ -5,7 +5,8 @@ text); ``no_kd``, ``kd_logits`` and ``kd_feature`` train a student built from th
 terms their kind switches on. ``task: causal_lm`` changes the data (token windows of text), the
 validation (perplexity) and the final evaluation (perplexity and a continuation task), not the loop.
 Accelerate supplies devices, mixed precision, gradient accumulation and multi-GPU, so the loop reads
-the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only.
+the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only: steps, and the phases
+(``on_phase``) of the finish, which a stop request ends as it does training (the run can resume).
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, get_scheduler
 
-from distill.callbacks import Callback, CallbackHandler, TrainState
+from distill.callbacks import (
+    EVALUATING,
+    EXPORTING,
+    MEASURING,
+    TRAINING,
+    VALIDATING,
+    Callback,
+    CallbackHandler,
+    StopRequested,
+    TrainState,
+)
 from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import KD_KINDS, RunConfig
 from distill.data import (
@@ -40,9 +51,19 @@ from distill.data import (
     load_text_data,
 )
 from distill.distiller import Distiller, teacher_forward
-from distill.export import export_model, write_model_card
+from distill.export import EXPORT_UNITS, export_model, write_model_card
 from distill.lora import apply_lora, merge_adapter, trainable_parameters
-from distill.metrics import efficiency_report, evaluate_classifier, evaluate_lm, generation_metrics, weights_bytes
+from distill.metrics import (
+    LATENCY_BATCH_SIZES,
+    Tick,
+    efficiency_report,
+    evaluate_classifier,
+    evaluate_lm,
+    generation_metrics,
+    latency_warmup,
+    no_tick,
+    weights_bytes,
+)
 from distill.students import build_student, student_config, validate_against
 from distill.teachers import (
     check_tokenizer,
@@ -120,11 +141,13 @@ def task_collate(cfg: RunConfig) -> Callable[..., dict[str, torch.Tensor]]:
     return collate_lm if cfg.task == "causal_lm" else collate
 
 
-def validate(cfg: RunConfig, model: PreTrainedModel, loader: DataLoader, data: Data, device: torch.device) -> dict:
+def validate(
+    cfg: RunConfig, model: PreTrainedModel, loader: DataLoader, data: Data, device: torch.device, tick: Tick = no_tick
+) -> dict:
     """Validation metrics: accuracy/F1/MCC/loss for classification, perplexity and NLL for a causal LM."""
     if cfg.task == "causal_lm":
-        return evaluate_lm(model, loader, device)
-    return evaluate_classifier(model, loader, len(data.labels), device)
+        return evaluate_lm(model, loader, device, tick)
+    return evaluate_classifier(model, loader, len(data.labels), device, tick)
 
 
 def total_steps(cfg: RunConfig, train_size: int) -> int:
@@ -133,6 +156,30 @@ def total_steps(cfg: RunConfig, train_size: int) -> int:
         return cfg.optim.max_steps
     micro = math.ceil(cfg.optim.epochs * math.ceil(train_size / cfg.optim.batch_size))
     return max(1, math.ceil(micro / cfg.optim.grad_accum))
+
+
+class PhaseReporter:
+    """Tells the callbacks what the trainer is doing (``on_phase``). A stoppable phase (the finish) raises
+    ``StopRequested`` from its report when a callback asked to stop; training stops at a step's end instead."""
+
+    def __init__(self, handler: CallbackHandler, state: TrainState):
+        self.handler, self.state = handler, state
+        self.phase, self.done, self.total, self.stoppable = TRAINING, 0, 0, False
+
+    def start(self, phase: str, total: int, done: int = 0, stoppable: bool = True) -> Tick:
+        """Report that ``phase`` begins; returns its ``tick``, to call after each of its ``total`` units."""
+        self.phase, self.done, self.total, self.stoppable = phase, done, total, stoppable
+        self._report()
+        return self.tick
+
+    def tick(self) -> None:
+        self.done += 1
+        self._report()
+
+    def _report(self) -> None:
+        control = self.handler.call("on_phase", self.state, self.phase, self.done, self.total)
+        if self.stoppable and control.should_stop:
+            raise StopRequested(self.phase)
 
 
 @dataclass
@@ -264,6 +311,8 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
         log.info("resumed from step %d", state.step)
 
     control = handler.call("on_train_begin", state)
+    phases = PhaseReporter(handler, state)
+    phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
     eval_every = cfg.eval_every or math.ceil(len(sampler) / cfg.optim.grad_accum)
     sums: dict[str, float] = {}
     micro = 0
@@ -290,8 +339,10 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
             control = handler.call("on_step_end", state, logs)
             last = state.step >= state.total_steps
             if state.step % eval_every == 0 or last:
-                state.metrics = validate(cfg, m.distiller.student, val_loader, data, accelerator.device)
+                tick = phases.start(VALIDATING, len(val_loader), stoppable=False)
+                state.metrics = validate(cfg, m.distiller.student, val_loader, data, accelerator.device, tick)
                 control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
+                phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
             if control.should_stop or last or state.step % cfg.checkpoint_every == 0:
                 handler.call("on_save", state)
                 save_checkpoint(output_dir, m.distiller, optimizer, scheduler, state)
@@ -301,23 +352,43 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
             state.epoch += 1
             state.batches_in_epoch = 0
 
-    stopped = state.step < state.total_steps
-    result = _finish(cfg, data, m, state, accelerator.device) if not stopped else TrainResult(state, True, {}, {}, None)
+    result = TrainResult(state, True, {}, {}, None)  # stopped: the checkpoint is where a resume starts
+    if state.step >= state.total_steps:
+        try:  # a resume of a run stopped here finds the final checkpoint and redoes only the finish
+            result = _finish(cfg, data, m, state, accelerator.device, phases)
+        except StopRequested as stop:
+            log.info("%s: the final checkpoint stays", stop)
     handler.call("on_train_end", state, result)
     return result
 
 
+def evaluation_units(cfg: RunConfig, loader: DataLoader) -> int:
+    """The ticks of :func:`evaluate_final` (batches; for generation, at most this many)."""
+    if cfg.task != "causal_lm":
+        return len(loader)
+    gen = cfg.generation
+    scored = len(loader) if "perplexity" in gen.metrics else 0
+    generated = math.ceil(gen.samples / cfg.eval_batch_size) if set(gen.metrics) - {"perplexity"} else 0
+    return scored + generated
+
+
 def evaluate_final(
-    cfg: RunConfig, model: PreTrainedModel, tokenizer: Any, loader: DataLoader, data: Data, device: torch.device
+    cfg: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    loader: DataLoader,
+    data: Data,
+    device: torch.device,
+    tick: Tick = no_tick,
 ) -> dict[str, Any]:
     """The end-of-run metrics of one model on ``cfg.data.eval_split``; for a causal LM the perplexity
     (with its NLL) and the continuation scores, as far as ``cfg.generation.metrics`` asks for them."""
     metrics: dict[str, Any] = {"split": cfg.data.eval_split}
     if cfg.task != "causal_lm":
-        return metrics | evaluate_classifier(model, loader, len(data.labels), device)
+        return metrics | evaluate_classifier(model, loader, len(data.labels), device, tick)
     gen = cfg.generation
     if "perplexity" in gen.metrics:
-        metrics |= evaluate_lm(model, loader, device)
+        metrics |= evaluate_lm(model, loader, device, tick)
     if set(gen.metrics) - {"perplexity"}:
         metrics |= generation_metrics(
             model,
@@ -329,12 +400,16 @@ def evaluate_final(
             metrics=gen.metrics,
             batch_size=cfg.eval_batch_size,
             device=device,
+            tick=tick,
         )
     return metrics
 
 
-def _finish(cfg: RunConfig, data: Data, m: Models, state: TrainState, device: torch.device) -> TrainResult:
-    """Evaluate the trained model and the teacher on the same split, measure both, export the trained model."""
+def _finish(
+    cfg: RunConfig, data: Data, m: Models, state: TrainState, device: torch.device, phases: PhaseReporter
+) -> TrainResult:
+    """Evaluate the trained model and the teacher on the same split, measure both, export the trained model;
+    each phase reported to ``phases``, which raises ``StopRequested`` when a callback asks to stop."""
     output_dir, pad = Path(cfg.output_dir), m.tokenizer.pad_token_id
     split = encode_split(cfg, data, cfg.data.eval_split, m.tokenizer)
     loader = eval_loader(split, cfg.eval_batch_size, pad, task_collate(cfg))
@@ -343,17 +418,23 @@ def _finish(cfg: RunConfig, data: Data, m: Models, state: TrainState, device: to
     # a LoRA model is measured and exported as the plain model its merged adapters make
     models = {trained: merge_adapter(m.distiller.student)} | ({"teacher": m.teacher} if m.teacher is not None else {})
     metrics, efficiency = {}, {}
+    tick = phases.start(EVALUATING, len(models) * evaluation_units(cfg, loader))
     for name, model in models.items():
         model.set_attn_implementation("sdpa")  # measured and shipped on the fast path
-        metrics[name] = evaluate_final(cfg, model, m.tokenizer, loader, data, device)
+        metrics[name] = evaluate_final(cfg, model, m.tokenizer, loader, data, device, tick)
+    passes = len(LATENCY_BATCH_SIZES) * (latency_warmup(cfg.latency_repeats) + cfg.latency_repeats)
+    tick = phases.start(MEASURING, len(models) * passes)
+    for name, model in models.items():
         efficiency[name] = efficiency_report(
             model,
             model.config.vocab_size,
             seq_len=cfg.data.max_length,
             repeats=cfg.latency_repeats,
             causal_lm=cfg.task == "causal_lm",
+            tick=tick,
         )
-    export_dir = export_model(models[trained], m.tokenizer, output_dir / "export")
+    tick = phases.start(EXPORTING, EXPORT_UNITS)
+    export_dir = export_model(models[trained], m.tokenizer, output_dir / "export", tick)
     efficiency[trained]["bytes"] = weights_bytes(export_dir)
     efficiency[trained]["trainable_params"] = trainable
     if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():

@@ -210,8 +210,8 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = ["id", "team", "study", "name", "kind", "status", "teacher", "dataset", "queue", "progress"]
-        fields += ["step", "total_steps", "eta_s", "attempts", "created_at", "started_at", "finished_at"]
-        fields += ["waiting_for_broker"]
+        fields += ["step", "total_steps", "eta_s", "phase", "phase_progress", "attempts", "created_at"]
+        fields += ["started_at", "finished_at", "waiting_for_broker"]
 
 
 class RunDetailSerializer(RunSerializer):

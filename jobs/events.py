@@ -20,6 +20,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from redis.exceptions import RedisError
 
+from distill.callbacks import PHASES
+
 log = logging.getLogger(__name__)
 
 GROUP_MESSAGE_TYPE = "run.event"  # handled by RunConsumer.run_event
@@ -47,6 +49,8 @@ class StatusEvent(TypedDict):
     step: NotRequired[int]
     total_steps: NotRequired[int]
     cancel_requested: NotRequired[bool]
+    phase: NotRequired[str]  # distill.callbacks.PHASES, or "" before training begins
+    phase_progress: NotRequired[float]
 
 
 class LogEvent(TypedDict):
@@ -118,6 +122,11 @@ def _check_status(payload: dict) -> str | None:
         return "eta_s must be a number or null"
     if any(k in payload and not _integer(payload[k]) for k in ("step", "total_steps")):
         return "step and total_steps must be integers"
+    if "phase" in payload and payload["phase"] not in ("", *PHASES):
+        return f"phase must be one of {PHASES} or empty"
+    share = payload.get("phase_progress", 0.0)
+    if not _number(share) or not 0 <= share <= 1:
+        return "phase_progress must be a number from 0 to 1"
     return None
 
 
@@ -155,7 +164,7 @@ SCHEMAS = {
     "metrics": ({"type", "points"}, set(), _check_metrics),
     "status": (
         {"type", "run_id", "status", "progress", "eta_s"},
-        {"step", "total_steps", "cancel_requested"},
+        {"step", "total_steps", "cancel_requested", "phase", "phase_progress"},
         _check_status,
     ),
     "log": ({"type", "lines", "ids"}, set(), _check_log),
@@ -244,6 +253,8 @@ def status_event(run) -> StatusEvent:
         "step": run.step,
         "total_steps": run.total_steps,
         "cancel_requested": run.cancel_requested,
+        "phase": run.phase,
+        "phase_progress": float(run.phase_progress),
     }
 
 

@@ -139,8 +139,9 @@ class Run(models.Model):
         INTERRUPTED = "interrupted"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
-    # stopped with a checkpoint: "resume" continues the same run where it stopped
-    RESUMABLE = (Status.CANCELLED, Status.INTERRUPTED)
+    # may have stopped with a checkpoint: "resume" continues the same run where it stopped (a failed run
+    # only if it has one, services.run_resume)
+    RESUMABLE = (Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
@@ -154,6 +155,8 @@ class Run(models.Model):
     step = models.IntegerField(default=0)
     total_steps = models.IntegerField(default=0)
     eta_s = models.FloatField(null=True, blank=True)
+    phase = models.CharField(max_length=12, blank=True, help_text="what the worker does: distill.callbacks.PHASES")
+    phase_progress = models.FloatField(default=0.0, help_text="the share of the phase done, 0 to 1")
     error = models.TextField(blank=True)
     queue = models.CharField(max_length=100)
     host = models.CharField(max_length=200, blank=True)

@@ -9,10 +9,14 @@
   where each ``async_to_sync`` call would open a new one. A batch that could not be stored stays buffered for
   the next try; what could not be published (Redis down) goes out with the next batch, so open pages keep a
   complete chart, and pages that reconnect backfill from the database.
-- The same thread heartbeats the run when it has nothing to store (loading, evaluating, exporting), every
-  ``heartbeat_s`` seconds; a run whose stamp goes stale was lost with its worker
+- The same thread heartbeats the run when it has nothing to store, every ``heartbeat_s`` seconds, and every
+  ``flush_every_s`` while the trainer's phase moves (validating, evaluating, measuring, exporting: the run
+  shows its phase and the progress within it); a run whose stamp goes stale was lost with its worker
   (``services.runs_interrupt``). Every write reads the cancel flag: the next step end then asks the trainer
-  to stop, and the trainer checkpoints before it returns.
+  to stop, and the trainer checkpoints before it returns; in the finish, its next phase report stops it.
+- Every write goes through ``jobs.retry.retrying``: a dropped database connection is reopened and the write
+  tried again (for up to ``KDWEB_DB_RETRY_S``), the points of the steps meanwhile kept in the buffer, so the
+  run goes on; a checkpoint waits until the points before it are stored.
 - A few lines go to the run's log: start or resume, every tenth of the run, each evaluation, a stop.
 """
 
@@ -29,8 +33,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from distill.callbacks import Callback, Control, TrainState
+from distill.callbacks import FINISH_PHASES, TRAINING, Callback, Control, TrainState
 from jobs import events, services
+from jobs.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ class RunMonitor(Callback):
         self.unpublished_lines: list[tuple[int, str]] = []  # (id, text)
         self.status: events.StatusEvent | None = None
         self.latest: TrainState | None = None  # the state at the last step end, for the thread's flushes
+        self.phase = services.Phase("", 0.0)  # what the trainer does now
+        self.stored_phase = self.phase
         self.last_write = time.monotonic()
         self.next_log_step = math.inf  # set when training begins
         self.stop_requested = threading.Event()
@@ -93,10 +100,14 @@ class RunMonitor(Callback):
         try:
             if (self.buffer or self.lines) and self.latest is not None:
                 self.flush(self.latest)
-            elif time.monotonic() - self.last_write >= self.heartbeat_s:
-                if services.run_heartbeat(self.run_id):
+            elif self.phase != self.stored_phase or time.monotonic() - self.last_write >= self.heartbeat_s:
+                phase = self.phase
+                if retrying(services.run_heartbeat, self.run_id, phase):
                     self.stop_requested.set()
-                self.last_write = time.monotonic()
+                self.last_write, self.stored_phase = time.monotonic(), phase
+                if self.latest is not None:
+                    with self._buffer_lock:
+                        self.status = self._status(self.latest, phase)
         except Exception:  # the database may be back at the next try; training goes on meanwhile
             log.exception("points or heartbeat of run %s not stored", self.run_id)
             connection.close()  # a broken connection is not reused
@@ -114,10 +125,17 @@ class RunMonitor(Callback):
             with self._buffer_lock:
                 points, self.buffer = self.buffer, []
                 lines, self.lines = self.lines, []
-            eta_s = self._eta(state)
+            phase = self.phase
             try:
-                stored = services.run_progress(
-                    self.run_id, points, step=state.step, total_steps=state.total_steps, eta_s=eta_s, lines=lines
+                stored = retrying(
+                    services.run_progress,
+                    self.run_id,
+                    points,
+                    step=state.step,
+                    total_steps=state.total_steps,
+                    eta_s=self._eta(state),
+                    lines=lines,
+                    phase=phase,
                 )
             except Exception:
                 with self._buffer_lock:
@@ -126,17 +144,8 @@ class RunMonitor(Callback):
                 raise
             if stored.stop:
                 self.stop_requested.set()
-            self.last_write = time.monotonic()
-            status: events.StatusEvent = {
-                "type": "status",
-                "run_id": self.run_id,
-                "status": "running",
-                "progress": min(max(state.progress, 0.0), 1.0),
-                "eta_s": eta_s,
-                "step": state.step,
-                "total_steps": state.total_steps,
-                "cancel_requested": self.stop_requested.is_set(),
-            }
+            self.last_write, self.stored_phase = time.monotonic(), phase
+            status = self._status(state, phase)
             with self._buffer_lock:
                 self.unpublished.extend(points)
                 del self.unpublished[:-MAX_UNPUBLISHED]
@@ -144,6 +153,21 @@ class RunMonitor(Callback):
                 self.status = status
         if threading.current_thread() is not self._thread:
             self._wake.set()
+
+    def _status(self, state: TrainState, phase: services.Phase) -> events.StatusEvent:
+        """The status event of what was just stored."""
+        return {
+            "type": "status",
+            "run_id": self.run_id,
+            "status": "running",
+            "progress": min(max(state.progress, 0.0), 1.0),
+            "eta_s": self._eta(state),
+            "step": state.step,
+            "total_steps": state.total_steps,
+            "cancel_requested": self.stop_requested.is_set(),
+            "phase": phase.name,
+            "phase_progress": min(max(phase.progress, 0.0), 1.0),
+        }
 
     async def _publish(self) -> None:
         """Send what was stored and not yet published: points, log lines, then the latest status.
@@ -200,6 +224,7 @@ class RunMonitor(Callback):
         with self._buffer_lock:
             self.buffer.extend((name, state.step, value) for name, value in logs.items())
         self.latest = replace(state)  # a copy: the trainer goes on changing its own
+        self.phase = services.Phase(TRAINING, state.progress)
         if self.stop_requested.is_set() and not control.should_stop:
             control.should_stop = True  # the trainer checkpoints this step, then returns
             self.say(f"stopping at step {state.step}: saving a checkpoint")
@@ -219,6 +244,12 @@ class RunMonitor(Callback):
         if state.step >= state.total_steps:  # what comes next takes a while and logs no steps
             self.say("training done: evaluating the trained model and the teacher, measuring latency, exporting")
         self.flush(state)
+
+    def on_phase(self, state: TrainState, control: Control, phase: str, done: int, total: int) -> None:
+        self.phase = services.Phase(phase, done / total if total else 0.0)
+        if phase in FINISH_PHASES and self.stop_requested.is_set() and not control.should_stop:
+            control.should_stop = True  # the trainer stops the phase at once; its final checkpoint stays
+            self.say(f"stopping while {phase}: the final checkpoint stays, a resume redoes the finish")
 
     def on_save(self, state: TrainState, control: Control) -> None:
         self.flush(state)  # stored points never lag the checkpoint: a resume would skip the missing steps

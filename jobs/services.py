@@ -34,6 +34,7 @@ from django.utils.text import get_valid_filename
 from kombu.exceptions import OperationalError as BrokerError
 from transformers import PretrainedConfig
 
+from distill.checkpoint import has_checkpoint
 from distill.config import ConfigError, DataConfig, RunConfig, parse_config
 from distill.export import write_model_card
 from distill.lora import validate_lora
@@ -382,6 +383,8 @@ def run_claim(run_id: int, *, host: str, task_id: str) -> Run | None:
             started_at=Coalesce(F("started_at"), now),
             heartbeat_at=now,
             attempts=F("attempts") + 1,
+            phase="",
+            phase_progress=0.0,
         )
         if not claimed:
             return None
@@ -402,11 +405,24 @@ def _should_stop(run_id: int) -> bool:
     return cancel or status != Run.Status.RUNNING
 
 
-def run_heartbeat(run_id: int) -> bool:
-    """The worker is alive: stamp the run. True when the worker should stop (cancel requested, or the run
-    is not running any more, e.g. marked interrupted while this worker was cut off from the database)."""
+class Phase(NamedTuple):
+    """What a running run's worker does (``distill.callbacks.PHASES``) and the share of it done."""
+
+    name: str
+    progress: float
+
+
+def _phase_fields(phase: Phase | None) -> dict[str, Any]:
+    return {} if phase is None else {"phase": phase.name, "phase_progress": min(max(phase.progress, 0.0), 1.0)}
+
+
+def run_heartbeat(run_id: int, phase: Phase | None = None) -> bool:
+    """The worker is alive: stamp the run (and its phase). True when the worker should stop (cancel requested,
+    or the run is not running any more, e.g. marked interrupted while this worker was cut off from the
+    database)."""
     with transaction.atomic():
-        Run.objects.filter(pk=run_id, status=Run.Status.RUNNING).update(heartbeat_at=timezone.now())
+        running = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING)
+        running.update(heartbeat_at=timezone.now(), **_phase_fields(phase))
         return _should_stop(run_id)
 
 
@@ -418,13 +434,18 @@ def run_stopped(run_id: int) -> Run:
         run.status, run.eta_s, run.finished_at = Run.Status.CANCELLED, None, timezone.now()
         run.save(update_fields=["status", "eta_s", "finished_at"])
         status_send_on_commit(run)
-    run_log(run.pk, f"stopped at step {run.step} / {run.total_steps} with a checkpoint: {run.status}")
+    if run.total_steps and run.step >= run.total_steps:  # stopped in the finish
+        phase = run.phase or "finishing"
+        run_log(run.pk, f"stopped while {phase}, after training: {run.status}; resume redoes the finish")
+    else:
+        run_log(run.pk, f"stopped at step {run.step} / {run.total_steps} with a checkpoint: {run.status}")
     return run
 
 
 @transaction.atomic
 def run_cancel(*, user, run: Run) -> Run:
-    """Cancel a run: a queued run at once, a running one at its next step (it checkpoints, then stops)."""
+    """Cancel a run: a queued run at once, a running one at its next step (it checkpoints, then stops), or
+    within a second in the finish (evaluation, latency measurement, export: resuming redoes that)."""
     require_write(user, run.team)
     run = Run.objects.select_for_update().get(pk=run.pk)
     if run.status == Run.Status.QUEUED:
@@ -442,11 +463,14 @@ def run_cancel(*, user, run: Run) -> Run:
 
 @transaction.atomic
 def run_resume(*, user, run: Run) -> Run:
-    """Queue a cancelled or interrupted run again; its worker continues from the last checkpoint."""
+    """Queue a cancelled, interrupted or failed run again; its worker continues from the last checkpoint (a
+    failed run needs one: it failed before its first otherwise, and is launched anew)."""
     require_write(user, run.team)
     run = Run.objects.select_for_update().get(pk=run.pk)
     if not run.is_resumable:
-        raise ValidationError(f"Only a cancelled or interrupted run can be resumed; this one is {run.status}.")
+        raise ValidationError(f"Only a failed, cancelled or interrupted run can be resumed; this one is {run.status}.")
+    if run.status == Run.Status.FAILED and not has_checkpoint(run_output_dir(run)):
+        raise ValidationError("This run failed before its first checkpoint: nothing to resume; launch it again.")
     run.status, run.cancel_requested, run.error, run.finished_at = Run.Status.QUEUED, False, "", None
     run.enqueued_at = None  # a new message to send
     run.save(update_fields=["status", "cancel_requested", "error", "finished_at", "enqueued_at"])
@@ -507,6 +531,7 @@ def run_progress(
     total_steps: int,
     eta_s: float | None,
     lines: Sequence[str] = (),
+    phase: Phase | None = None,
 ) -> Stored:
     """Store metric points (idempotent per run, name and step), log lines and the progress, as one heartbeat
     in one transaction. Publishing is the caller's (the worker's monitor sends what this stored).
@@ -522,6 +547,7 @@ def run_progress(
             progress=step / total_steps if total_steps else 0.0,
             eta_s=eta_s,
             heartbeat_at=timezone.now(),
+            **_phase_fields(phase),
         )
         return Stored(_should_stop(run_id), [(line.pk, line.text) for line in created])
 
@@ -538,8 +564,11 @@ def _zip_folder(folder: Path, name: str) -> tuple[str, int, str]:
 
 @transaction.atomic
 def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
-    """Record evaluations and the exported model; a fine-tuned teacher is registered as a Teacher."""
+    """Record evaluations and the exported model; a fine-tuned teacher is registered as a Teacher. Once only:
+    a retry whose first try committed (the reply lost with the connection) finds the run succeeded."""
     run = Run.objects.select_for_update().get(pk=run_id)
+    if run.status == Run.Status.SUCCEEDED:
+        return run
     for role, metrics in result["metrics"].items():
         eff = result["efficiency"][role]
         Evaluation.objects.update_or_create(

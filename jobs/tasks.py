@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import traceback
+from pathlib import Path
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
@@ -17,6 +18,7 @@ from distill.config import parse_config
 from distill.trainer import train
 from jobs import services
 from jobs.progress import RunMonitor
+from jobs.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +29,36 @@ def run_execute(self, run_id: int) -> None:
 
     The worker's node name (``celery@host``) is stored as the run's host: a worker that starts again under
     that name marks the run interrupted if its heartbeat is stale (``interrupt_runs_of_restarted_worker``).
+    Each write survives a dropped database connection (``jobs.retry``).
     """
-    run = services.run_claim(run_id, host=self.request.hostname or socket.gethostname(), task_id=self.request.id or "")
+    host, task_id = self.request.hostname or socket.gethostname(), self.request.id or ""
+    run = retrying(services.run_claim, run_id, host=host, task_id=task_id)
     if run is None:
         log.info("run %s is not queued any more; nothing to do", run_id)
         return
+    output_dir = services.run_output_dir(run)
     try:  # once claimed, the run must end succeeded, failed or stopped: nothing else would move it on
-        cfg = parse_config({**run.config, "output_dir": str(services.run_output_dir(run))})
+        cfg = parse_config({**run.config, "output_dir": str(output_dir)})
         with RunMonitor(run.id, run.team_id) as monitor:
             result = train(cfg, [monitor], resume=True)
         if result.stopped:
-            services.run_stopped(run.id)
+            retrying(services.run_stopped, run.id)
         else:
-            services.run_succeed(run.id, result.as_dict())
+            retrying(services.run_succeed, run.id, result.as_dict())
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        services.run_fail(run.id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        retrying(services.run_fail, run.id, f"{failure(exc, output_dir)}\n\n{traceback.format_exc()}")
+
+
+def failure(exc: Exception, output_dir: Path) -> str:
+    """The first line of a failed run's error: what went wrong, and for the run folder what to do."""
+    path = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and path and Path(path).is_relative_to(output_dir):
+        return (
+            f"the run folder {output_dir} cannot be written ({exc.strerror}: {path}); "
+            "fix that, then resume the run: it continues from its last checkpoint"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 @worker_ready.connect

@@ -16,6 +16,7 @@ KDWEB_HEARTBEAT_S      seconds between a worker's heartbeats on its run (default
 KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked interrupted (default 30).
 KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs, and for queued runs never sent to the
                broker (default 10).
+KDWEB_DB_RETRY_S       how long a worker retries a write over a lost database connection (default 60).
 KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizard's estimate (default: what
                this host has available, which is right when web and worker share a machine).
 """
@@ -96,6 +97,9 @@ DATABASES = {
         default=f"sqlite:///{DATA_DIR / 'kdweb.sqlite3'}", conn_max_age=60, conn_health_checks=True
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # a reconnect to a database that is down or unreachable fails within seconds rather than hanging
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The zero-setup database is written by the worker while the web process reads it: WAL lets both go on.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
@@ -150,6 +154,7 @@ RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the wo
 KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
+KDWEB_DB_RETRY_S = float(os.environ.get("KDWEB_DB_RETRY_S", 60))  # jobs.retry
 # Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
 KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))

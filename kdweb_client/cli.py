@@ -1,5 +1,6 @@
-"""``kdweb submit config.yaml``, ``kdweb watch RUN``, ``kdweb download RUN``: scripts drive a kdweb server
-through its REST API (``/api/v1/``), authenticated with the user's token (``/account/token/``).
+"""``kdweb submit config.yaml``, ``kdweb watch RUN``, ``kdweb cancel RUN``, ``kdweb resume RUN``, ``kdweb download
+RUN``: scripts drive a kdweb server through its REST API (``/api/v1/``), authenticated with the user's token
+(``/account/token/``).
 
 The server comes from ``--server`` or ``KDWEB_URL``, the token from ``--token`` or ``KDWEB_TOKEN``. Exit
 status: 0 done (``watch``: the run succeeded), 1 the run failed, was cancelled or interrupted, or the server
@@ -169,7 +170,7 @@ def _postfix(latest: dict[str, float | None]) -> str:
 def watch(client: Client, run_id: int, interval: float = 1.0, out: Any = None) -> int:
     """A live progress bar (steps, ETA, the latest value of each loss term) until the run stops; its exit code."""
     run = client.get(f"/runs/{run_id}/")
-    bar = tqdm(total=run["total_steps"] or None, desc=f"{run['name']} [{run['status']}]", unit="step", file=out)
+    bar = tqdm(total=run["total_steps"] or None, desc=f"{run['name']} [{_state(run)}]", unit="step", file=out)
     latest: dict[str, float | None] = {}
     after = None
     try:
@@ -182,7 +183,7 @@ def watch(client: Client, run_id: int, interval: float = 1.0, out: Any = None) -
             after = backfill["last_step"]
             bar.total = run["total_steps"] or None
             bar.n = run["step"]
-            bar.set_description(f"{run['name']} [{run['status']}]", refresh=False)
+            bar.set_description(f"{run['name']} [{_state(run)}]", refresh=False)
             bar.set_postfix_str(_postfix(latest), refresh=False)
             bar.refresh()
             if run["status"] in STOPPED:
@@ -193,6 +194,14 @@ def watch(client: Client, run_id: int, interval: float = 1.0, out: Any = None) -
         bar.close()
     _report(run, out or sys.stderr)
     return STOPPED[run["status"]]
+
+
+def _state(run: dict) -> str:
+    """``status``, and the phase of a running run's finish (``running · measuring 40 %``)."""
+    phase = run.get("phase")
+    if run["status"] != "running" or phase in ("", None, "training"):
+        return run["status"]
+    return f"running · {phase} {run.get('phase_progress', 0):.0%}"
 
 
 def _report(run: dict, out: Any) -> None:
@@ -239,6 +248,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("run", type=int)
     sub.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
+    sub = commands.add_parser("cancel", help="cancel a run (a running one stops with a checkpoint)")
+    sub.add_argument("run", type=int)
+
+    sub = commands.add_parser("resume", help="resume a failed, cancelled or interrupted run from its checkpoint")
+    sub.add_argument("run", type=int)
+    sub.add_argument("--watch", action="store_true", help="then watch it (exit status as watch)")
+
     sub = commands.add_parser("download", help="download the run's exported student (zip)")
     sub.add_argument("run", type=int)
     sub.add_argument("-o", "--output", type=Path, default=Path("."), help="folder (default: here)")
@@ -259,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             return watch(client, run["id"]) if args.watch else 0
         if args.command == "watch":
             return watch(client, args.run, interval=args.interval)
+        if args.command in ("cancel", "resume"):
+            run = client.post(f"/runs/{args.run}/{args.command}/")
+            print(f"run {run['id']}: {args.command} requested; it is {run['status']}", file=sys.stderr)
+            return watch(client, run["id"]) if getattr(args, "watch", False) else 0
         for path in download(client, args.run, args.output):
             print(path)
         return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
+from distill.callbacks import EVALUATING, EXPORTING, MEASURING, TRAINING, VALIDATING, Callback
+from distill.checkpoint import has_checkpoint
 from distill.config import ConfigError, parse_config
 from distill.trainer import train
 from tests.recording import Recorder, assert_resume_is_bit_exact
@@ -81,6 +84,47 @@ def test_it_resumes_to_the_same_losses_as_an_uninterrupted_run(base_config, tmp_
     base_config["student"] = {"layers": 2, "hidden_size": 16, "heads": 2, "init": "random"}  # projections too
     base_config["optim"]["max_steps"] = 8
     assert assert_resume_is_bit_exact(base_config, tmp_path).export_dir is None  # a stopped run exports nothing
+
+
+class StopIn(Callback):
+    """Records every phase report ``(phase, done, total)``; asks to stop once ``phase`` has done ``after`` units."""
+
+    def __init__(self, phase: str | None = None, after: int = 0):
+        self.phase, self.after, self.reports = phase, after, []
+
+    def on_phase(self, state, control, phase, done, total):
+        self.reports.append((phase, done, total))
+        if phase == self.phase and done >= self.after:
+            control.should_stop = True
+
+
+@pytest.mark.parametrize(("phase", "after"), [(EVALUATING, 1), (MEASURING, 5), (EXPORTING, 1)])
+def test_a_stop_in_the_finish_stops_it_and_a_resume_redoes_only_the_finish(base_config, phase, after):
+    base_config["latency_repeats"] = 50
+    stop = StopIn(phase, after)
+    stopped = train(parse_config(base_config), [stop])
+    assert stopped.stopped and stopped.state.step == 6 and stopped.export_dir is None
+    assert stop.reports[-1] == (phase, after, stop.reports[-1][2])  # not one unit more
+    assert has_checkpoint(Path(base_config["output_dir"])) and not (Path(base_config["output_dir"]) / "export").exists()
+
+    rec, phases = Recorder(), StopIn()
+    result = train(parse_config(base_config), [rec, phases], resume=True)
+    assert not result.stopped and result.export_dir.is_dir() and result.metrics["student"]["accuracy"] >= 0
+    assert not any(e.startswith("step_end") for e in rec.events)  # the final checkpoint: no step trained again
+    started = [(p, total) for p, done, total in phases.reports if done == 0]
+    # 24 validation rows in one batch, for student and teacher; 2 batch sizes × (3 warm-up + 50) passes each
+    assert started == [(EVALUATING, 2), (MEASURING, 2 * 2 * 53), (EXPORTING, 2)]
+    assert phases.reports[0] == (TRAINING, 6, 6)  # then each phase counts to its total
+    assert [r for r in phases.reports if r[0] == MEASURING][-1] == (MEASURING, 212, 212)
+
+
+def test_it_reports_validation_as_a_phase_of_training(base_config):
+    base_config["eval_every"] = 3
+    phases = StopIn(VALIDATING, 0)  # a stop asked during training's validation waits for the step's end
+    result = train(parse_config(base_config), [phases])
+    assert result.stopped and result.state.step == 3
+    assert phases.reports[:3] == [(TRAINING, 0, 6), (VALIDATING, 0, 1), (VALIDATING, 1, 1)]
+    assert phases.reports[3] == (TRAINING, 3, 6)
 
 
 def test_it_exports_a_student_transformers_loads(base_config, assets):

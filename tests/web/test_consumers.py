@@ -137,6 +137,8 @@ def test_it_lets_every_member_of_the_team_watch(request, persona, live_run):
         "step": 30,
         "total_steps": 120,
         "cancel_requested": False,
+        "phase": "",
+        "phase_progress": 0.0,
     }
     events.check_event(backfill)
     events.check_event(status)
@@ -309,6 +311,8 @@ def test_it_publishes_status_when_a_run_fails(member, live_run):
             "step": 30,
             "total_steps": 120,
             "cancel_requested": False,
+            "phase": "",
+            "phase_progress": 0.0,
         },
     ]
 
@@ -349,6 +353,8 @@ def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
         "step": 32,
         "total_steps": 120,
         "cancel_requested": False,
+        "phase": "training",
+        "phase_progress": 32 / 120,
     }
     assert MetricPoint.objects.filter(run=live_run).count() == 4  # stored before it was published
 

@@ -20,6 +20,7 @@ from jobs.models import Run
 METRICS = {"type": "metrics", "points": [{"name": "loss/feature", "step": 120, "value": 0.41}]}
 STATUS = {"type": "status", "run_id": 7, "status": "running", "progress": 0.42, "eta_s": 310}
 STATUS_FULL = {**STATUS, "eta_s": None, "step": 42, "total_steps": 100, "cancel_requested": True}
+STATUS_FULL |= {"phase": "measuring", "phase_progress": 0.25}
 LOG = {"type": "log", "lines": ["step 120: loss 0.41", "step 120 · validation accuracy 0.8125"], "ids": [8, 9]}
 BACKFILL = {
     "type": "backfill",
@@ -65,6 +66,8 @@ def test_it_validates_each_message_type_and_round_trips_it_through_json(payload)
         ({**STATUS, "step": True}, "integers"),
         ({**STATUS, "run_id": "7"}, "run_id must be an integer"),
         ({**STATUS, "cancel_requested": 1}, "cancel_requested must be a boolean"),
+        ({**STATUS, "phase": "sleeping"}, "phase must be one of"),
+        ({**STATUS, "phase": "measuring", "phase_progress": 2}, "phase_progress must be a number from 0 to 1"),
         ({**LOG, "lines": [b"bytes", "x"]}, "lines must be a list of strings"),
         ({**LOG, "lines": "one line"}, "lines must be a list of strings"),
         ({**LOG, "ids": [8]}, "one per line"),
@@ -127,5 +130,7 @@ def test_it_builds_the_status_of_a_run():
         "step": 5,
         "total_steps": 10,
         "cancel_requested": False,
+        "phase": "",
+        "phase_progress": 0.0,
     }
     events.check_event(events.status_event(run))

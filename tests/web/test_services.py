@@ -16,8 +16,10 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from distill.callbacks import TrainState
 from distill.layer_map import OUT_OF_RANGE
 from jobs import services
+from jobs.events import status_event
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
 from jobs.tasks import run_execute
 from tests.web.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
@@ -439,11 +441,43 @@ def test_resuming_queues_the_same_run_again_on_commit(queued_run, member, status
     assert (claimed.attempts, claimed.started_at, claimed.host) == (2, run.started_at, "w2@gpu")
 
 
-@pytest.mark.parametrize("status", [Run.Status.QUEUED, Run.Status.RUNNING, Run.Status.SUCCEEDED, Run.Status.FAILED])
+@pytest.mark.parametrize("status", [Run.Status.QUEUED, Run.Status.RUNNING, Run.Status.SUCCEEDED])
 def test_only_a_stopped_run_can_be_resumed(queued_run, owner, status):
     Run.objects.filter(pk=queued_run.pk).update(status=status)
     with pytest.raises(ValidationError, match=f"this one is {status}"):
         services.run_resume(user=owner, run=queued_run)
+
+
+def test_a_failed_run_resumes_if_it_has_a_checkpoint(queued_run, owner, django_capture_on_commit_callbacks):
+    run = running(queued_run)
+    services.run_fail(run.pk, "OperationalError: terminating connection due to administrator command")
+    with pytest.raises(ValidationError, match="failed before its first checkpoint: nothing to resume"):
+        services.run_resume(user=owner, run=run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED and run.error
+
+    checkpoint = services.run_output_dir(run) / "checkpoint"  # what the trainer leaves (distill.checkpoint)
+    checkpoint.mkdir(parents=True)
+    TrainState(step=10, total_steps=20).save(checkpoint / "state.json")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.run_resume(user=owner, run=run)
+    run.refresh_from_db()
+    assert (run.status, run.error, run.finished_at) == (Run.Status.QUEUED, "", None)
+    assert enqueued(callbacks) == 1
+
+
+def test_the_worker_stores_the_phase_of_its_run(queued_run):
+    run = running(queued_run)
+    assert services.run_heartbeat(run.pk, services.Phase("measuring", 0.4)) is False
+    run.refresh_from_db()
+    assert (run.phase, run.phase_progress) == ("measuring", 0.4)
+    assert status_event(run) | {"phase": "measuring", "phase_progress": 0.4} == status_event(run)
+    services.run_progress(run.pk, [], step=3, total_steps=8, eta_s=None, phase=services.Phase("training", 3 / 8))
+    run.refresh_from_db()
+    assert (run.phase, run.phase_progress) == ("training", 0.375)
+    services.run_heartbeat(run.pk)  # without a phase: the stored one stays
+    run.refresh_from_db()
+    assert run.phase == "training"
 
 
 def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny_teacher, tiny_dataset):

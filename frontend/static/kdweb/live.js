@@ -16,7 +16,7 @@
 // attributes of #charts (charts.js) and #run-log (data-lines).
 
 import { startLogTail } from "./logtail.js";
-import { FINISHED, ReconnectingSocket, setBadge, setProgress } from "./status_ui.js";
+import { FINISHED, ReconnectingSocket, phaseText, setBadge, setProgress } from "./status_ui.js";
 
 class LiveRun {
   constructor(stateEl, charts, log) {
@@ -153,6 +153,8 @@ class LiveRun {
     setProgress(block, message);
     const stepEl = block.querySelector('[data-live="step"]');
     if (stepEl && step !== undefined) stepEl.textContent = total ? `${step} / ${total}` : String(step);
+    const phaseEl = block.querySelector('[data-live="phase"]');
+    if (phaseEl && message.phase !== undefined) phaseEl.textContent = phaseText(message);
     if (status !== "queued") block.querySelector('[data-live="queued"]')?.remove();
     if (this.cancelling && status === "running") this.showCancelling();
   }

@@ -30,6 +30,13 @@ export function setBadge(badge, status) {
   badge.textContent = statusLabel(status);
 }
 
+/** What a running run does: `training`, or a phase of the finish with its share, e.g. `measuring 40 %`
+ * (the template's Phase cell, partials/run_status.html). */
+export function phaseText({ phase, phase_progress: share = 0 }) {
+  if (!phase) return "starting";
+  return phase === "training" ? phase : `${phase} ${Math.round(share * 100)} %`;
+}
+
 /** The progress cell inside `root` (bar, percentage, ETA while running). */
 export function setProgress(root, { status, progress, eta_s: eta }) {
   const pct = Math.round(Math.min(Math.max(progress, 0), 1) * 100);
