@@ -170,4 +170,4 @@ def test_cancel_refuses_a_get_and_explains_an_impossible_action(client, owner, q
     client.force_login(owner)
     assert client.get(f"/runs/{queued_run.pk}/cancel/").status_code == 405
     response = client.post(f"/runs/{queued_run.pk}/resume/", follow=True)  # a queued run
-    assert b"Only a cancelled or interrupted run can be resumed; this one is queued." in response.content
+    assert b"Only a failed, cancelled or interrupted run can be resumed; this one is queued." in response.content

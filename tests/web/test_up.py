@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.cookiejar
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -204,9 +205,15 @@ print("RUN", run.pk)
 
 
 def submit_run(up: Launched, assets: dict[str, Path]) -> int:
-    """Register the tiny teacher and data and create a run, as another process against the same services."""
-    code = SUBMIT.format(teacher=str(assets["teacher"]), reviews=str(assets["reviews"]))
-    env = {**up.env, "REDIS_URL": up.redis_url}
+    """Register the tiny teacher and data and create a run, as another process against the same services.
+
+    The files go where the demo reads local paths from (the launcher's imports folder), as a user's would.
+    """
+    imports = up.data_dir / "imports"
+    teacher = shutil.copytree(assets["teacher"], imports / "teacher")
+    reviews = shutil.copy(assets["reviews"], imports / "reviews.csv")
+    code = SUBMIT.format(teacher=teacher, reviews=reviews)
+    env = {**up.env, "REDIS_URL": up.redis_url, "KDWEB_IMPORT_ROOTS": str(imports)}
     done = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", textwrap.dedent(code)],
         cwd=REPO,
