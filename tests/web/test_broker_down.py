@@ -17,6 +17,7 @@ import redis
 import requests
 from rest_framework.authtoken.models import Token
 
+from jobs import services
 from jobs.models import MetricPoint, Run
 from jobs.services import WAITING_FOR_BROKER
 from tests.web.conftest import (
@@ -67,6 +68,12 @@ def test_runs_launched_while_the_broker_is_down_run_once_when_it_is_back(
     env = process_env(tmp_path, redis_url=url, KDWEB_DEFAULT_QUEUE=queue)
     token = Token.objects.create(user=owner).key
     body = {"teacher": tiny_teacher.pk, "dataset": tiny_dataset.pk, "sections": SECTIONS}
+    # a run cancelled while queued, to resume during the outage (it goes to the worker's queue then)
+    cancelled = services.run_create(
+        user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="no_kd", name="resumed", sections=SECTIONS
+    )
+    services.run_cancel(user=owner, run=cancelled)
+    Run.objects.filter(pk=cancelled.pk).update(queue=queue)
     watchdog_log = tmp_path / "watchdog.log"
     with redis_server(port, tmp_path) as broker:
         worker = start_worker(queue, tmp_path, env)
@@ -76,15 +83,17 @@ def test_runs_launched_while_the_broker_is_down_run_once_when_it_is_back(
                 broker.wait(timeout=10)
                 single = post(base, token, "/api/v1/runs/", body | {"kind": "kd_feature", "name": "alone"})
                 study = post(base, token, "/api/v1/studies/", body | {"name": "outage"})
+                resumed = post(base, token, f"/api/v1/runs/{cancelled.pk}/resume/", {})
             assert single.status_code == 201, single.text
             assert study.status_code == 201, study.text
-            launched = [single.json(), *study.json()["runs"]]
-            assert len(launched) == 4
+            assert resumed.status_code == 200, resumed.text
+            launched = [single.json(), *study.json()["runs"], resumed.json()]
+            assert len(launched) == 5
             for answer in launched:
                 assert (answer["status"], answer["waiting_for_broker"]) == ("queued", True), answer
             runs = [Run.objects.get(pk=answer["id"]) for answer in launched]
             for run in runs:
-                assert run.enqueued_at is None and run.celery_task_id == ""
+                assert run.enqueued_at is None
                 assert any(line.startswith(WAITING) for line in log_of(run)), log_of(run)
             client.force_login(owner)
             assert "Waiting for the broker" in client.get(f"/runs/{runs[0].pk}/").content.decode()
@@ -112,7 +121,7 @@ def test_runs_launched_while_the_broker_is_down_run_once_when_it_is_back(
         assert log.count(f"the broker answers again: sent to the queue {queue}") == 1, log
         assert said.count(f"run {run.pk}: sent to the broker\n") == 1, said
         steps = MetricPoint.objects.filter(run=run, name="loss/total").values_list("step", flat=True)
-        assert sorted(steps) == [1, 2, 3, 4]
+        assert sorted(steps) == [1, 2, 3, 4]  # each once
     assert left == 0  # no message left over
     assert worker_log.count("Task jobs.run_execute[") == 2 * len(runs), worker_log  # received, succeeded
     assert "not queued any more" not in worker_log
