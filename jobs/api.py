@@ -491,7 +491,7 @@ class RunViewSet(TeamObjectViewSet):
     @extend_schema(request=None, responses=RunDetailSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str) -> Response:
-        """Queue a cancelled or interrupted run again; it continues from its last checkpoint."""
+        """Queue a failed, cancelled or interrupted run again; it continues from its last checkpoint."""
         return self._act(services.run_resume)
 
     @extend_schema(parameters=[SeriesQuerySerializer], responses=SeriesSerializer)

@@ -266,6 +266,9 @@ def test_it_polls_the_status_of_a_live_run_and_reloads_when_it_ends(login, membe
     assert "<html" not in _html(partial)
     assert "25%" in _html(partial) and "ETA 42 s" in _html(partial) and "5 / 20" in _html(partial)
     assert "HX-Refresh" not in partial
+    assert '<dd data-live="phase">starting</dd>' in _html(partial)
+    Run.objects.filter(pk=run.pk).update(phase="measuring", phase_progress=0.4)  # a long finish shows progress
+    assert '<dd data-live="phase">measuring 40 %</dd>' in _html(client.get(url, {"partial": "status"}))
 
     Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED, error="CUDA out of memory")
     partial = client.get(url, {"partial": "status"}, HTTP_HX_REQUEST="true")
