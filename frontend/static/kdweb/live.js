@@ -11,7 +11,8 @@
 // - a lost socket shows "reconnecting…" and retries with exponential backoff (status_ui.ReconnectingSocket);
 //   codes 4403/4404 (not logged in, no such run) stop the retries.
 // While the socket is not connected, the htmx polling of the status block (partials/run_status.html) runs:
-// it reads window.kdwebLiveConnected.
+// the listener at the end cancels each poll while window.kdwebLiveConnected (not a trigger filter, [...],
+// which htmx evaluates as code: the Content-Security-Policy allows no eval).
 // State for tests and curious users: window.kdwebLive (seriesLast, lastStep, status), and the data
 // attributes of #charts (charts.js) and #run-log (data-lines).
 
@@ -177,10 +178,18 @@ class LiveRun {
     }
     if (changed && window.htmx && document.getElementById("run-status")) {
       // queued <-> running: the notes, the host and the start time come from the server
+      refreshing = true; // htmx issues the request (and its htmx:beforeRequest) before ajax() returns
       window.htmx.ajax("GET", `${window.location.pathname}?partial=status`, { target: "#run-status", swap: "outerHTML" });
+      refreshing = false;
     }
   }
 }
+
+let refreshing = false; // a refresh of the status block that LiveRun asks for: never cancelled
+
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (window.kdwebLiveConnected && !refreshing && event.detail.elt.id === "run-status") event.preventDefault();
+});
 
 function start() {
   const stateEl = document.getElementById("live-state");
