@@ -255,7 +255,7 @@ def test_it_polls_the_status_of_a_live_run_and_reloads_when_it_ends(login, membe
     url = reverse("run_detail", args=[run.pk])
 
     html = _html(client.get(url))
-    # polling (live.js cancels the polls while its socket is open: no eval'd filter under the CSP), then the socket
+    # polling (live.js cancels each poll while its socket is open), then the socket
     assert 'hx-trigger="every 2s"' in html and f'hx-get="{url}?partial=status"' in html
     assert "kdweb/live.js" in html
     assert f'id="live-state" class="live-state" data-run="{run.pk}" data-last-step="0"' in html

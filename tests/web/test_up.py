@@ -205,14 +205,13 @@ print("RUN", run.pk)
 
 
 def submit_run(up: Launched, assets: dict[str, Path]) -> int:
-    """Register the tiny teacher and data and create a run, as another process against the same services.
-
-    The files go where the demo reads local paths from (the launcher's imports folder), as a user's would.
-    """
+    """Register the tiny teacher and data and create a run, as another process against the same services."""
+    # local files are registered from the demo's import folder, var/imports (the launcher's KDWEB_IMPORT_ROOTS)
     imports = up.data_dir / "imports"
-    teacher = shutil.copytree(assets["teacher"], imports / "teacher")
-    reviews = shutil.copy(assets["reviews"], imports / "reviews.csv")
-    code = SUBMIT.format(teacher=teacher, reviews=reviews)
+    assert imports.is_dir()
+    shutil.copytree(assets["teacher"], imports / "teacher", dirs_exist_ok=True)
+    shutil.copy(assets["reviews"], imports / "reviews.csv")
+    code = SUBMIT.format(teacher=str(imports / "teacher"), reviews=str(imports / "reviews.csv"))
     env = {**up.env, "REDIS_URL": up.redis_url, "KDWEB_IMPORT_ROOTS": str(imports)}
     done = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", textwrap.dedent(code)],

@@ -10,8 +10,9 @@
 //   start time) from the server; a run that stops reloads the page for its results;
 // - a lost socket shows "reconnecting…" and retries with exponential backoff (status_ui.ReconnectingSocket);
 //   codes 4403/4404 (not logged in, no such run) stop the retries.
-// While the socket is not connected, the htmx polling of the status block (partials/run_status.html) runs;
-// while it is, the poll's requests are cancelled here (a trigger filter would need eval, which the CSP forbids).
+// While the socket is not connected, the htmx polling of the status block (partials/run_status.html) runs:
+// the listener at the end cancels each poll while window.kdwebLiveConnected (not a trigger filter, [...],
+// which htmx evaluates as code: the Content-Security-Policy allows no eval).
 // State for tests and curious users: window.kdwebLive (seriesLast, lastStep, status), and the data
 // attributes of #charts (charts.js) and #run-log (data-lines).
 
@@ -38,9 +39,6 @@ class LiveRun {
     this.lastStatus = null;
     this.watchCancelForm();
     document.body.addEventListener("htmx:afterSettle", () => this.afterSwap());
-    document.body.addEventListener("htmx:beforeRequest", (event) => {
-      if (window.kdwebLiveConnected && event.detail.elt.id === "run-status") event.preventDefault();
-    });
     this.socket = new ReconnectingSocket({
       url: () => this.url(),
       onMessage: (message) => this.onMessage(message),
@@ -182,10 +180,18 @@ class LiveRun {
     }
     if (changed && window.htmx && document.getElementById("run-status")) {
       // queued <-> running: the notes, the host and the start time come from the server
-      window.htmx.ajax("GET", `${window.location.pathname}?partial=status`, { source: document.body, target: "#run-status", swap: "outerHTML" });
+      refreshing = true; // htmx issues the request (and its htmx:beforeRequest) before ajax() returns
+      window.htmx.ajax("GET", `${window.location.pathname}?partial=status`, { target: "#run-status", swap: "outerHTML" });
+      refreshing = false;
     }
   }
 }
+
+let refreshing = false; // a refresh of the status block that LiveRun asks for: never cancelled
+
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (window.kdwebLiveConnected && !refreshing && event.detail.elt.id === "run-status") event.preventDefault();
+});
 
 function start() {
   const stateEl = document.getElementById("live-state");
