@@ -80,7 +80,7 @@ bench-lora: venv
 # The live view under load: the local PostgreSQL and Redis must answer (`services`); the bench drops and
 # recreates a database of its own (kdweb_bench_live) and empties Redis db 5, never the tests' ones.
 bench-live: venv services
-	$(BIN)/python bench/live.py
+	$(BIN)/python -m bench.live
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
