@@ -1,7 +1,7 @@
 """Hugging Face data sets as a source (``hf:<dataset id>[:<config>]``, needs the network).
 
-``datasets.load_dataset`` reads the set; its train/validation/test splits are used, and a missing
-validation or test split is carved from train by the splitting module.
+``datasets.load_dataset`` reads the set; its train/validation/test splits are used. A missing validation
+or test split is carved from train (10%, ``SPLIT_SEED``): stratified in ``splitting``, seeded in ``lm_text``.
 """
 
 from __future__ import annotations
