@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -32,6 +31,7 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import host_facts, write_results  # noqa: E402
 from distill.config import parse_config  # noqa: E402
 from distill.teachers import resolve_source  # noqa: E402
@@ -183,21 +183,12 @@ def alternate(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
     }
 
 
-def _vm_hwm() -> int:
-    """Peak resident bytes of this process since the last reset (VmHWM; ru_maxrss survives exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def step_memory(step: Callable[[], None], steps: int = 3) -> dict:
     """Peak RSS during ``steps`` steps, above the RSS once everything is set up (run it in a fresh process)."""
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
-    baseline = psutil.Process().memory_info().rss
+    baseline = reset_peak()
     for _ in range(steps):
         step()
-    peak = _vm_hwm()
+    peak = peak_rss()
     return {"baseline_mb": baseline / 2**20, "peak_mb": peak / 2**20, "step_mb": (peak - baseline) / 2**20}
 
 

@@ -19,26 +19,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import write_results  # noqa: E402
 from distill.estimate import BYTES_PER_FLOAT, LOGITS_COPIES  # noqa: E402
 
 B, L, D, V, T = 8, 256, 576, 49152, 2.0  # SmolLM2-135M's width and vocabulary
 N = B * L
 CASES = [("kd", 1024), ("kd", 512), ("kd", 256), ("ce", 1024), ("ce", 512), ("full_kd", N)]
-
-
-def _vm_hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _terms(s: torch.Tensor, p_t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
@@ -57,8 +50,7 @@ def child(mode: str, chunk: int) -> None:
     h_t = torch.randn(N, D)
     labels = torch.randint(0, V, (N,))
     kd = mode != "ce"
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
-    baseline = psutil.Process().memory_info().rss
+    baseline = reset_peak()
     grad = torch.zeros(N, D)
     for i in range(0, N, chunk):
         x = h_s.detach()[i : i + chunk].clone().requires_grad_()
@@ -68,7 +60,7 @@ def child(mode: str, chunk: int) -> None:
         grad[i : i + chunk] = x.grad
         del p_t, x
     h_s.backward(grad)
-    measured = _vm_hwm() - baseline - BYTES_PER_FLOAT * V * D  # less the head's weight gradient
+    measured = peak_rss() - baseline - BYTES_PER_FLOAT * V * D  # less the head's weight gradient
     copies = LOGITS_COPIES["student"] + (LOGITS_COPIES["teacher"] if kd else 0)
     estimated = BYTES_PER_FLOAT * (min(chunk, N) * V * copies + N * D * (2 if kd else 1))
     print(json.dumps({"mode": mode, "chunk": chunk, "measured_mb": measured / 2**20, "estimate_mb": estimated / 2**20}))

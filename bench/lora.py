@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine_step import round_times  # noqa: E402
 
+from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import host_facts, read_results, write_results  # noqa: E402
 from distill.callbacks import Callback  # noqa: E402
 from distill.config import parse_config  # noqa: E402
@@ -67,14 +67,6 @@ def run_config(variant: str, output_dir: Path, max_eval: int) -> dict[str, Any]:
     }
 
 
-def _vm_hwm() -> int:
-    """Peak resident bytes of this process since the last reset (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 class StepMemory(Callback):
     """The training steps' peak RSS above the resident size when training begins, and the validation
     metrics of the last evaluation."""
@@ -84,11 +76,10 @@ class StepMemory(Callback):
         self.validation: dict[str, float] = {}
 
     def on_train_begin(self, state, control):
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
-        self.baseline = psutil.Process().memory_info().rss
+        self.baseline = reset_peak()
 
     def on_step_end(self, state, control, logs):
-        self.peak = max(self.peak, _vm_hwm())
+        self.peak = max(self.peak, peak_rss())
 
     def on_evaluate(self, state, control, metrics):
         self.validation = dict(metrics)
@@ -111,7 +102,7 @@ def run_child(variant: str, output_dir: Path, max_eval: int) -> None:
         "train_s": result.state.elapsed_s,
         "wall_s": time.perf_counter() - started,
         "step_peak_mb": (memory.peak - memory.baseline) / 2**20,
-        "run_peak_mb": _vm_hwm() / 2**20,  # since train began (the counter was reset there)
+        "run_peak_mb": peak_rss() / 2**20,  # since train began (the counter was reset there)
         "export_is_plain": not any("lora" in p.name for p in result.export_dir.iterdir()),
     }
     print(json.dumps(record))
