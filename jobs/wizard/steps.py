@@ -20,6 +20,7 @@ from jobs.models import Teacher
 from jobs.permissions import teams_for_user
 from jobs.wizard.checks import FINETUNE
 from jobs.wizard.drawing import (
+    GEOMETRY,
     describe_architecture,
     layer_map_drawing,
     pair_rows,
@@ -202,6 +203,7 @@ def layer_map_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         "teacher_layers": t_layers,
         "presets": presets,
         "drawing": layer_map_drawing(s_layers, t_layers, pairs, form.bad_rows),
+        "geometry": GEOMETRY,
         "rows": pair_rows(pairs),
         "bad_rows": sorted(form.bad_rows),
     }
