@@ -274,7 +274,7 @@ class TrainingStepForm(forms.Form):
         if lm:
             f["task"].label = "Task (next token)"
             f["task"].help_text = "Cross-entropy of each next token of the text."
-        if kind in ("no_kd", FINETUNE):
+        if len(KIND_TERMS[kind]) == 1:
             target = "each next token" if lm else "the true labels"
             f["task"].help_text = f"Cross-entropy with {target}: the only term this kind of run uses."
         if kind == FINETUNE:  # teacher fine-tuning only: low-rank adapters instead of all weights

@@ -21,7 +21,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from distill.config import ABLATIONS, KIND_TERMS, ConfigError, StudentConfig
+from distill.config import ABLATIONS, KIND_TERMS, ConfigError, DataConfig, StudentConfig
 from distill.estimate import available_memory_bytes, estimate, format_bytes, format_duration, suggest_fixes
 from distill.layer_map import resolve_layer_map
 from distill.students import student_shape
@@ -108,10 +108,10 @@ def summary(wiz: Wizard) -> list[dict[str, Any]]:
             cfg = StudentConfig(layers=wiz.student()["layers"], layer_map=preset, map_embeddings=embeddings)
             pairs = [[p.student, p.teacher] for p in resolve_layer_map(cfg, wiz.arch.layers)]
         lines["layer-map"] = f"{preset}: {', '.join(f'{p[0]}→{p[1]}' for p in pairs)} (student → teacher)"
-    data = wiz.config.get("data", {})
+    data = {k: DataConfig.model_fields[k].default for k in LABELS["data"]} | wiz.config.get("data", {})
     parts = [wiz.dataset.name if wiz.dataset else "—", f"max length {data.get('max_length')}"]
     parts += [f"at most {data[k]:,} {k.split('_')[1]} samples" for k in list(LABELS["data"])[1:3] if data.get(k)]
-    parts.append(f"evaluate on {data.get('eval_split', 'validation')}")
+    parts.append(f"evaluate on {data['eval_split']}")
     generation = wiz.config.get("generation")
     if wiz.is_lm and generation:
         parts.append(
