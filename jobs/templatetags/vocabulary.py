@@ -1,8 +1,8 @@
 """``{% vocabulary_script %}``: the words the pages' scripts share with the server, sent once per page.
 
 A ``json_script`` block (``kdweb-vocabulary``, read by ``kdweb/vocabulary.js``) holds the loss terms in the
-engine's order with their chart titles, the terms each kind trains with, the study variants in their order,
-and the run statuses with those that still change; no script keeps a copy.
+engine's order with their chart titles, the study variants in their order, and the run statuses with those
+that still change; no script keeps a copy.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django import template
 from django.utils.html import json_script
 from django.utils.safestring import SafeString
 
-from distill.config import KIND_TERMS, TERMS
+from distill.config import TERMS
 from jobs.models import Run
 from jobs.selectors import VARIANT_ORDER
 
@@ -30,11 +30,10 @@ LIVE_STATUSES = (Run.Status.QUEUED, Run.Status.RUNNING)
 
 
 def vocabulary() -> dict[str, object]:
-    """What the scripts read: terms, titles, each kind's terms, variants and statuses."""
+    """What the scripts read: terms, titles, variants and statuses."""
     return {
         "terms": list(TERMS),
         "loss_titles": {term: LOSS_TITLES.get(term, term) for term in ("total", *TERMS)},
-        "kind_terms": {kind: list(terms) for kind, terms in KIND_TERMS.items()},
         "variants": list(VARIANT_ORDER),
         "statuses": list(Run.Status.values),
         "live_statuses": [str(s) for s in LIVE_STATUSES],

@@ -1,12 +1,11 @@
 // The words the scripts share with the server, read once from the page's json_script block "kdweb-vocabulary"
 // ({% vocabulary_script %} in base.html, jobs/templatetags/vocabulary.py): the loss terms in the engine's order
-// and their chart titles, the terms each kind trains with, the study variants in order, and the run statuses.
+// and their chart titles, the study variants in order, and the run statuses.
 
 const node = document.getElementById("kdweb-vocabulary");
 const words = node ? JSON.parse(node.textContent) : {};
 
 export const TERMS = words.terms || [];
-export const KIND_TERMS = words.kind_terms || {};
 export const VARIANTS = words.variants || [];
 /** Series names of the loss charts, in order: loss/total, then one per term. */
 export const LOSS_ORDER = ["loss/total", ...TERMS.map((t) => `loss/${t}`)];
