@@ -19,6 +19,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Kind = Literal["teacher_finetune", "kd_feature", "kd_logits", "no_kd"]
 KD_KINDS: tuple[str, ...] = ("kd_feature", "kd_logits")
 TERMS: tuple[str, ...] = ("task", "output", "feature", "attention")
+# The loss terms each kind trains with, and the loss settings it reads besides their weights: the wizard shows
+# these fields, :meth:`RunConfig.loss_weights` switches the other terms off.
+KIND_TERMS: dict[str, tuple[str, ...]] = {
+    "kd_feature": TERMS,
+    "kd_logits": ("task", "output"),
+    "no_kd": ("task",),
+    "teacher_finetune": ("task",),
+}
+KIND_LOSS_SETTINGS: dict[str, tuple[str, ...]] = {
+    "kd_feature": (
+        "temperature",
+        "feature_variant",
+        "attention_variant",
+        "head_mapping",
+        "schedule",
+        "features_first_fraction",
+    ),
+    "kd_logits": ("temperature",),
+    "no_kd": (),
+    "teacher_finetune": (),
+}
+# A study compares the full method with its ablations (variant -> the term it switches off) and baselines.
+FULL_METHOD = "kd_feature"
+ABLATIONS: dict[str, str] = {"output+feature": "attention", "output+attention": "feature"}
+BASELINES: tuple[str, ...] = ("kd_logits", "no_kd")
 Task = Literal["classification", "causal_lm"]
 LmMetric = Literal["perplexity", "bleu", "rouge_l", "cer"]
 LM_METRICS: tuple[str, ...] = ("perplexity", "bleu", "rouge_l", "cer")
@@ -106,7 +131,7 @@ class LayerPair(_Frozen):
 
 
 class StudentConfig(_Frozen):
-    layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)] = Field(description="Transformer blocks of the student.")
     hidden_size: Annotated[int, Field(gt=0, le=MAX_HIDDEN_SIZE)] | None = Field(
         None, description="defaults to the teacher's"
     )
@@ -125,7 +150,9 @@ class StudentConfig(_Frozen):
     layer_map: Literal["uniform", "last"] | Annotated[tuple[LayerPair, ...], Field(max_length=MAX_LAYER_PAIRS)] = (
         "uniform"
     )
-    map_embeddings: bool = Field(True, description="add the pair (0, 0) to uniform/last maps")
+    map_embeddings: bool = Field(
+        True, description="Pair the student's embedding output with the teacher's (layer 0; feature term only)."
+    )
 
 
 class DataConfig(_Frozen):
@@ -139,39 +166,61 @@ class DataConfig(_Frozen):
     labels: Annotated[tuple[Name, ...], Field(max_length=MAX_LABELS)] | None = Field(
         None, description="allowed labels, in class-id order"
     )
-    max_length: Tokens = 128
-    max_train_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
-    max_eval_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = None
-    eval_split: Literal["validation", "test"] = "validation"
+    max_length: Tokens = Field(128, description="Texts are cut to this many tokens. Shorter is faster.")
+    max_train_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = Field(
+        None, description="Leave blank to train on the whole train split; a few hundred make a quick try."
+    )
+    max_eval_samples: Annotated[int, Field(gt=0, le=MAX_SAMPLES)] | None = Field(
+        None, description="Leave blank to evaluate on the whole evaluation split."
+    )
+    eval_split: Literal["validation", "test"] = Field(
+        "validation", description="Where the teacher and the student are scored at the end (and after each epoch)."
+    )
 
 
 class LossConfig(_Frozen):
-    task: Weight = 1.0
-    output: Weight = 1.0
-    feature: Weight = 1.0
-    attention: Weight = 1.0
-    temperature: Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)] = 2.0
-    feature_variant: Literal["mse", "cosine"] = "mse"
-    attention_variant: Literal["kl", "mse"] = "kl"
+    task: Weight = Field(1.0, description="Cross-entropy with the true labels.")
+    output: Weight = Field(1.0, description="T² · KL between the teacher's and the student's outputs.")
+    feature: Weight = Field(1.0, description="MSE between mapped hidden states (through a learned projection).")
+    attention: Weight = Field(1.0, description="KL (or MSE) between the attention maps of mapped blocks.")
+    temperature: Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)] = Field(
+        2.0, description="Softens both output distributions; 1 = none, 2–4 is usual."
+    )
+    feature_variant: Literal["mse", "cosine"] = Field("mse", description="How mapped hidden states are compared.")
+    attention_variant: Literal["kl", "mse"] = Field("kl", description="How mapped attention maps are compared.")
     head_mapping: Literal["group", "mean"] = Field(
-        "group", description="group-average teacher heads, or compare head-averaged maps"
+        "group", description="Used when student and teacher have different head counts."
     )
     schedule: Literal["constant", "features_first"] = Field(
         "constant",
-        description="features_first: feature/attention terms only for the first warm fraction, then all",
+        description="features_first trains on the feature terms alone for the first part of training, then on all.",
     )
-    features_first_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    features_first_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.3, description="Fraction of the steps with feature terms only (features_first schedule)."
+    )
 
 
 class OptimConfig(_Frozen):
-    lr: Annotated[float, Field(gt=0.0, le=MAX_LR)] = 5e-5
-    weight_decay: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT_DECAY)] = 0.01
-    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.06
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    epochs: Annotated[float, Field(gt=0.0, le=MAX_EPOCHS)] = 3.0
-    max_steps: Steps | None = Field(None, description="overrides epochs when set")
-    batch_size: BatchSize = 32
-    grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = 1
+    lr: Annotated[float, Field(gt=0.0, le=MAX_LR)] = Field(
+        5e-5, description="Peak learning rate of AdamW, e.g. 5e-5 for copied blocks, 1e-4 for random ones."
+    )
+    weight_decay: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT_DECAY)] = Field(
+        0.01, description="AdamW's decoupled weight decay (not applied to biases and norms)."
+    )
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.06, description="Fraction of the steps over which the learning rate ramps up from 0."
+    )
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="How the learning rate falls after the warm-up."
+    )
+    epochs: Annotated[float, Field(gt=0.0, le=MAX_EPOCHS)] = Field(3.0, description="Passes over the training data.")
+    max_steps: Steps | None = Field(
+        None, description="Optimizer steps; overrides the epochs when set (handy for a short try)."
+    )
+    batch_size: BatchSize = Field(32, description="Texts per forward pass; memory grows with it.")
+    grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = Field(
+        1, description="Batches per optimizer step: an effective batch of batch size × this."
+    )
     max_grad_norm: Annotated[float, Field(gt=0.0, le=MAX_GRAD_NORM)] | None = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -179,9 +228,15 @@ class OptimConfig(_Frozen):
 class LoraConfig(_Frozen):
     """Low-rank adapters (peft) for teacher fine-tuning; merged into the weights at export."""
 
-    rank: Annotated[int, Field(gt=0, le=MAX_LORA_RANK)] = 8
-    alpha: Annotated[float, Field(gt=0.0, le=MAX_LORA_ALPHA)] = 16.0
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    rank: Annotated[int, Field(gt=0, le=MAX_LORA_RANK)] = Field(
+        8, description="Rank r of each adapter: its parameters grow with it (4–16 is usual)."
+    )
+    alpha: Annotated[float, Field(gt=0.0, le=MAX_LORA_ALPHA)] = Field(
+        16.0, description="Scale of the adapters' update (alpha / r); often 2 × rank."
+    )
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.05, description="Dropout on the adapters' input during training."
+    )
     target_modules: Annotated[tuple[Name, ...], Field(max_length=MAX_TARGET_MODULES)] | None = Field(
         None, description="names of the linear layers to adapt; default: the architecture's attention projections"
     )
@@ -191,25 +246,35 @@ class GenerationConfig(_Frozen):
     """Causal-LM evaluation: perplexity on held-out text, and a continuation task (prompt = the start of a
     held-out text, reference = the text that follows) scored by BLEU, ROUGE-L and CER."""
 
-    metrics: Annotated[tuple[LmMetric, ...], Field(max_length=len(LM_METRICS))] = LM_METRICS
-    samples: Annotated[int, Field(gt=0, le=MAX_GENERATION_SAMPLES)] = Field(
-        32, description="held-out texts continued for BLEU, ROUGE-L and CER"
+    metrics: Annotated[tuple[LmMetric, ...], Field(max_length=len(LM_METRICS))] = Field(
+        LM_METRICS,
+        description="BLEU, ROUGE-L and CER continue held-out texts: the prompt is a text's start, the reference "
+        "what follows it.",
     )
-    prompt_tokens: Tokens = 48
-    new_tokens: Tokens = 32
+    samples: Annotated[int, Field(gt=0, le=MAX_GENERATION_SAMPLES)] = Field(
+        32, description="Held-out texts continued for BLEU, ROUGE-L and CER."
+    )
+    prompt_tokens: Tokens = Field(48, description="Tokens of each held-out text given as the prompt.")
+    new_tokens: Tokens = Field(32, description="Tokens generated after each prompt (greedy).")
 
 
 class RunConfig(_Frozen):
     kind: Kind
     task: Task = Field("classification", description="classification, or causal_lm (next-token prediction)")
     name: Name = "run"
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(
+        0, description="Same seed, same data order and initialisation: runs can be repeated exactly."
+    )
     teacher: TeacherConfig
     student: StudentConfig | None = None
     data: DataConfig
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
-    lora: LoraConfig | None = Field(None, description="teacher_finetune only: train LoRA adapters, not all weights")
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train small low-rank adapters on the chosen layers instead of every weight (peft); they are "
+        "merged into the weights at export, so the result registers as a normal teacher (teacher_finetune only).",
+    )
     generation: GenerationConfig = GenerationConfig()
     output_dir: str = Field(
         "runs/run", max_length=MAX_PATH_CHARS, description="checkpoints, logs and the export go here"
@@ -239,14 +304,9 @@ class RunConfig(_Frozen):
 
     def loss_weights(self, step: int = 0, total_steps: int = 1) -> dict[str, float]:
         """The weight of each term at ``step``: the kind switches terms off, the schedule phases them."""
-        w = {t: getattr(self.loss, t) for t in TERMS}
-        if self.kind in ("teacher_finetune", "no_kd"):
-            return {t: (w["task"] if t == "task" else 0.0) for t in TERMS}
-        if self.kind == "kd_logits":
-            w["feature"] = w["attention"] = 0.0
-        elif self.loss.schedule == "features_first" and step < math.ceil(
-            self.loss.features_first_fraction * total_steps
-        ):
+        w = {t: getattr(self.loss, t) if t in KIND_TERMS[self.kind] else 0.0 for t in TERMS}
+        phased = "schedule" in KIND_LOSS_SETTINGS[self.kind] and self.loss.schedule == "features_first"
+        if phased and step < math.ceil(self.loss.features_first_fraction * total_steps):
             w["task"] = w["output"] = 0.0
         return w
 

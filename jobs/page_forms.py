@@ -2,7 +2,7 @@
 
 They only parse input; the checks that matter (is the source a usable model, does the file parse, may
 the user write to the team) are the services' and the engine's, mapped back onto these fields by
-:func:`add_service_errors`. The new-run wizard's forms live in ``jobs.forms``.
+:func:`add_service_errors`. The new-run wizard's forms live in ``jobs.wizard.forms``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from distill.config import ConfigError, DataConfig, RunConfig
+from distill.config import ABLATIONS, BASELINES, FULL_METHOD, ConfigError, DataConfig, RunConfig
 from distill.estimate import config_from_architecture
 from distill.metrics import compression, retention, speedup
 from distill.teachers import Architecture, resolve_source
@@ -212,10 +212,6 @@ def _inspect_queues(timeout: float) -> list[str]:
 
 # --- final measurements, and runs side by side (run page, study page, comparison) ----------------------------
 
-FULL_METHOD = "kd_feature"
-# an ablation of the full method -> the loss weight it sets to 0
-ABLATIONS: dict[str, str] = {"output+feature": "attention", "output+attention": "feature"}
-BASELINES: tuple[str, ...] = ("kd_logits", "no_kd")
 VARIANT_ORDER: tuple[str, ...] = (FULL_METHOD, *ABLATIONS, *BASELINES, Run.Kind.TEACHER_FINETUNE)
 # each run task's metrics, shown first in this order (the first present is the primary one); other metrics
 # (pearson, spearman...) follow; the eval loss and the LM's mean token NLL (log perplexity) are no task metrics

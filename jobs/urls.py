@@ -6,7 +6,7 @@ from jobs import public, studies, teams, views
 
 urlpatterns = [
     path("", views.runs, name="runs"),
-    path("runs/new/", include("jobs.wizard_urls")),
+    path("runs/new/", include("jobs.wizard.urls")),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/cancel/", views.run_action, {"action": "cancel"}, name="run_cancel"),
     path("runs/<int:run_id>/resume/", views.run_action, {"action": "resume"}, name="run_resume"),

@@ -197,7 +197,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not the broker
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# The REST API (jobs/api.py, /api/v1/): a token (the CLI client) or the browser's session; JSON only.
+# The REST API (jobs/api/, /api/v1/): a token (the CLI client) or the browser's session; JSON only.
 REST_FRAMEWORK = {
     # token first: an anonymous request gets 401 with "WWW-Authenticate: Token"
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -210,7 +210,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "jobs.api.exception_handler",
+    "EXCEPTION_HANDLER": "jobs.api.views.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "kdweb API",
@@ -220,7 +220,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.document_errors"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.document_errors"],
     "ENUM_NAME_OVERRIDES": {"RunKindEnum": "jobs.models.Run.Kind", "ArtifactKindEnum": "jobs.models.Artifact.Kind"},
 }
 

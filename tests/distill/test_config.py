@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from distill.config import (
+    KIND_TERMS,
     MAX_LATENCY_REPEATS,
     MAX_SEED,
     MAX_STEPS,
+    TERMS,
     ConfigError,
     format_location,
     load_config,
@@ -88,6 +90,17 @@ def test_it_switches_terms_by_kind_and_schedule(base_config):
     assert phased.loss_weights(step=4, total_steps=10)["output"] == 0.0
     assert phased.loss_weights(step=4, total_steps=10)["feature"] == 1.0
     assert phased.loss_weights(step=5, total_steps=10)["output"] == 1.0
+
+
+@pytest.mark.parametrize("kind", list(KIND_TERMS))
+def test_each_kind_trains_with_the_terms_of_its_table(base_config, kind, monkeypatch):
+    raw = {**base_config, "kind": kind} | ({"student": None} if kind == "teacher_finetune" else {})
+    weights = parse_config(raw).loss_weights()
+    assert [term for term, weight in weights.items() if weight] == list(KIND_TERMS[kind])
+    # a term added to a kind's row is trained with from then on (the full method has every term already)
+    for term in [t for t in TERMS if t not in KIND_TERMS[kind]][:1]:
+        monkeypatch.setitem(KIND_TERMS, kind, (*KIND_TERMS[kind], term))
+        assert parse_config(raw).loss_weights()[term] == 1.0
 
 
 def test_it_formats_locations():

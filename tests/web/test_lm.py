@@ -19,9 +19,10 @@ from distill.config import parse_config
 from distill.data import encode_lm, load_text_data
 from distill.teachers import load_tokenizer
 from distill.trainer import total_steps
-from jobs import selectors, services, wizard
-from jobs.forms import WRONG_TASK
+from jobs import selectors, services
 from jobs.models import Evaluation, Run, Teacher
+from jobs.wizard.forms import WRONG_TASK
+from jobs.wizard.review import BAD_FIX
 from tests.web.conftest import LM_SECTIONS
 from tests.web.test_wizard import DATA, STUDENT, TRAINING, assert_redirects_to, errors, post, url
 
@@ -113,7 +114,7 @@ def test_it_refuses_a_classifier_for_an_lm_task_and_an_lm_for_classification(lm_
 def test_an_lm_teacher_needs_no_task_head_and_its_task_is_the_default(lm_client, tiny_llama):
     # without a task radio (an old form, a link), the teacher's own task is taken: an LM teacher distils
     assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_llama.pk}), "student")
-    assert lm_client.session["wizard"]["task"] == "causal_lm"
+    assert lm_client.session["wizard"]["config"]["task"] == "causal_lm"
 
 
 def test_the_lm_data_step_needs_a_metric_and_checks_the_generation_lengths(lm_client, tiny_llama, tiny_dataset):
@@ -170,7 +171,7 @@ def test_named_lora_target_modules_are_kept(lm_client, tiny_backbone, tiny_datas
         in lm_client.get(url("training")).context["form"].fields["lora_target_modules"].help_text
     )
     assert_redirects_to(post(lm_client, "training", {**TRAINING, **lora}), "queue")
-    assert lm_client.session["wizard"]["training"]["lora"]["target_modules"] == ["query", "key", "value"]
+    assert lm_client.session["wizard"]["config"]["lora"]["target_modules"] == ["query", "key", "value"]
 
 
 # --- services ------------------------------------------------------------------------------------------------
@@ -406,8 +407,8 @@ def test_the_review_offers_memory_fixes_and_applies_one(lm_client, tiny_llama, c
     review = lm_client.get(url("review"))
     assert not review.context["over_budget"]
     assert "grad_accum: 2" in review.content.decode() and "dtype: bfloat16" in review.content.decode()
-    state = lm_client.session["wizard"]
-    assert state["training"]["optim"]["batch_size"] == 8 and state["teacher_dtype"] == "bfloat16"
+    config = lm_client.session["wizard"]["config"]
+    assert config["optim"]["batch_size"] == 8 and config["teacher"]["dtype"] == "bfloat16"
     assert "Applied: Batch 8 with 2 accumulation steps" in review.content.decode()
 
 
@@ -417,8 +418,9 @@ def test_a_fix_of_another_path_is_refused(lm_client, tiny_llama):
     )
     for changes in ('{"teacher.source": "/etc"}', '{"kind": "kd_feature"}', "[1]", "not json"):
         response = lm_client.post(reverse("wizard_fix"), {"changes": changes}, follow=True)
-        assert wizard.BAD_FIX in response.content.decode(), changes
-    assert lm_client.session["wizard"]["kind"] == "no_kd" and "teacher_dtype" not in lm_client.session["wizard"]
+        assert BAD_FIX in response.content.decode(), changes
+    config = lm_client.session["wizard"]["config"]
+    assert config["kind"] == "no_kd" and "dtype" not in config.get("teacher", {})
 
 
 def test_the_teachers_page_marks_lm_teachers(login, owner, tiny_llama, tiny_backbone):

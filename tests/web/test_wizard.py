@@ -15,8 +15,10 @@ from django.urls import reverse
 from distill.config import StudentConfig
 from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
-from jobs import forms, selectors, services, wizard
+from jobs import selectors, services
 from jobs.models import Membership, Run, Teacher
+from jobs.wizard import forms
+from jobs.wizard.state import BY_SLUG, error_step, steps_for
 from tests.web.conftest import enqueued, reviews_dataset, teacher_row
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ def assert_redirects_to(response, step: str) -> None:
 
 def walk(client, teacher, dataset, kind="kd_feature", until="review", layer_map=None, student=None, training=None):
     """Submit every step up to (not including) ``until`` with valid choices."""
-    steps = [s.slug for s in wizard.steps_for(kind)]
+    steps = [s.slug for s in steps_for(kind)]
     forms = {
         "teacher": {"kind": kind, "teacher": teacher.pk},
         "student": student or STUDENT,
@@ -302,8 +304,10 @@ def test_it_accepts_a_preset_alone_without_javascript(wiz_client, tiny_teacher, 
     walk(wiz_client, tiny_teacher, tiny_dataset, until="layer-map")
     # a browser without JS submits the radio and whatever the hidden input held
     assert_redirects_to(post(wiz_client, "layer-map", {"preset": "last", "pairs": "garbage?"}), "data")
-    assert wiz_client.session["wizard"]["layer_map"] == {"preset": "last", "pairs": [[2, 4]], "map_embeddings": False}
+    student = wiz_client.session["wizard"]["config"]["student"]
+    assert (student["layer_map"], student["map_embeddings"]) == ("last", False)
     page = wiz_client.get(url("layer-map"))
+    assert [[row["pair"].student, row["pair"].teacher] for row in page.context["rows"]] == [[2, 4]]
     assert page.context["presets"] == {"uniform": [[1, 2], [2, 4]], "last": [[2, 4]]}
     assert len(page.context["drawing"]["lines"]) == 1 and len(page.context["drawing"]["teacher"]) == 5
 
@@ -420,7 +424,7 @@ def test_it_takes_launch_errors_back_to_their_step(
     ],
 )
 def test_it_maps_service_errors_to_steps_and_fields(key, kind, where):
-    assert wizard.error_step(key, kind) == where
+    assert error_step(key, kind) == where
 
 
 def test_it_forbids_viewers_to_launch(login, owner, viewer, tiny_teacher, tiny_dataset, team):
@@ -436,6 +440,6 @@ def test_it_forbids_viewers_to_launch(login, owner, viewer, tiny_teacher, tiny_d
     assert "you are a viewer in all your teams" in response.content.decode()
     assert response.context["teacher_cards"] == []
     session = client.session
-    session["wizard"] = {"teacher": tiny_teacher.pk, "kind": "kd_feature", "done": list(wizard.BY_SLUG)}
+    session["wizard"] = {"teacher": tiny_teacher.pk, "config": {"kind": "kd_feature"}, "done": list(BY_SLUG)}
     session.save()
     assert client.post(url("review"), {"name": "wiz-nope"}).status_code == 403

@@ -12,21 +12,23 @@
 // of points drawn) and data-last-step; each chart carries data-group, data-series (its series names,
 // space-separated) and data-points (its number of points). The browser tests read them.
 
-const LOSS_ORDER = ["loss/total", "loss/task", "loss/output", "loss/feature", "loss/attention"];
-const TERMS = ["task", "output", "feature", "attention"];
+import { LOSS_ORDER, LOSS_TITLES, TERMS } from "./vocabulary.js";
+
 const TITLES = {
-  "loss/total": "Total loss (weighted sum)",
-  "loss/task": "Task loss (cross-entropy)",
-  "loss/output": "Output loss (KL of softened logits)",
-  "loss/feature": "Feature loss (hidden states)",
-  "loss/attention": "Attention loss",
+  ...LOSS_TITLES,
   share: "Weighted share of each term in the total",
   val: "Validation metrics",
   perplexity: "Validation perplexity (lower is better)",
   lr: "Learning rate",
 };
-// one colour per loss term, the same in its own chart and in the share chart
-const COLORS = { task: "#2856c9", output: "#d9822b", feature: "#137a3a", attention: "#8e44ad", total: "#1d2330" };
+// one colour per loss term (by its place in the engine's order), the same in its own chart and in the share chart
+const PALETTE = ["#2856c9", "#d9822b", "#137a3a", "#8e44ad", "#2a9d8f", "#b5179e"];
+const TOTAL_COLOR = "#1d2330";
+function termColor(term) {
+  if (term === "total") return TOTAL_COLOR;
+  const i = TERMS.indexOf(term);
+  return i < 0 ? undefined : PALETTE[i % PALETTE.length];
+}
 
 export function groupOf(name) {
   if (name === "val/perplexity") return "perplexity";
@@ -74,7 +76,7 @@ function traceOf(group, name, points) {
   const y = points.map((p) => p[1]);
   const trace = { x, y, name: label(group, name), type: "scatter" };
   if (group === "share") {
-    const color = COLORS[name.slice(6)];
+    const color = termColor(name.slice(6));
     return {
       ...trace,
       mode: "lines",
@@ -84,7 +86,7 @@ function traceOf(group, name, points) {
     };
   }
   if (group === "val" || group === "perplexity") return { ...trace, mode: "lines+markers", marker: { size: 5 } };
-  const color = COLORS[name.startsWith("loss/") ? name.slice(5) : ""];
+  const color = termColor(name.startsWith("loss/") ? name.slice(5) : "");
   return { ...trace, mode: points.length > 1 ? "lines" : "markers", ...(color ? { line: { color }, marker: { color } } : {}) };
 }
 

@@ -20,8 +20,8 @@
   const hint = document.getElementById("layermap-hint");
   const errors = document.getElementById("err-pairs");
   const NS = "http://www.w3.org/2000/svg";
-  // Same geometry as jobs/wizard.py (MAP_*).
-  const G = { width: 440, boxW: 130, boxH: 26, row: 34, top: 34, bottom: 10 };
+  // The drawing's geometry, as the server drew the page (jobs/wizard/drawing.py GEOMETRY).
+  const G = JSON.parse(document.getElementById("layermap-geometry").textContent);
   const span = Math.max(S, T) * G.row;
   const teacherX = G.width - G.boxW - 2;
 

@@ -2,8 +2,7 @@
 // `status` event (jobs/events.py StatusEvent), for the run page (live.js) and the runs list (runs_live.js);
 // plus the reconnecting socket both use.
 
-export const LIVE = new Set(["queued", "running"]);
-export const FINISHED = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
+export { FINISHED, LIVE } from "./vocabulary.js";
 export const REFUSED = {
   4403: "Live view refused: you are logged out. Reload the page after logging in.",
   4404: "Live view refused: this run is not visible to you any more.",

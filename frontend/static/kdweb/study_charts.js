@@ -10,22 +10,10 @@
 // Each chart carries data-traces (its number of traces) and #plot-size data-points / data-teacher, which the
 // browser tests read.
 
-const LOSS_ORDER = ["loss/total", "loss/task", "loss/output", "loss/feature", "loss/attention"];
-const LOSS_TITLES = {
-  "loss/total": "Total loss (weighted sum)",
-  "loss/task": "Task loss (cross-entropy)",
-  "loss/output": "Output loss (KL of softened logits)",
-  "loss/feature": "Feature loss (hidden states)",
-  "loss/attention": "Attention loss",
-};
-const VARIANT_COLORS = {
-  kd_feature: "#137a3a",
-  "output+feature": "#2a9d8f",
-  "output+attention": "#8e44ad",
-  kd_logits: "#d9822b",
-  no_kd: "#2856c9",
-  teacher_finetune: "#6b7280",
-};
+import { LOSS_ORDER, LOSS_TITLES, VARIANTS } from "./vocabulary.js";
+
+// one colour per study variant, by its place in the server's order (full method, ablations, baselines, ...)
+const VARIANT_PALETTE = ["#137a3a", "#2a9d8f", "#8e44ad", "#d9822b", "#2856c9", "#6b7280", "#b5179e"];
 const CONFIG = { displaylogo: false, responsive: true };
 
 // Plotly renders trace names, hover text and templates as its own HTML subset (<a href>, <b>, <br>...): a run
@@ -37,7 +25,8 @@ function plain(text) {
 }
 
 function colorOf(variant) {
-  return VARIANT_COLORS[variant] || "#1d2330";
+  const i = VARIANTS.indexOf(variant);
+  return i < 0 ? "#1d2330" : VARIANT_PALETTE[i % VARIANT_PALETTE.length];
 }
 
 function layout(title, xTitle, yTitle, extra = {}) {

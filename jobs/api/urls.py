@@ -4,14 +4,14 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
-from jobs import api
+from jobs.api import views
 
 router = SimpleRouter()
-router.register("teams", api.TeamViewSet, basename="api-team")
-router.register("teachers", api.TeacherViewSet, basename="api-teacher")
-router.register("datasets", api.DatasetViewSet, basename="api-dataset")
-router.register("runs", api.RunViewSet, basename="api-run")
-router.register("studies", api.StudyViewSet, basename="api-study")
+router.register("teams", views.TeamViewSet, basename="api-team")
+router.register("teachers", views.TeacherViewSet, basename="api-teacher")
+router.register("datasets", views.DatasetViewSet, basename="api-dataset")
+router.register("runs", views.RunViewSet, basename="api-run")
+router.register("studies", views.StudyViewSet, basename="api-study")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -1,10 +1,10 @@
-"""The REST API (``/api/v1/``): teams, teachers, data sets, runs, their metric series and exported students,
-studies; and the page that shows a user's API token.
+"""The API's views (``/api/v1/``): teams, teachers, data sets, runs, their metric series and exported students,
+studies; the error handlers; and the page that shows a user's API token.
 
-Views stay as thin as the pages' (``jobs.views``): a serializer checks the shape of the input, ``jobs.permissions``
-decides access (other teams' objects answer 404, viewers 403 on writes), one selector or service does the
-work. A run is created with the wizard's own call, ``services.run_create``, so the engine validates it the same
-way; its errors, keyed by config path (``student.layer_map[2]``), answer 400 as ``{"field": ["message"]}``.
+Views stay as thin as the pages': a serializer checks the shape of the input, ``jobs.permissions`` decides
+access (other teams' objects answer 404, viewers 403 on writes), one selector or service does the work. A run is
+created with the wizard's own call, ``services.run_create``, so the engine validates it the same way; its
+errors, keyed by config path (``student.layer_map[2]``), answer 400 as ``{"field": ["message"]}``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from django.core.files.storage import default_storage
 from django.db.models import Prefetch, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django.views.defaults import page_not_found
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
@@ -33,17 +32,25 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs import selectors, services
-from jobs.downsample import DEFAULT_MAX_POINTS
-from jobs.models import Artifact, DatasetSpec, Evaluation, Run, Study, Teacher, Team
+from jobs.api.serializers import (
+    DatasetCreateSerializer,
+    DatasetSerializer,
+    RunCreateSerializer,
+    RunDetailSerializer,
+    RunFilterSerializer,
+    RunSerializer,
+    SeriesQuerySerializer,
+    SeriesSerializer,
+    StudyCreateSerializer,
+    StudyDetailSerializer,
+    StudySerializer,
+    TeacherCreateSerializer,
+    TeacherSerializer,
+    TeamSerializer,
+)
+from jobs.models import DatasetSpec, Evaluation, Run, Study, Teacher, Team
 from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
 
-# ids are bigint columns: larger numbers cannot name anything
-MAX_ID = 2**63 - 1
-# steps are int columns
-MIN_STEP, MAX_STEP = -(2**31), 2**31 - 1
-MAX_SERIES_POINTS = 20_000
-# the engine's config sections that services spread into the config: they must be objects
-OBJECT_SECTIONS = ("student", "data", "loss", "optim", "teacher", "generation")
 NON_FIELD = "non_field_errors"  # DRF's key for errors of no one field
 
 
@@ -70,44 +77,6 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     return page_not_found(request, exception)
 
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": 'An error: {"detail": "message"}, or for invalid input {"field": ["message", ...]} with '
-    "the field's path (a config path such as student.layer_map[2] for the engine's checks).",
-    "additionalProperties": {
-        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "object"}]
-    },
-}
-ERRORS = {
-    "400": "Invalid input: the fields and their messages.",
-    "401": "No or a wrong token (Authorization: Token <key>).",
-    "403": "Not allowed: viewers cannot change anything in their team.",
-    "404": "No such object, or one of another team.",
-    "413": "The request body is larger than the API takes (KDWEB_API_MAX_BODY_BYTES).",
-}
-
-
-def document_errors(result: dict, generator: Any, request: Any, public: bool) -> dict:
-    """drf-spectacular post-processing hook: every operation documents the error answers it can give."""
-    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
-    ref = {"$ref": "#/components/schemas/Error"}
-    for path, operations in result.get("paths", {}).items():
-        for method, operation in operations.items():
-            codes = ["401", "403"]
-            if method in ("post", "put", "patch") or any(p["in"] == "query" for p in operation.get("parameters", [])):
-                codes.append("400")
-            if method in ("post", "put", "patch"):
-                codes.append("413")
-            if "{" in path:
-                codes.append("404")
-            responses = operation.setdefault("responses", {})
-            for code in codes:
-                responses.setdefault(
-                    code, {"description": ERRORS[code], "content": {"application/json": {"schema": ref}}}
-                )
-    return result
-
-
 # --- pagination ----------------------------------------------------------------------------------------------
 
 
@@ -128,224 +97,6 @@ class Pages(LimitOffsetPagination):
             low, high = bounds[parameter["name"]]
             parameter["schema"].update(minimum=low, maximum=high)
         return parameters
-
-
-# --- serializers ---------------------------------------------------------------------------------------------
-
-
-def _id_field(**kwargs: Any) -> serializers.IntegerField:
-    return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
-
-
-class TeamSerializer(serializers.ModelSerializer):
-    role = serializers.CharField(read_only=True, help_text="Your role: owner, member or viewer.")
-    member_count = serializers.IntegerField(read_only=True)
-
-    class Meta:
-        model = Team
-        fields = ["id", "name", "role", "member_count"]
-
-
-class TeacherSerializer(serializers.ModelSerializer):
-    labels = serializers.ListField(child=serializers.CharField(), read_only=True, help_text="Empty for a backbone.")
-
-    class Meta:
-        model = Teacher
-        fields = ["id", "team", "name", "source", "architecture", "task", "labels", "from_run", "created_at"]
-
-
-class TeacherCreateSerializer(serializers.Serializer):
-    team = _id_field(required=False, help_text="Optional when you may write to one team only.")
-    name = serializers.CharField(max_length=100)
-    source = serializers.CharField(max_length=500, help_text="package:<pip-name>, a model folder or a hub id.")
-
-
-class DatasetSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = DatasetSpec
-        fields = ["id", "team", "name", "source", "text_column", "label_column", "labels", "sizes", "preview"]
-        fields += ["created_at"]
-
-
-class DatasetCreateSerializer(serializers.Serializer):
-    team = _id_field(required=False, help_text="Optional when you may write to one team only.")
-    name = serializers.CharField(max_length=100)
-    source = serializers.CharField(max_length=500, help_text="packaged:<name>, a .csv/.jsonl path or hf:<id>.")
-    text_column = serializers.CharField(max_length=100, default="text")
-    label_column = serializers.CharField(max_length=100, default="label")
-    task = serializers.ChoiceField(
-        choices=Teacher.Task.choices,
-        default=Teacher.Task.CLASSIFICATION,
-        help_text="causal_lm: plain text for language models, read without labels (a .txt file also works).",
-    )
-
-
-class EvaluationSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Evaluation
-        fields = ["role", "split", "metrics", "params", "bytes", "latency"]
-
-
-class ArtifactSerializer(serializers.ModelSerializer):
-    name = serializers.SerializerMethodField()
-    download = serializers.SerializerMethodField(help_text="The URL of the file.")
-
-    class Meta:
-        model = Artifact
-        fields = ["id", "kind", "name", "bytes", "sha256", "created_at", "download"]
-
-    def get_name(self, artifact: Artifact) -> str:
-        return PurePosixPath(artifact.path).name
-
-    def get_download(self, artifact: Artifact) -> str:
-        return reverse("api-run-download", kwargs={"pk": artifact.run_id, "artifact_id": artifact.pk})
-
-
-class RunSerializer(serializers.ModelSerializer):
-    waiting_for_broker = serializers.BooleanField(
-        read_only=True,
-        help_text="Queued, but not sent to its queue yet: the broker did not answer. It is sent when it does.",
-    )
-
-    class Meta:
-        model = Run
-        fields = ["id", "team", "study", "name", "kind", "status", "teacher", "dataset", "queue", "progress"]
-        fields += ["step", "total_steps", "eta_s", "phase", "phase_progress", "attempts", "created_at"]
-        fields += ["started_at", "finished_at", "waiting_for_broker"]
-
-
-class RunDetailSerializer(RunSerializer):
-    evaluations = EvaluationSerializer(many=True, read_only=True, help_text="Final measurements, once it succeeded.")
-    artifacts = ArtifactSerializer(many=True, read_only=True)
-
-    class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "config", "error", "host", "evaluations", "artifacts"]
-
-
-def _no_nul(value: Any, path: str) -> None:
-    """PostgreSQL's JSON cannot store the NUL character: refuse it at its path rather than fail on save."""
-    if isinstance(value, str) and "\x00" in value:
-        raise serializers.ValidationError({path: ["Null characters are not allowed."]})
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _no_nul(key, path)
-            _no_nul(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _no_nul(item, f"{path}[{i}]")
-
-
-def _check_sections(sections: Any) -> None:
-    """The wizard's ``sections`` shape: an object whose engine sections are objects (the engine checks the rest)."""
-    if not isinstance(sections, dict):
-        raise serializers.ValidationError({"sections": ["Expected an object of config sections."]})
-    for name in OBJECT_SECTIONS:
-        if name in sections and not isinstance(sections[name], dict):
-            raise serializers.ValidationError({name: ["Expected an object."]})
-    _no_nul(sections, "")
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "additionalProperties": True,
-        "description": "The engine config without kind, name, teacher and the data's source and columns: "
-        "student, loss, optim, data (max_length, max_train_samples, ...), seed, log_every, ...; for causal-LM "
-        "teachers generation (metrics, samples, ...), and lora for teacher fine-tuning; task defaults to the "
-        "teacher's.",
-        "example": {"student": {"layers": 2}, "optim": {"max_steps": 50}},
-    }
-)
-class SectionsField(serializers.JSONField):
-    """Checked by the serializer's ``validate``, so its errors keep their config paths as top-level keys."""
-
-
-class RunCreateSerializer(serializers.Serializer):
-    teacher = _id_field()
-    dataset = _id_field()
-    kind = serializers.ChoiceField(choices=Run.Kind.choices)
-    name = serializers.CharField(max_length=100)
-    sections = SectionsField(default=dict)
-    queue = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
-
-    def validate(self, attrs: dict) -> dict:
-        _check_sections(attrs["sections"])
-        return attrs
-
-
-class StudySerializer(serializers.ModelSerializer):
-    run_count = serializers.IntegerField(read_only=True)
-    finished_count = serializers.IntegerField(read_only=True)
-
-    class Meta:
-        model = Study
-        fields = ["id", "team", "name", "description", "created_at", "run_count", "finished_count"]
-
-
-class StudyDetailSerializer(StudySerializer):
-    runs = serializers.SerializerMethodField()
-
-    class Meta(StudySerializer.Meta):
-        fields = [*StudySerializer.Meta.fields, "runs"]
-
-    @extend_schema_field(RunSerializer(many=True))
-    def get_runs(self, study: Study) -> list[dict]:
-        return RunSerializer(study.runs.order_by("created_at", "pk"), many=True).data
-
-
-class StudyCreateSerializer(serializers.Serializer):
-    teacher = _id_field()
-    dataset = _id_field()
-    name = serializers.CharField(max_length=100)
-    sections = SectionsField(default=dict)
-    ablations = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(selectors.ABLATIONS)), default=list, max_length=10
-    )
-    seeds = serializers.ListField(
-        child=serializers.IntegerField(min_value=0, max_value=MAX_STEP), default=lambda: [0], max_length=100
-    )
-    queue = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
-
-    def validate(self, attrs: dict) -> dict:
-        _check_sections(attrs["sections"])
-        return attrs
-
-
-class RunFilterSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
-    kind = serializers.ChoiceField(choices=Run.Kind.choices, required=False)
-    teacher = _id_field(required=False)
-    team = _id_field(required=False)
-    study = _id_field(required=False)
-
-
-class SeriesQuerySerializer(serializers.Serializer):
-    after = serializers.IntegerField(
-        min_value=MIN_STEP, max_value=MAX_STEP, required=False, help_text="Only the points from this step on."
-    )
-    max_points = serializers.IntegerField(
-        min_value=2, max_value=MAX_SERIES_POINTS, default=DEFAULT_MAX_POINTS, help_text="Per series (LTTB)."
-    )
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "description": "name (loss/total, loss/feature, val/accuracy, ...) -> [[step, value or null], ...]",
-        "additionalProperties": {
-            "type": "array",
-            "items": {"type": "array", "items": {"type": "number", "nullable": True}, "minItems": 2, "maxItems": 2},
-        },
-    }
-)
-class SeriesField(serializers.DictField):
-    pass
-
-
-class SeriesSerializer(serializers.Serializer):
-    series = SeriesField()
-    last_step = serializers.IntegerField(help_text="Send it back as ?after= for what follows.")
-    log = serializers.ListField(child=serializers.CharField(allow_blank=True), help_text="The log's last lines.")
 
 
 # --- views ---------------------------------------------------------------------------------------------------
