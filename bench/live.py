@@ -425,7 +425,7 @@ def viewers(task: dict) -> Iterator[Callable[[], dict]]:
 def emitter_main(commands: mp.Queue, results: mp.Queue) -> None:
     """An emitter process: the worker's monitoring callback fed steps at a fixed rate, one run per task."""
     setup_django()
-    from jobs.progress import RunMonitor  # imports the services, and with them torch: once per process
+    from jobs.worker.progress import RunMonitor  # imports the services, and with them torch: once per process
 
     results.put(("ready", RunMonitor.__name__))
     while (task := commands.get()) is not None:
@@ -448,7 +448,7 @@ def emit(task: dict) -> dict:
     before it. The time a point waits in the buffer for the next flush (at most ``flush_every_s``, 1 s in the
     worker) is batching, not latency, and is left out."""
     from distill.callbacks import Control, TrainState
-    from jobs.progress import RunMonitor
+    from jobs.worker.progress import RunMonitor
 
     steps, interval = task["steps"], task["interval"]
     state, control = TrainState(total_steps=task["count"] * steps), Control()
@@ -591,7 +591,7 @@ def measure_latency(fx: Fixture, backfill_run_id: int, env: dict, scratch: Path,
 @contextmanager
 def monitoring_callback(run) -> Iterator[Callback]:
     """The worker's monitoring callback for ``run``, as ``jobs.tasks`` builds it (its heartbeat thread too)."""
-    from jobs.progress import RunMonitor
+    from jobs.worker.progress import RunMonitor
 
     with RunMonitor(run.id, run.team_id) as monitor:
         yield monitor
@@ -769,7 +769,8 @@ def flush_anatomy(fx: Fixture, repeats: int = 30) -> dict:
     new Redis connection, per call)."""
     from asgiref.sync import async_to_sync
 
-    from jobs import events, services
+    from jobs import services
+    from jobs.live import events
 
     run = create_run(fx, "flush anatomy", 10**6)
     loop = asyncio.new_event_loop()
@@ -854,7 +855,7 @@ def measure_connections(fx: Fixture, env: dict, scratch: Path, args) -> dict:
     status event at the end. daphne's log is searched for the tracebacks of dropped sockets."""
     from django.conf import settings
 
-    from jobs import events
+    from jobs.live import events
 
     cookie = f"{settings.SESSION_COOKIE_NAME}={fx.cookie}"
     run = create_run(fx, "storm", args.storm_steps)

@@ -1,4 +1,4 @@
-"""The live view's websocket (jobs.consumers.RunConsumer) through the whole ASGI stack of kdweb.asgi.
+"""The live view's websocket (jobs.live.consumers.RunConsumer) through the whole ASGI stack of kdweb.asgi.
 
 Real parts only: the origin check and session middleware of ``kdweb.asgi``, the real channels-redis layer on
 the test Redis (``REDIS_URL``, under a prefix of this test session so no other suite's events get in), and
@@ -20,9 +20,9 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from distill.callbacks import Control, TrainState
-from jobs import events
+from jobs.live import events
 from jobs.models import DatasetSpec, MetricPoint, Run
-from jobs.progress import RunMonitor
+from jobs.worker.progress import RunMonitor
 from kdweb.asgi import application
 from tests.web.conftest import teacher_row
 

@@ -1,4 +1,4 @@
-"""jobs.events, the one module that sends live events: each message type's schema, and sends without Redis.
+"""jobs.live.events, the one module that sends live events: each message type's schema, and sends without Redis.
 
 Each payload is checked against its schema and survives a JSON round trip (Zulip's test_events discipline);
 a payload that breaks its schema is refused before it is sent; with Redis unreachable a send reports False
@@ -14,7 +14,7 @@ import time
 import pytest
 from django.db import transaction
 
-from jobs import events
+from jobs.live import events
 from jobs.models import Run
 
 METRICS = {"type": "metrics", "points": [{"name": "loss/feature", "step": 120, "value": 0.41}]}

@@ -22,7 +22,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.test import Client
 
-from jobs import events
+from jobs.live import events
 from jobs.models import DatasetSpec, MetricPoint, Run
 from tests.web.conftest import daphne, process_env, teacher_row
 from tests.web.wsclient import Closed, WebSocket

@@ -19,7 +19,7 @@ from distill.config import parse_config
 from distill.data import encode_lm, load_text_data
 from distill.teachers import load_tokenizer
 from distill.trainer import total_steps
-from jobs import selectors, services, wizard
+from jobs import scorecard, selectors, services, wizard
 from jobs.forms import WRONG_TASK
 from jobs.models import Evaluation, Run, Teacher
 from tests.web.conftest import LM_SECTIONS
@@ -263,7 +263,7 @@ def lm_study(owner, tiny_llama, tiny_dataset, django_capture_on_commit_callbacks
 
 
 def test_the_lm_scorecard_ranks_by_the_lowest_perplexity(lm_study):
-    card = selectors.study_scorecard(selectors.scorecard_runs(lm_study.runs.all()))
+    card = scorecard.study_scorecard(selectors.scorecard_runs(lm_study.runs.all()))
     assert card["metrics"] == ["perplexity", "bleu", "rouge_l", "cer"]  # nll is the log of perplexity: not shown
     assert card["primary"] == "perplexity" and card["lower_is_better"]
     assert [card["metric_labels"][m] for m in card["metrics"]] == ["perplexity", "BLEU", "ROUGE-L", "CER"]

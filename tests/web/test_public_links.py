@@ -1,4 +1,4 @@
-"""Public read-only links (``jobs.public``, ``permissions.shared_object``, ``PublicRunConsumer``).
+"""Public read-only links (``jobs.pages.public``, ``permissions.shared_object``, ``PublicRunConsumer``).
 
 A link is an unguessable token; revoked or expired it answers 404 like an unknown one (pages, files and the
 socket); its page shows the run's results and live chart and nothing else: no team, no other run, no paths
@@ -25,9 +25,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from jobs import events, services
+from jobs import services
+from jobs.live import events
 from jobs.models import Artifact, DatasetSpec, Evaluation, LogLine, MetricPoint, Run, ShareLink, Study, Team
-from jobs.public import public_config
+from jobs.pages.public import public_config
 from kdweb.asgi import application
 from tests.web.conftest import KD_SECTIONS, teacher_row
 from tests.web.test_consumers import LOCAL_ORIGIN, TIMEOUT, live_layer  # noqa: F401 (an autouse fixture)

@@ -296,7 +296,7 @@ def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
 
 def send_to(broker_url: str, run: Run, queue: str) -> None:
     """Send the run's task to ``queue`` on ``broker_url`` (``run_create`` sent it to the suite's broker)."""
-    from jobs.tasks import run_execute
+    from jobs.worker.tasks import run_execute
     from kdweb.celery import app
 
     with app.connection_for_write(broker_url) as connection:

@@ -19,9 +19,9 @@ from django.utils import timezone
 from distill.callbacks import TrainState
 from distill.layer_map import OUT_OF_RANGE
 from jobs import services
-from jobs.events import status_event
+from jobs.live.events import status_event
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
-from jobs.tasks import run_execute
+from jobs.worker.tasks import run_execute
 from tests.web.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
 
 pytestmark = pytest.mark.django_db
@@ -495,7 +495,7 @@ def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny
 
 
 def test_a_restarted_worker_interrupts_the_stale_runs_it_had(queued_run, owner, tiny_teacher, tiny_dataset):
-    """As ``jobs.tasks.interrupt_runs_of_restarted_worker`` calls it: a fresh heartbeat under the same node name
+    """As ``jobs.worker.tasks.interrupt_runs_of_restarted_worker`` calls it: a fresh heartbeat under the same node name
     is a live worker of that name, whose run goes on."""
     mine = running(queued_run, host="w1@gpu", beat_seconds_ago=120)
     namesake = running(create_run(owner, tiny_teacher, tiny_dataset, KD_SECTIONS, name="namesake"), host="w1@gpu")

@@ -15,7 +15,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.urls import reverse
 
-from jobs import selectors, services
+from jobs import scorecard, selectors, services
 from jobs.models import Evaluation, MetricPoint, Run, Study
 from tests.web.conftest import KD_SECTIONS, enqueued, teacher_row
 from tests.web.test_wizard import url, walk
@@ -65,7 +65,7 @@ def evaluate(run: Run, accuracy: float, *, params: int = 1_000, bs1: float = 2.0
 
 
 def by_variant(study: Study) -> dict[tuple[str, int], Run]:
-    return {(selectors.run_variant(r.config), r.config["seed"]): r for r in study.runs.all()}
+    return {(scorecard.run_variant(r.config), r.config["seed"]): r for r in study.runs.all()}
 
 
 # --- launching a study ---------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_the_scorecard_compares_each_student_with_its_teacher(make_study):
     evaluate(runs[("kd_logits", 0)], 0.80, params=1_000, bs1=4.0, bs32=10.0, acc=0.92)  # its teacher measured higher
     # no_kd still queued: a row without numbers
 
-    card = selectors.study_scorecard(selectors.scorecard_runs(study.runs.all()))
+    card = scorecard.study_scorecard(selectors.scorecard_runs(study.runs.all()))
     rows = {row["variant"]: row for row in card["rows"]}
     assert [row["variant"] for row in card["rows"]] == ["kd_feature", "output+feature", "kd_logits", "no_kd"]
     assert card["metrics"] == ["accuracy", "f1", "mcc"] and card["primary"] == "accuracy"
@@ -174,7 +174,7 @@ def test_several_seeds_give_each_variant_its_mean_and_spread(make_study):
         for seed, accuracy in enumerate(values):
             evaluate(runs[(variant, seed)], accuracy, bs1=1.0 + seed)
 
-    card = selectors.study_scorecard(selectors.scorecard_runs(study.runs.all()))
+    card = scorecard.study_scorecard(selectors.scorecard_runs(study.runs.all()))
     groups = {g["variant"]: g for g in card["groups"]}
     assert list(groups) == ["kd_feature", "kd_logits", "no_kd"]
     feature = groups["kd_feature"]

@@ -1,6 +1,6 @@
 """Teams: creating one, inviting by username or e-mail, accepting an invitation once, roles and the last owner.
 
-The services first (``jobs.services``, "teams and sharing"), then the pages of ``jobs.teams``. Personas are
+The services first (``jobs.services``, "teams and sharing"), then the pages of ``jobs.pages.teams``. Personas are
 conftest's: ``owner``, ``member`` and ``viewer`` of team alpha, ``outsider`` of beta. E-mail goes to Django's
 locmem backend (``mail.outbox``), which the test runner installs.
 """

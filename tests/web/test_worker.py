@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification
 
 from jobs import services
 from jobs.models import Artifact, Evaluation, MetricPoint, Run, Teacher
-from jobs.tasks import run_execute
+from jobs.worker.tasks import run_execute
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -2,7 +2,7 @@
 
 - The training thread only appends each step's points (and the odd log line) to a buffer. The monitor's own
   thread stores them in one transaction every ``flush_every_s`` seconds and publishes what was stored to the
-  run's watchers (``jobs.events``) with the run's status, so neither a slow database nor Redis holds a step
+  run's watchers (``jobs.live.events``) with the run's status, so neither a slow database nor Redis holds a step
   up. Evaluations, checkpoints and the end store on the training thread (a checkpoint is written only once
   the points before it are stored: a resumed run starts after it) and wake the monitor to publish.
 - Only the monitor's thread talks to Redis, on an event loop of its own: one connection for the whole run,
@@ -14,7 +14,7 @@
   shows its phase and the progress within it); a run whose stamp goes stale was lost with its worker
   (``services.runs_interrupt``). Every write reads the cancel flag: the next step end then asks the trainer
   to stop, and the trainer checkpoints before it returns; in the finish, its next phase report stops it.
-- Every write goes through ``jobs.retry.retrying``: a dropped database connection is reopened and the write
+- Every write goes through ``jobs.worker.retry.retrying``: a dropped database connection is reopened and the write
   tried again (for up to ``KDWEB_DB_RETRY_S``), the points of the steps meanwhile kept in the buffer, so the
   run goes on; a checkpoint waits until the points before it are stored.
 - A few lines go to the run's log: start or resume, every tenth of the run, each evaluation, a stop.
@@ -34,8 +34,9 @@ from django.conf import settings
 from django.db import connection
 
 from distill.callbacks import FINISH_PHASES, TRAINING, Callback, Control, TrainState
-from jobs import events, services
-from jobs.retry import retrying
+from jobs import services
+from jobs.live import events
+from jobs.worker.retry import retrying
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from pydantic import BaseModel
 
 from distill.config import RunConfig
-from jobs import selectors, services
+from jobs import scorecard, selectors, services
 from jobs.models import Artifact, DatasetSpec, Run
-from jobs.page_forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
+from jobs.pages.forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
+from jobs.pages.teams import share_panel
 from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
-from jobs.teams import share_panel
 
 LIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 SPLIT_ORDER = ("train", "validation", "test")
@@ -90,8 +90,8 @@ def runs(request: HttpRequest) -> HttpResponse:
     filters = form.filters()
     run_list = list(selectors.run_list(request.user, **filters))
     for run in run_list:
-        run.final_score = selectors.final_score(run, run.final_evaluations)
-        run.final_metric = selectors.primary_metric(selectors.run_task(run.config))
+        run.final_score = scorecard.final_score(run, run.final_evaluations)
+        run.final_metric = scorecard.primary_metric(scorecard.run_task(run.config))
         run.eta_text = eta_text(run.eta_s) if run.status == Run.Status.RUNNING else ""
     context = {
         "runs": run_list,
@@ -134,7 +134,7 @@ def run_page(request: HttpRequest, run: Run, template: str, config: dict, **extr
         if run.status not in LIVE:
             response["HX-Refresh"] = "true"
         return response
-    results = selectors.evaluation_table(list(run.evaluations.order_by("split", "-role")))
+    results = scorecard.evaluation_table(list(run.evaluations.order_by("split", "-role")))
     for row in results["rows"]:
         row["params_text"] = params_text(row["params"])
     backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows

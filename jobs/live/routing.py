@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from jobs.consumers import PublicRunConsumer, RunConsumer, RunListConsumer
+from jobs.live.consumers import PublicRunConsumer, RunConsumer, RunListConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/", RunListConsumer.as_asgi(), name="runs_ws"),

@@ -2,7 +2,7 @@
 invitations; owners manage), ``/invites/<token>/`` (join a team), and the endpoints of the "Share" panel
 (``jobs/partials/share_links.html``) that the run page and the study page include.
 
-As in ``jobs.views``: thin views, permissions from ``jobs.permissions`` (other teams answer 404, a refused
+As in ``jobs.pages.runs``: thin views, permissions from ``jobs.permissions`` (other teams answer 404, a refused
 write 403), writes through ``jobs.services``; a refused service call comes back as a message.
 """
 

@@ -16,10 +16,10 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
-from jobs import selectors
+from jobs import scorecard, selectors
 from jobs.models import Artifact, Run, ShareLink
+from jobs.pages.runs import open_artifact, run_page
 from jobs.permissions import shared_object
-from jobs.views import open_artifact, run_page
 
 # config values that name files or folders of the server, dropped whatever they hold
 PRIVATE_CONFIG = {("teacher", "source"), ("data", "source"), ("output_dir",)}
@@ -67,9 +67,9 @@ def _study_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
     runs = list(selectors.shared_runs(link).select_related("teacher", "dataset").prefetch_related("evaluations"))
     for run in runs:
         evaluations = list(run.evaluations.all())
-        run.final_score = selectors.final_score(run, evaluations)
-        run.final_metric = selectors.primary_metric(selectors.run_task(run.config))
-        run.comparisons = selectors.evaluation_table(evaluations)["comparisons"]
+        run.final_score = scorecard.final_score(run, evaluations)
+        run.final_metric = scorecard.primary_metric(scorecard.run_task(run.config))
+        run.comparisons = scorecard.evaluation_table(evaluations)["comparisons"]
         run.shared_artifacts = list(run.artifacts.all()) if link.allow_downloads else []
     return render(request, "jobs/public_study.html", {"study": link.study, "runs": runs, "shared": link})
 

@@ -1,7 +1,7 @@
 """Pages that put runs side by side: the studies list, a study's scorecard and any runs compared.
 
 A study page and a comparison of selected runs are the same page (``jobs/study_detail.html``) over the same
-scorecard (``selectors.study_scorecard``); every run shown must be visible to the user (``jobs.permissions``:
+scorecard (``scorecard.study_scorecard``); every run shown must be visible to the user (``jobs.permissions``:
 other teams' runs answer 404, whether asked for alone or within a list).
 """
 
@@ -17,10 +17,10 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET
 
-from jobs import selectors
+from jobs import scorecard, selectors
 from jobs.models import Run, Study
+from jobs.pages.teams import share_panel
 from jobs.permissions import get_all_for_user, get_for_user
-from jobs.teams import share_panel
 
 MAX_COMPARED = 50
 
@@ -45,7 +45,7 @@ def compared_runs(request: HttpRequest) -> list[Run]:
 def _scorecard_page(
     request: HttpRequest, runs: list[Run], *, study: Study | None, can_write: bool, csv_url: str
 ) -> HttpResponse:
-    card = selectors.study_scorecard(runs)
+    card = scorecard.study_scorecard(runs)
     context: dict[str, Any] = {
         "study": study,
         "title": study.name if study else f"Comparison of {len(runs)} runs",
@@ -53,7 +53,7 @@ def _scorecard_page(
         "plots": selectors.scorecard_plots(card),
         "csv_url": csv_url,
         "live": any(not run.is_finished for run in runs),
-        # a study can be shared by a public link (jobs.teams); a comparison of runs is this user's own view
+        # a study can be shared by a public link (jobs.pages.teams); a comparison of runs is this user's own view
         **(share_panel(study, can_write) if study else {}),
     }
     return render(request, "jobs/study_detail.html", context)
@@ -164,11 +164,11 @@ def _csv_response(card: dict[str, Any], filename: str) -> HttpResponse:
 @require_GET
 def study_scorecard_csv(request: HttpRequest, study_id: int) -> HttpResponse:
     study, _ = get_for_user(Study, request.user, study_id)
-    card = selectors.study_scorecard(_study_runs(study))
+    card = scorecard.study_scorecard(_study_runs(study))
     return _csv_response(card, f"{slugify(study.name) or 'study'}-scorecard.csv")
 
 
 @login_required
 @require_GET
 def compare_csv(request: HttpRequest) -> HttpResponse:
-    return _csv_response(selectors.study_scorecard(compared_runs(request)), "comparison-scorecard.csv")
+    return _csv_response(scorecard.study_scorecard(compared_runs(request)), "comparison-scorecard.csv")

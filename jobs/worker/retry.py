@@ -4,7 +4,7 @@ A PostgreSQL restart, a failover or ``pg_terminate_backend`` breaks the connecti
 Django then raises ``OperationalError``/``InterfaceError`` and would go on using the dead connection. Here the
 broken connection is closed (the next query opens a new one, within the database's ``connect_timeout``) and
 the write is tried again with growing pauses, for up to ``KDWEB_DB_RETRY_S`` seconds, then the error
-propagates. Every write on the worker's path goes through it (``jobs.tasks``, ``jobs.progress``); each of
+propagates. Every write on the worker's path goes through it (``jobs.worker.tasks``, ``jobs.worker.progress``); each of
 them is one transaction, so a retry never half-repeats one, and those that a lost reply could make run twice
 are idempotent (points are unique per run, name and step).
 """

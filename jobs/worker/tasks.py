@@ -17,19 +17,19 @@ from django.db import connections
 from distill.config import parse_config
 from distill.trainer import train
 from jobs import services
-from jobs.progress import RunMonitor
-from jobs.retry import retrying
+from jobs.worker.progress import RunMonitor
+from jobs.worker.retry import retrying
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="jobs.run_execute")
+@shared_task(bind=True, name=services.RUN_EXECUTE)
 def run_execute(self, run_id: int) -> None:
     """Train one run, or resume it from its checkpoint. The database claim makes a redelivered message a no-op.
 
     The worker's node name (``celery@host``) is stored as the run's host: a worker that starts again under
     that name marks the run interrupted if its heartbeat is stale (``interrupt_runs_of_restarted_worker``).
-    Each write survives a dropped database connection (``jobs.retry``).
+    Each write survives a dropped database connection (``jobs.worker.retry``).
     """
     host, task_id = self.request.hostname or socket.gethostname(), self.request.id or ""
     run = retrying(services.run_claim, run_id, host=host, task_id=task_id)

@@ -2,18 +2,18 @@
 
 from django.urls import include, path
 
-from jobs import public, studies, teams, views
+from jobs.pages import public, runs, studies, teams
 
 urlpatterns = [
-    path("", views.runs, name="runs"),
+    path("", runs.runs, name="runs"),
     path("runs/new/", include("jobs.wizard_urls")),
-    path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
-    path("runs/<int:run_id>/cancel/", views.run_action, {"action": "cancel"}, name="run_cancel"),
-    path("runs/<int:run_id>/resume/", views.run_action, {"action": "resume"}, name="run_resume"),
-    path("runs/<int:run_id>/artifacts/<int:artifact_id>/", views.artifact_download, name="artifact_download"),
-    path("teachers/", views.teachers, name="teachers"),
-    path("datasets/", views.datasets, name="datasets"),
-    path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset_detail"),
+    path("runs/<int:run_id>/", runs.run_detail, name="run_detail"),
+    path("runs/<int:run_id>/cancel/", runs.run_action, {"action": "cancel"}, name="run_cancel"),
+    path("runs/<int:run_id>/resume/", runs.run_action, {"action": "resume"}, name="run_resume"),
+    path("runs/<int:run_id>/artifacts/<int:artifact_id>/", runs.artifact_download, name="artifact_download"),
+    path("teachers/", runs.teachers, name="teachers"),
+    path("datasets/", runs.datasets, name="datasets"),
+    path("datasets/<int:dataset_id>/", runs.dataset_detail, name="dataset_detail"),
     # teams and sharing
     path("teams/", teams.teams, name="teams"),
     path("teams/<int:team_id>/", teams.team_detail, name="team_detail"),

@@ -1,4 +1,4 @@
-"""The live view of a run: ``/ws/runs/<id>/`` (``jobs.routing``), behind the origin check and the session.
+"""The live view of a run: ``/ws/runs/<id>/`` (``jobs.live.routing``), behind the origin check and the session.
 
 On connect the consumer asks ``jobs.permissions.get_for_user`` (the run page's own check) whether the user
 may see the run: every member of its team may watch, viewers included. It then joins the group
@@ -8,7 +8,7 @@ may see the run: every member of its team may watch, viewers included. It then j
    reconnecting) limits it to the points from that step on (the page has the earlier ones);
 2. the run's current ``status``;
 
-then forwards every ``run.event`` group message (``jobs.events``) as it comes. A live point may also be in
+then forwards every ``run.event`` group message (``jobs.live.events``) as it comes. A live point may also be in
 the backfill (published while it was read): the page drops points at or before the last step it has.
 
 ``/ws/public/<token>/`` (``PublicRunConsumer``) is the same live view for the holder of a share link of a run
@@ -47,7 +47,8 @@ from django.db import close_old_connections, connection
 from django.http import Http404
 from django.utils import timezone
 
-from jobs import events, selectors
+from jobs import selectors
+from jobs.live import events
 from jobs.models import Run, ShareLink
 from jobs.permissions import get_for_user, shared_object, teams_for_user
 
@@ -109,7 +110,7 @@ def _after_step(query_string: bytes) -> int | None:
 
 
 class EventConsumer(AsyncJsonWebsocketConsumer):
-    """Joins groups, forwards their ``run.event`` messages (``jobs.events``) as they are, and refuses with a
+    """Joins groups, forwards their ``run.event`` messages (``jobs.live.events``) as they are, and refuses with a
     close code the page understands."""
 
     joined: tuple[str, ...] = ()
