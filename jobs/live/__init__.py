@@ -1,4 +1,4 @@
-"""The live websockets: each event's schema and its sends (events), the consumers, and their routes.
+"""The live websockets: each event's schema (events, checked by schema) and its sends, the consumers, their routes.
 
-events imports no other jobs module at import time; consumers may import the core (permissions, selectors, models).
+events and schema import only jobs.models; consumers may import the core (permissions, selectors, models).
 """

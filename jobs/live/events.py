@@ -9,11 +9,10 @@ messages backfills from it when its socket reconnects. So when Redis cannot be r
 at warning and reported as ``False``; the next send tries again.
 """
 
-from __future__ import annotations
-
 import json
 import logging
-from typing import Any, Literal, NotRequired, TypedDict
+import typing
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -21,10 +20,20 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from distill.callbacks import PHASES
+from jobs.live.schema import OneOf, OnePer, Range, fields_mismatch, keys_mismatch
+from jobs.models import Run
+
+# No ``from __future__ import annotations`` here: TypedDict reads ``NotRequired`` from real annotations only.
 
 log = logging.getLogger(__name__)
 
 GROUP_MESSAGE_TYPE = "run.event"  # handled by RunConsumer.run_event
+
+
+# --- the schemas: one TypedDict per message type (DESIGN §8) ---------------------------------------------------
+
+Fraction = Annotated[float, Range(0, 1)]
+StepValue = tuple[int, float | None]  # a JSON array [step, value]; value null when not finite (JSON has no NaN)
 
 
 class MetricPointPayload(TypedDict):
@@ -43,14 +52,14 @@ class StatusEvent(TypedDict):
 
     type: Literal["status"]
     run_id: int
-    status: str
-    progress: float
+    status: Annotated[str, OneOf(tuple(Run.Status.values))]
+    progress: Fraction
     eta_s: float | None
     step: NotRequired[int]
     total_steps: NotRequired[int]
     cancel_requested: NotRequired[bool]
-    phase: NotRequired[str]  # distill.callbacks.PHASES, or "" before training begins
-    phase_progress: NotRequired[float]
+    phase: NotRequired[Annotated[str, OneOf(("", *PHASES))]]  # distill.callbacks.PHASES, "" before training
+    phase_progress: NotRequired[Fraction]
 
 
 class LogEvent(TypedDict):
@@ -59,7 +68,7 @@ class LogEvent(TypedDict):
 
     type: Literal["log"]
     lines: list[str]
-    ids: list[int]
+    ids: Annotated[list[int], OnePer("lines")]
 
 
 class BackfillEvent(TypedDict):
@@ -68,128 +77,38 @@ class BackfillEvent(TypedDict):
     newest line (0 for none)."""
 
     type: Literal["backfill"]
-    series: dict[str, list[list[float | None]]]
+    series: dict[str, list[StepValue]]
     last_step: int
     log: list[str]
     log_last_id: int
 
 
 RunEvent = MetricsEvent | StatusEvent | LogEvent
+SCHEMAS: dict[str, type] = {
+    typing.get_args(typing.get_type_hints(schema)["type"])[0]: schema
+    for schema in (MetricsEvent, StatusEvent, LogEvent, BackfillEvent)
+}
 
 
 class EventSchemaError(ValueError):
     """A payload that does not match the schema of its type."""
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _value(value: Any) -> bool:
-    return value is None or _number(value)
-
-
-def _check_point(point: Any) -> str | None:
-    if not isinstance(point, dict) or set(point) != {"name", "step", "value"}:
-        return "each point is {name, step, value}"
-    if not isinstance(point["name"], str) or not _integer(point["step"]) or not _value(point["value"]):
-        return "a point's name is a string, its step an integer and its value a number or null"
-    return None
-
-
-def _check_metrics(payload: dict) -> str | None:
-    if not isinstance(payload.get("points"), list):
-        return "points must be a list"
-    return next((e for e in map(_check_point, payload["points"]) if e), None)
-
-
-def _check_status(payload: dict) -> str | None:
-    from jobs.models import Run
-
-    if not _integer(payload.get("run_id")):
-        return "run_id must be an integer"
-    if "cancel_requested" in payload and not isinstance(payload["cancel_requested"], bool):
-        return "cancel_requested must be a boolean"
-    if payload.get("status") not in Run.Status.values:
-        return f"status must be one of {Run.Status.values}"
-    if not _number(payload.get("progress")) or not 0 <= payload["progress"] <= 1:
-        return "progress must be a number from 0 to 1"
-    if payload.get("eta_s") is not None and not _number(payload["eta_s"]):
-        return "eta_s must be a number or null"
-    if any(k in payload and not _integer(payload[k]) for k in ("step", "total_steps")):
-        return "step and total_steps must be integers"
-    if "phase" in payload and payload["phase"] not in ("", *PHASES):
-        return f"phase must be one of {PHASES} or empty"
-    share = payload.get("phase_progress", 0.0)
-    if not _number(share) or not 0 <= share <= 1:
-        return "phase_progress must be a number from 0 to 1"
-    return None
-
-
-def _lines(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(line, str) for line in value)
-
-
-def _check_log(payload: dict) -> str | None:
-    if not _lines(payload.get("lines")):
-        return "lines must be a list of strings"
-    ids = payload.get("ids")
-    if not isinstance(ids, list) or len(ids) != len(payload["lines"]) or not all(map(_integer, ids)):
-        return "ids must be a list of integers, one per line"
-    return None
-
-
-def _check_backfill(payload: dict) -> str | None:
-    series = payload.get("series")
-    if not isinstance(series, dict):
-        return "series must be an object"
-    for name, points in series.items():
-        if not isinstance(points, list) or not all(
-            isinstance(p, list) and len(p) == 2 and _integer(p[0]) and _value(p[1]) for p in points
-        ):
-            return f"series {name!r} must be a list of [step, value]"
-    if not _lines(payload.get("log")):
-        return "log must be a list of strings"
-    if not _integer(payload.get("log_last_id")):
-        return "log_last_id must be an integer"
-    return None if _integer(payload.get("last_step")) else "last_step must be an integer"
-
-
-# type -> (required keys, optional keys, check)
-SCHEMAS = {
-    "metrics": ({"type", "points"}, set(), _check_metrics),
-    "status": (
-        {"type", "run_id", "status", "progress", "eta_s"},
-        {"step", "total_steps", "cancel_requested", "phase", "phase_progress"},
-        _check_status,
-    ),
-    "log": ({"type", "lines", "ids"}, set(), _check_log),
-    "backfill": ({"type", "series", "last_step", "log", "log_last_id"}, set(), _check_backfill),
-}
-
-
 def check_event(payload: Any) -> None:
     """Raise ``EventSchemaError`` unless ``payload`` matches the schema of its ``type`` and survives JSON."""
     if not isinstance(payload, dict) or payload.get("type") not in SCHEMAS:
         raise EventSchemaError(f"unknown event type in {payload!r:.200}")
-    required, optional, check = SCHEMAS[payload["type"]]
-    keys = set(payload)
-    if missing := required - keys:
-        raise EventSchemaError(f"{payload['type']} event lacks {sorted(missing)}")
-    if extra := keys - required - optional:
-        raise EventSchemaError(f"{payload['type']} event has unknown keys {sorted(extra)}")
-    if error := check(payload):
-        raise EventSchemaError(f"{payload['type']} event: {error}")
+    kind, schema = payload["type"], SCHEMAS[payload["type"]]
+    if error := keys_mismatch(payload, schema, f"{kind} event"):
+        raise EventSchemaError(error)
+    if error := fields_mismatch(payload, schema, ""):
+        raise EventSchemaError(f"{kind} event: {error}")
     try:  # what a page receives is JSON: NaN, infinities and non-JSON objects must not get through
         round_trip = json.loads(json.dumps(payload, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise EventSchemaError(f"{payload['type']} event is not JSON: {exc}") from None
+        raise EventSchemaError(f"{kind} event is not JSON: {exc}") from None
     if round_trip != payload:
-        raise EventSchemaError(f"{payload['type']} event changes through JSON (tuples?)")
+        raise EventSchemaError(f"{kind} event changes through JSON (tuples?)")
 
 
 def run_group(run_id: int) -> str:
