@@ -1,6 +1,6 @@
 """The one module that sends live events to the pages (Zulip's event discipline, STYLE §3).
 
-Every message a websocket carries has a schema here (DESIGN §8) and a test in ``tests/web/test_events.py``.
+Every message a websocket carries has a schema here (DESIGN §8) and a test in ``tests/jobs/live/test_events.py``.
 Everything that publishes calls ``run_event_send`` (from a worker, outside a transaction) or
 ``run_event_send_on_commit`` (from a service that writes in a transaction), never the channel layer itself.
 

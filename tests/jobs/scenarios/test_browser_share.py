@@ -1,6 +1,6 @@
 """In a real browser: share a finished run from its page, open the public link without login, revoke it.
 
-Debian's Chromium (``tests/web/browser.py``) talks to daphne serving kdweb on the test database; the run is
+Debian's Chromium (``tests/jobs/browser.py``) talks to daphne serving kdweb on the test database; the run is
 built with the ORM (a finished run needs no worker). The visitor is a fresh browser context of the same
 browser: no cookie, no session. Screenshots land in ``test-artifacts/browser/share-*.png``.
 """
@@ -12,10 +12,10 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.browser import VIEWPORT, BrowserSession, chromium_session, counts, open_as, session_cookie
-from tests.web.conftest import daphne, process_env
-from tests.web.test_browser_live import expect_clean
-from tests.web.test_public_links import finished_run
+from tests.jobs.browser import VIEWPORT, BrowserSession, chromium_session, counts, open_as, session_cookie
+from tests.jobs.conftest import daphne, process_env
+from tests.jobs.pages.test_public import finished_run
+from tests.jobs.scenarios.test_browser_live import expect_clean
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,9 +30,9 @@ from jobs.live import events
 from jobs.models import Artifact, DatasetSpec, Evaluation, LogLine, MetricPoint, Run, ShareLink, Study, Team
 from jobs.pages.public import public_config
 from kdweb.asgi import application
-from tests.web.conftest import KD_SECTIONS, teacher_row
-from tests.web.test_consumers import LOCAL_ORIGIN, TIMEOUT, live_layer  # noqa: F401 (an autouse fixture)
-from tests.web.test_pages import ARCH
+from tests.jobs.conftest import KD_SECTIONS, teacher_row
+from tests.jobs.live.test_consumers import LOCAL_ORIGIN, TIMEOUT, live_layer  # noqa: F401 (an autouse fixture)
+from tests.jobs.pages.test_runs import ARCH
 
 # what the shared run's config holds that a public page must not show
 SECRETS = ("/srv/private/teacher-model", "/srv/private/reviews.csv", "/var/kdweb/runs/run-secret", "~/notes")

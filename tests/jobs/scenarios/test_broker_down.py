@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 from jobs import services
 from jobs.models import MetricPoint, Run
 from jobs.services import WAITING_FOR_BROKER
-from tests.web.conftest import (
+from tests.jobs.conftest import (
     REPO,
     daphne,
     free_port,

@@ -29,7 +29,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 READY_TIMEOUT_S = 150
 RUN_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 30

@@ -17,7 +17,7 @@ from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
 from jobs import forms, selectors, services, wizard
 from jobs.models import Membership, Run, Teacher
-from tests.web.conftest import enqueued, reviews_dataset, teacher_row
+from tests.jobs.conftest import enqueued, reviews_dataset, teacher_row
 
 # --- fixtures ---------------------------------------------------------------------------------------------
 

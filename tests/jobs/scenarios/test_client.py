@@ -15,7 +15,7 @@ import yaml
 from rest_framework.authtoken.models import Token
 
 from jobs.models import Run
-from tests.web.conftest import REPO, daphne, process_env
+from tests.jobs.conftest import REPO, daphne, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,7 +23,7 @@ from distill.config import config_schema
 from distill.layer_map import OUT_OF_RANGE
 from jobs.models import Artifact, MetricPoint, Run, Study, Teacher
 from jobs.services import QUEUE_NOT_LIVE
-from tests.web.conftest import KD_SECTIONS, enqueued
+from tests.jobs.conftest import KD_SECTIONS, enqueued
 
 pytestmark = pytest.mark.django_db
 

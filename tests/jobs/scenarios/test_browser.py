@@ -1,6 +1,6 @@
 """In a real browser: log in, upload data, register a teacher, walk the wizard, watch a real worker train.
 
-Debian's Chromium (driven by Playwright, ``tests/web/browser.py``) talks to daphne serving kdweb's ASGI
+Debian's Chromium (driven by Playwright, ``tests/jobs/browser.py``) talks to daphne serving kdweb's ASGI
 app in a subprocess, as ``make up`` runs it (HTTP, static files and the run page's websocket); the run is
 trained by the ``celery_worker_process`` fixture's worker on its own queue. Both read the same test database, so the
 test commits its rows (``transaction=True``). Every click and keystroke is a user's: the only ORM call
@@ -21,7 +21,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 from jobs.models import DatasetSpec, Evaluation, Membership, Run, Team
-from tests.web.browser import BrowserSession, chromium_session
+from tests.jobs.browser import BrowserSession, chromium_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

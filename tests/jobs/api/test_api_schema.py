@@ -31,7 +31,7 @@ from schemathesis.checks import (
 
 from jobs.models import Artifact, MetricPoint, Run, Study
 from jobs.safejson import MAX_DEPTH
-from tests.web.conftest import KD_SECTIONS
+from tests.jobs.conftest import KD_SECTIONS
 
 pytestmark = pytest.mark.django_db
 

@@ -18,10 +18,10 @@ from django.test import Client, RequestFactory
 from django.views.defaults import server_error
 
 from kdweb.launcher import Launcher, parse_args
-from tests.web.browser import chromium_session, open_as, session_cookie
-from tests.web.conftest import REPO, daphne, process_env
-from tests.web.test_browser_live import expect_clean
-from tests.web.test_public_links import finished_run
+from tests.jobs.browser import chromium_session, open_as, session_cookie
+from tests.jobs.conftest import REPO, daphne, process_env
+from tests.jobs.pages.test_public import finished_run
+from tests.jobs.scenarios.test_browser_live import expect_clean
 
 PASSWORD = "a-right-password"
 

@@ -20,8 +20,8 @@ from playwright.sync_api import expect
 from distill.checkpoint import has_checkpoint
 from jobs import services
 from jobs.models import MetricPoint, Run
-from tests.web.browser import chart_steps, chromium_session, in_thread, open_as, session_cookie, total_points_above
-from tests.web.conftest import (
+from tests.jobs.browser import chart_steps, chromium_session, in_thread, open_as, session_cookie, total_points_above
+from tests.jobs.conftest import (
     REPO,
     WorkerProcess,
     daphne,
@@ -239,7 +239,7 @@ def test_a_redis_restart_mid_run_loses_no_point_and_the_open_page_ends_complete(
     """Broker and channel layer on one Redis (as ``make up`` runs it), killed and restarted mid-run: the run
     completes, the database has every point once, and the page that watched throughout shows them all.
 
-    Inside the browser session the ORM runs in a thread of its own (``in_thread``, see tests/web/browser.py).
+    Inside the browser session the ORM runs in a thread of its own (``in_thread``, see tests/jobs/browser.py).
     """
     port, queue = free_port(), new_queue()
     url = f"redis://127.0.0.1:{port}/0"

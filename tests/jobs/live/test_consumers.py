@@ -24,7 +24,7 @@ from jobs.live import events
 from jobs.models import DatasetSpec, MetricPoint, Run
 from jobs.worker.progress import RunMonitor
 from kdweb.asgi import application
-from tests.web.conftest import teacher_row
+from tests.jobs.conftest import teacher_row
 
 LOCAL_ORIGIN = (b"origin", b"http://localhost")
 ARCH = {"model_type": "bert", "layers": 4, "hidden_size": 32, "heads": 4, "labels": ["neg", "pos"]}

@@ -23,8 +23,8 @@ from django.test import Client
 from jobs import services
 from jobs.models import DatasetSpec, Membership, Study, Teacher
 from kdweb.asgi import application
-from tests.web.test_consumers import LOCAL_ORIGIN, TIMEOUT, _cookie, live_layer  # noqa: F401 (an autouse fixture)
-from tests.web.test_public_links import finished_run
+from tests.jobs.live.test_consumers import LOCAL_ORIGIN, TIMEOUT, _cookie, live_layer  # noqa: F401 (an autouse fixture)
+from tests.jobs.pages.test_public import finished_run
 
 PERSONAS = ("owner", "member", "viewer", "outsider", "anonymous", "link")
 

@@ -22,8 +22,8 @@ from distill.trainer import total_steps
 from jobs import scorecard, selectors, services, wizard
 from jobs.forms import WRONG_TASK
 from jobs.models import Evaluation, Run, Teacher
-from tests.web.conftest import LM_SECTIONS
-from tests.web.test_wizard import DATA, STUDENT, TRAINING, assert_redirects_to, errors, post, url
+from tests.jobs.conftest import LM_SECTIONS
+from tests.jobs.wizard.test_wizard import DATA, STUDENT, TRAINING, assert_redirects_to, errors, post, url
 
 KD_DATA = {"data": {"max_length": 24}}
 LM_DATA = {**DATA, "metrics": ["perplexity", "bleu", "cer"], "samples": 4, "prompt_tokens": 6, "new_tokens": 4}

@@ -2,7 +2,7 @@
 
 Real parts only: daphne serving ``kdweb.asgi`` in a subprocess (``kdweb.launcher.daphne_on_free_port``) on
 the test database and Redis (or a unix-socket Redis of the test's own), a session cookie of a real login,
-and websocket clients on asyncio streams (``tests.web.wsclient``).
+and websocket clients on asyncio streams (``tests.jobs.wsclient``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from django.test import Client
 
 from jobs.live import events
 from jobs.models import DatasetSpec, MetricPoint, Run
-from tests.web.conftest import daphne, process_env, teacher_row
-from tests.web.wsclient import Closed, WebSocket
+from tests.jobs.conftest import daphne, process_env, teacher_row
+from tests.jobs.wsclient import Closed, WebSocket
 
 ARCH = {"model_type": "bert", "layers": 4, "hidden_size": 32, "heads": 4, "labels": ["neg", "pos"]}
 IDLE_S = 30  # six times the 5 s blocking read of channels-redis

@@ -18,7 +18,7 @@ from rest_framework.authtoken.models import Token
 
 from jobs import services
 from jobs.models import MetricPoint, Run
-from tests.web.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
+from tests.jobs.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,8 +17,8 @@ from django.urls import reverse
 
 from jobs import scorecard, selectors, services
 from jobs.models import Evaluation, MetricPoint, Run, Study
-from tests.web.conftest import KD_SECTIONS, enqueued, teacher_row
-from tests.web.test_wizard import url, walk
+from tests.jobs.conftest import KD_SECTIONS, enqueued, teacher_row
+from tests.jobs.wizard.test_wizard import url, walk
 
 TEACHER = {"acc": 0.9, "params": 4_000, "bs1": 8.0, "bs32": 40.0}
 

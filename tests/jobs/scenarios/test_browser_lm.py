@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM
 
 from jobs import services
 from jobs.models import Artifact, Evaluation, MetricPoint, Run, Study, Teacher
-from tests.web.browser import chromium_session, open_as, session_cookie
-from tests.web.test_browser_live import expect_clean
+from tests.jobs.browser import chromium_session, open_as, session_cookie
+from tests.jobs.scenarios.test_browser_live import expect_clean
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

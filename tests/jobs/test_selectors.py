@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from jobs import selectors, services
 from jobs.models import Invitation, LogLine, MetricPoint, Run, ShareLink, Study
-from tests.web.conftest import KD_SECTIONS
+from tests.jobs.conftest import KD_SECTIONS
 
 
 def test_my_teams_carry_my_role_and_their_member_count(owner, member, viewer, team, outsider, other_team):

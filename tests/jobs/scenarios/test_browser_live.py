@@ -1,6 +1,6 @@
 """In a real browser: the live run page (charts, log, status), cancel and resume, and the live runs list.
 
-Debian's Chromium (``tests/web/browser.py``) talks to daphne serving kdweb (``asgi_server``); runs are
+Debian's Chromium (``tests/jobs/browser.py``) talks to daphne serving kdweb (``asgi_server``); runs are
 created through the services and trained by a real Celery worker (conftest's, on one torch thread), on
 the tiny teacher and the toy reviews, long enough (500 to 1,500
 steps, 4 to 12 s on an idle 2-core machine) to be watched, cancelled and resumed while they train, and
@@ -24,7 +24,7 @@ from playwright.sync_api import Page, expect
 from distill.checkpoint import has_checkpoint
 from jobs import services
 from jobs.models import LogLine, MetricPoint, Run
-from tests.web.browser import (
+from tests.jobs.browser import (
     BrowserSession,
     chart_steps,
     chromium_session,

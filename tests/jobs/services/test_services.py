@@ -22,7 +22,7 @@ from jobs import services
 from jobs.live.events import status_event
 from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
 from jobs.worker.tasks import run_execute
-from tests.web.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
+from tests.jobs.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
 
 pytestmark = pytest.mark.django_db
 

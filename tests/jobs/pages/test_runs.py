@@ -18,7 +18,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from jobs.models import Artifact, DatasetSpec, Evaluation, MetricPoint, Run, Teacher, Team
-from tests.web.conftest import teacher_row
+from tests.jobs.conftest import teacher_row
 
 ARCH = {
     "model_type": "bert",

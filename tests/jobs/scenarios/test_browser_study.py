@@ -16,11 +16,11 @@ from playwright.sync_api import expect
 
 from jobs import services
 from jobs.models import Run
-from tests.web.browser import chromium_session, open_as, session_cookie
-from tests.web.conftest import daphne, process_env, teacher_row
-from tests.web.test_browser_live import expect_clean
-from tests.web.test_pages import ARCH
-from tests.web.test_public_links import finished_run
+from tests.jobs.browser import chromium_session, open_as, session_cookie
+from tests.jobs.conftest import daphne, process_env, teacher_row
+from tests.jobs.pages.test_public import finished_run
+from tests.jobs.pages.test_runs import ARCH
+from tests.jobs.scenarios.test_browser_live import expect_clean
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
