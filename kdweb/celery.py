@@ -1,4 +1,4 @@
-"""The Celery app: configured from Django settings (``CELERY_*``), tasks found in installed apps."""
+"""The Celery app: configured from Django settings (``CELERY_*``), its tasks in ``jobs.worker.tasks``."""
 
 import os
 
@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kdweb.settings")
 
 app = Celery("kdweb")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+app.autodiscover_tasks(["jobs.worker"])  # the task module lives in the worker package, not at jobs.tasks

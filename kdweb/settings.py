@@ -157,11 +157,11 @@ STATICFILES_DIRS = [BASE_DIR / "frontend" / "static", ("plotly", Path(plotly.__f
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "media/"
 RUNS_DIR = DATA_DIR / "runs"  # working folders of runs (checkpoints), on the worker's host
-# Crash detection (jobs.progress heartbeats, services.runs_interrupt): stale must exceed a few heartbeats.
+# Crash detection (jobs.worker.progress heartbeats, services.runs_interrupt): stale must exceed a few heartbeats.
 KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
-KDWEB_DB_RETRY_S = float(os.environ.get("KDWEB_DB_RETRY_S", 60))  # jobs.retry
+KDWEB_DB_RETRY_S = float(os.environ.get("KDWEB_DB_RETRY_S", 60))  # jobs.worker.retry
 # Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
 KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
@@ -178,7 +178,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or (
     "redis+socket://" + REDIS_URL.removeprefix("unix://") if REDIS_URL.startswith("unix://") else REDIS_URL
 )
-# Live events (jobs.events) go through Redis so a worker process can reach every web process's sockets.
+# Live events (jobs.live.events) go through Redis so a worker process can reach every web process's sockets.
 # channels-redis passes a host's keys to redis-py's connection pool, for redis:// and unix:// alike. Each
 # socket's receive blocks in BZPOPMIN for 5 s, which is also redis-py's default read timeout: the timeout
 # must be longer, or every idle socket is closed with 1011. Every socket opened at once takes a connection

@@ -10,6 +10,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include("jobs.api.urls")),
     path("account/token/", api.token_page, name="api_token"),
-    path("", include("jobs.urls")),
+    path("", include("jobs.pages.urls")),
 ]
 handler404 = api.not_found

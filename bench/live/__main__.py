@@ -5,7 +5,7 @@ and emptied at the start; never the tests' ``kdweb``/``test_kdweb`` or Redis db 
 
 1. **Latency.** daphne serves ``kdweb.asgi`` in a subprocess, as ``make up`` does. The viewers, websocket
    clients in a process of their own, log in with a session cookie and open ``/ws/runs/<id>/`` as the run
-   page does. Each emitting run is a process that feeds the worker's callback (``jobs.progress.RunMonitor``)
+   page does. Each emitting run is a process that feeds the worker's callback (``jobs.worker.progress.RunMonitor``)
    steps and makes it flush at a fixed rate, as its thread does in a worker: store the points
    (``services.run_progress``); the monitor's thread then publishes them and the status
    (``events.run_event_publish`` on its own event loop). One point of each flush, ``bench/emit_s``, carries
@@ -13,7 +13,7 @@ and emptied at the start; never the tests' ``kdweb``/``test_kdweb`` or Redis db 
    which the message arrived (one machine, one clock). Scenarios: 1 viewer of 1 run, 50 viewers of 1 run,
    10 runs emitting at once with 5 viewers each.
 2. **Monitoring overhead.** In this one process, the same small KD run is trained with ``RunMonitor`` (as
-   ``jobs.tasks`` uses it) and without, in alternating pairs; the cost is the ratio of the mean step time.
+   ``jobs.worker.tasks`` uses it) and without, in alternating pairs; the cost is the ratio of the mean step time.
 3. **Backfill.** A run with 100,000 stored points in each of its 6 series: the time ``selectors.run_backfill``
    takes to build the message the consumer sends on connect, its size, and the time from opening a socket
    to receiving it through daphne.

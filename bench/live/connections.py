@@ -20,7 +20,7 @@ def measure_connections(fx: Fixture, env: dict, scratch: Path, args) -> dict:
     status event at the end. daphne's log is searched for the tracebacks of dropped sockets."""
     from django.conf import settings
 
-    from jobs import events
+    from jobs.live import events
 
     cookie = f"{settings.SESSION_COOKIE_NAME}={fx.cookie}"
     run = create_run(fx, "storm", args.storm_steps)

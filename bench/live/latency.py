@@ -42,7 +42,7 @@ STEPS_PER_S = 20  # steps an emitting run logs per second, whatever its flush ra
 def emitter_main(commands: mp.Queue, results: mp.Queue) -> None:
     """An emitter process: the worker's monitoring callback fed steps at a fixed rate, one run per task."""
     setup_django()
-    from jobs.progress import RunMonitor  # imports the services, and with them torch: once per process
+    from jobs.worker.progress import RunMonitor  # imports the services, and with them torch: once per process
 
     results.put(("ready", RunMonitor.__name__))
     while (task := commands.get()) is not None:
@@ -65,7 +65,7 @@ def emit(task: dict) -> dict:
     before it. The time a point waits in the buffer for the next flush (at most ``flush_every_s``, 1 s in the
     worker) is batching, not latency, and is left out."""
     from distill.callbacks import Control, TrainState
-    from jobs.progress import RunMonitor
+    from jobs.worker.progress import RunMonitor
 
     steps, interval = task["steps"], task["interval"]
     state, control = TrainState(total_steps=task["count"] * steps), Control()

@@ -31,8 +31,8 @@ STUDENT_LAYERS, BATCH, MAX_LENGTH, VOCAB_WORDS, TRAIN_ROWS = 2, 16, 96, 400, 400
 
 @contextmanager
 def monitoring_callback(run) -> Iterator[Callback]:
-    """The worker's monitoring callback for ``run``, as ``jobs.tasks`` builds it (its heartbeat thread too)."""
-    from jobs.progress import RunMonitor
+    """The worker's monitoring callback for ``run``, as ``jobs.worker.tasks`` builds it (its heartbeat thread too)."""
+    from jobs.worker.progress import RunMonitor
 
     with RunMonitor(run.id, run.team_id) as monitor:
         yield monitor
@@ -210,7 +210,8 @@ def flush_anatomy(fx: Fixture, repeats: int = 30) -> dict:
     new Redis connection, per call)."""
     from asgiref.sync import async_to_sync
 
-    from jobs import events, services
+    from jobs import services
+    from jobs.live import events
 
     run = create_run(fx, "flush anatomy", 10**6)
     loop = asyncio.new_event_loop()

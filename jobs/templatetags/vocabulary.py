@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString
 
 from distill.config import TERMS
 from jobs.models import Run
-from jobs.selectors import VARIANT_ORDER
+from jobs.scorecard import VARIANT_ORDER
 
 register = template.Library()
 

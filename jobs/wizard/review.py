@@ -25,7 +25,7 @@ from distill.config import ABLATIONS, KIND_TERMS, ConfigError, DataConfig, Stude
 from distill.estimate import available_memory_bytes, estimate, format_bytes, format_duration, suggest_fixes
 from distill.layer_map import resolve_layer_map
 from distill.students import student_shape
-from jobs import safejson, selectors, services
+from jobs import safejson, scorecard, selectors, services
 from jobs.permissions import require_write
 from jobs.wizard.checks import FINETUNE
 from jobs.wizard.forms import FULL_METHOD, lora_default_targets
@@ -115,7 +115,7 @@ def summary(wiz: Wizard) -> list[dict[str, Any]]:
     generation = wiz.config.get("generation")
     if wiz.is_lm and generation:
         parts.append(
-            f"metrics {', '.join(selectors.METRIC_LABELS[m] for m in generation['metrics'])} "
+            f"metrics {', '.join(scorecard.METRIC_LABELS[m] for m in generation['metrics'])} "
             f"({generation['samples']} samples, {generation['prompt_tokens']} prompt + {generation['new_tokens']} "
             "new tokens)"
         )

@@ -194,7 +194,7 @@ def test_every_example_config_is_valid(path):
     ],
 )
 def test_it_bounds_every_number(base_config, field, value, message):
-    """The cases of issue 11; every numeric field is walked through the API in tests/web/test_api.py."""
+    """The cases of issue 11; every numeric field is walked through the API in tests/jobs/api/test_api.py."""
     section, _, leaf = field.rpartition(".")
     (base_config.setdefault(section, {}) if section else base_config)[leaf] = value
     assert message in errors_of(base_config)[field]

@@ -329,8 +329,9 @@ def test_it_refuses_a_classifier_as_causal_lm_teacher(lm_config, assets):
 
 
 def test_it_distils_a_gpt2_teacher_too(lm_assets, lm_config, tmp_path):
-    from conftest import lm_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import lm_tokenizer
 
     folder = tmp_path / "gpt2"
     tokenizer = lm_tokenizer(lm_assets["corpus"])

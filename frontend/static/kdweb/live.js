@@ -1,5 +1,5 @@
-// The live view of a queued or running run: a websocket to /ws/runs/<id>/ (jobs/consumers.py RunConsumer,
-// messages of jobs/events.py), or the one #live-state names in data-socket (a public page: PublicRunConsumer). The page starts with the stored series (embedded, the same downsampled
+// The live view of a queued or running run: a websocket to /ws/runs/<id>/ (jobs/live/consumers.py RunConsumer,
+// messages of jobs/live/events.py), or the one #live-state names in data-socket (a public page: PublicRunConsumer). The page starts with the stored series (embedded, the same downsampled
 // backfill the socket sends) and the log tail, and asks the socket only for the points after the last step
 // it has (?after=<step>), again after every reconnect.
 // - backfill and metrics messages extend the charts (charts.js RunCharts.extend); points at or before the

@@ -1,5 +1,5 @@
-// The live runs list: a websocket to /ws/runs/ (jobs/consumers.py RunListConsumer) brings the status
-// events of every run of the user's teams as they change (jobs/events.py StatusEvent).
+// The live runs list: a websocket to /ws/runs/ (jobs/live/consumers.py RunListConsumer) brings the status
+// events of every run of the user's teams as they change (jobs/live/events.py StatusEvent).
 // - each row (tr[data-run-id]) gets its badge and progress bar (with ETA) from the event at once;
 // - when a run changes status (queued -> running -> succeeded, ...) its row is fetched again from this very
 //   page's URL a moment later and swapped in, for what the event does not carry (host, accuracy): the page

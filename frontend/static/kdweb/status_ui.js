@@ -1,5 +1,5 @@
 // Status badges and progress bars (partials/status_badge.html, partials/progress.html) updated from a
-// `status` event (jobs/events.py StatusEvent), for the run page (live.js) and the runs list (runs_live.js);
+// `status` event (jobs/live/events.py StatusEvent), for the run page (live.js) and the runs list (runs_live.js);
 // plus the reconnecting socket both use.
 
 export { FINISHED, LIVE } from "./vocabulary.js";
@@ -63,7 +63,7 @@ export function setProgress(root, { status, progress, eta_s: eta }) {
 
 /**
  * A websocket that reconnects with exponential backoff (1 s doubling to 30 s, with jitter) until
- * `stop()`; close codes 4403/4404 (refusals, jobs/consumers.py) stop it for good.
+ * `stop()`; close codes 4403/4404 (refusals, jobs/live/consumers.py) stop it for good.
  * Callbacks: url() -> string (asked at every attempt), onMessage(message), onOpen(socket, isReconnect),
  * onDown(waitMs) when a connection is lost and the next try is scheduled, onRefused(code, text).
  */

@@ -4,7 +4,7 @@ that never reached the broker, periodically.
 A worker that dies (SIGKILL, out of memory, a lost host) cannot say so; its run's heartbeat goes stale. A run
 queued while the broker was down was committed but never sent. This loop, one per deployment (``make up``
 and docker-compose start it), finds both every ``KDWEB_WATCHDOG_EVERY_S`` seconds; ``--once`` suits cron. A
-worker restarting under its old name interrupts its own stale runs at start-up too (``jobs.tasks``).
+worker restarting under its old name interrupts its own stale runs at start-up too (``jobs.worker.tasks``).
 """
 
 from __future__ import annotations

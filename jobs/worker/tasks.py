@@ -1,0 +1,99 @@
+"""Celery tasks and worker hooks: interfaces that fetch by id and call the engine and the services."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import traceback
+from pathlib import Path
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
+from celery.worker import state as worker_state
+from django.conf import settings
+from django.db import connections
+
+from distill.config import parse_config
+from distill.trainer import train
+from jobs import services
+from jobs.worker.progress import RunMonitor
+from jobs.worker.retry import retrying
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name=services.RUN_EXECUTE)
+def run_execute(self, run_id: int) -> None:
+    """Train one run, or resume it from its checkpoint. The database claim makes a redelivered message a no-op.
+
+    The worker's node name (``celery@host``) is stored as the run's host: a worker that starts again under
+    that name marks the run interrupted if its heartbeat is stale (``interrupt_runs_of_restarted_worker``).
+    Each write survives a dropped database connection (``jobs.worker.retry``).
+    """
+    host, task_id = self.request.hostname or socket.gethostname(), self.request.id or ""
+    run = retrying(services.run_claim, run_id, host=host, task_id=task_id)
+    if run is None:
+        log.info("run %s is not queued any more; nothing to do", run_id)
+        return
+    output_dir = services.run_output_dir(run)
+    try:  # once claimed, the run must end succeeded, failed or stopped: nothing else would move it on
+        cfg = parse_config({**run.config, "output_dir": str(output_dir)})
+        with RunMonitor(run.id, run.team_id) as monitor:
+            result = train(cfg, [monitor], resume=True)
+        if result.stopped:
+            retrying(services.run_stopped, run.id)
+        else:
+            retrying(services.run_succeed, run.id, result.as_dict())
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        retrying(services.run_fail, run.id, f"{failure(exc, output_dir)}\n\n{traceback.format_exc()}")
+
+
+def failure(exc: Exception, output_dir: Path) -> str:
+    """The first line of a failed run's error: what went wrong, and for the run folder what to do."""
+    path = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and path and Path(path).is_relative_to(output_dir):
+        return (
+            f"the run folder {output_dir} cannot be written ({exc.strerror}: {path}); "
+            "fix that, then resume the run: it continues from its last checkpoint"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+@worker_ready.connect
+def interrupt_runs_of_restarted_worker(sender, **kwargs) -> None:
+    """A worker starting under a node name finds the runs still marked running under that name. Those whose
+    heartbeat is stale died with a previous process of that name (killed, out of memory, host rebooted) and
+    are marked interrupted at once, without waiting for the watchdog's next round. Those whose heartbeat is
+    fresh belong to a live worker that has the same name: they are left alone."""
+    marked = services.runs_interrupt(host=sender.hostname, stale_after_s=settings.KDWEB_STALE_AFTER_S)
+    if marked:
+        log.warning("runs %s were running on %s when it stopped: interrupted", marked, sender.hostname)
+    connections.close_all()  # opened in the parent process: forked pool children must not share it
+
+
+@worker_shutting_down.connect
+def interrupt_runs_of_stopping_worker(sender: str, how: str, **kwargs) -> None:
+    """A warm shutdown (SIGTERM) lets running tasks go on until the cold one kills them, checkpoints lost.
+    Marking their runs interrupted at once makes each trainer stop at its next step end (the monitor reads
+    the status within a second), checkpoint there and return, so the worker exits early and the runs resume
+    from where they were. Only the runs of this worker's own tasks (by task id): another worker may run under
+    the same node name (``sender``).
+
+    This runs in a signal handler, which may have interrupted the task's own database work on this thread
+    (solo pool): the update goes through a thread, and so a connection, of its own."""
+    task_ids = [request.id for request in worker_state.active_requests]
+    if how != "Warm" or not task_ids:
+        return
+
+    def interrupt() -> None:
+        try:
+            if marked := services.runs_interrupt(task_ids=task_ids, reason=f"{sender} is shutting down"):
+                log.warning("runs %s interrupted: %s is shutting down; they stop at a checkpoint", marked, sender)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=interrupt, name="interrupt-on-shutdown")
+    thread.start()
+    thread.join()

@@ -1,0 +1,208 @@
+"""The study maths (jobs.scorecard) on plain objects: no database, every number checked by hand.
+
+A run here is a namespace with what the scorecard reads (``pk``, ``name``, ``kind``, ``config``, ``host`` and its
+prefetched ``evaluations`` and ``artifacts``); an evaluation one with ``role``, ``split``, ``metrics``, ``params``,
+``bytes`` and ``latency``, as the worker stores them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from jobs import scorecard
+
+
+class Prefetched(list):
+    """A prefetched relation: ``.all()`` answers from memory."""
+
+    def all(self) -> list:
+        return list(self)
+
+
+def ev(role: str, metrics: dict[str, float], *, split: str = "validation", params: int = 1_000, **kw: Any):
+    """An evaluation; ``bs1``/``bs32`` are median latencies in ms, ``threads`` the torch threads they used."""
+    latency = {b: {"median_ms": kw[b], "threads": kw.get("threads", 2)} for b in ("bs1", "bs32") if b in kw}
+    return SimpleNamespace(
+        role=role, split=split, metrics=metrics, params=params, bytes=kw.get("bytes"), latency=latency
+    )
+
+
+def run(pk: int, kind: str, evaluations: list, *, seed: int = 0, loss: dict | None = None, **config: Any):
+    """A run of ``kind`` with its evaluations and a student artifact."""
+    cfg = {"kind": kind, "seed": seed, "name": f"run {pk}", "loss": loss or {}, **config}
+    artifacts = Prefetched([SimpleNamespace(kind="student", pk=pk)])
+    return SimpleNamespace(
+        pk=pk,
+        name=f"run {pk}",
+        kind=kind,
+        config=cfg,
+        host="h",
+        evaluations=Prefetched(evaluations),
+        artifacts=artifacts,
+    )
+
+
+def teacher_ev(accuracy: float = 0.9, **kw: Any):
+    return ev("teacher", {"accuracy": accuracy}, params=4_000, bs1=8.0, bs32=40.0, **kw)
+
+
+def test_it_names_the_variant_a_config_compares():
+    assert scorecard.run_variant({"kind": "kd_feature", "loss": {"attention": 0}}) == "output+feature"
+    assert scorecard.run_variant({"kind": "kd_feature", "loss": {"feature": 0.0}}) == "output+attention"
+    assert scorecard.run_variant({"kind": "kd_feature", "loss": {"attention": 0.5}}) == "kd_feature"
+    assert scorecard.run_variant({"kind": "no_kd"}) == "no_kd"
+
+
+def test_it_ranks_by_each_tasks_primary_metric():
+    assert scorecard.run_task({}) == "classification"
+    assert scorecard.primary_metric("causal_lm") == "perplexity"
+    assert scorecard.primary_metric("unknown") == "accuracy"
+    assert scorecard.better_score("perplexity", 12.0) == -12.0
+    assert scorecard.better_score("accuracy", 0.8) == 0.8
+    assert scorecard.better_score("accuracy", None) is None
+
+
+def test_it_compares_a_student_with_its_teacher():
+    student = ev("student", {"accuracy": 0.81}, params=1_000, bs1=2.0, bs32=10.0)
+
+    ratios = scorecard.versus_teacher(student, teacher_ev(), "accuracy")
+
+    assert ratios == {"retention": pytest.approx(0.9), "smaller": 4.0, "faster_bs1": 4.0, "faster_bs32": 4.0}
+
+
+def test_it_inverts_retention_for_a_lower_is_better_metric():
+    student, teacher = ev("student", {"perplexity": 20.0}), ev("teacher", {"perplexity": 15.0}, params=0)
+
+    ratios = scorecard.versus_teacher(student, teacher, "perplexity")
+
+    assert ratios["retention"] == pytest.approx(0.75)  # the teacher's 15 over the student's 20
+    assert ratios["smaller"] == 0.0 and ratios["faster_bs1"] is None  # no latency measured: no ratio
+
+
+def test_a_ratio_with_a_zero_denominator_or_a_missing_number_is_none():
+    assert scorecard.safe_ratio(lambda a, b: a / b, 1.0, None) is None
+    student = ev("student", {"accuracy": 0.5}, params=0)
+    assert scorecard.versus_teacher(student, teacher_ev(0.0))["retention"] is None
+    assert scorecard.versus_teacher(student, teacher_ev())["smaller"] is None
+
+
+def test_it_tables_one_runs_evaluations():
+    evaluations = [
+        ev("student", {"accuracy": 0.72, "f1": 0.7, "loss": 0.6}, bytes=2_500_000, bs1=2.0, bs32=10.0),
+        teacher_ev(),
+        ev("student", {"accuracy": 0.7}, split="test"),
+    ]
+
+    table = scorecard.evaluation_table(evaluations)
+
+    assert table["metrics"] == [("accuracy", "accuracy"), ("f1", "F1")]  # the loss is no task metric
+    assert table["primary_label"] == "accuracy"
+    assert table["rows"][0] == {
+        "role": "student",
+        "split": "validation",
+        "metrics": {"accuracy": 0.72, "f1": 0.7, "loss": 0.6},
+        "params": 1_000,
+        "mb": 2.5,
+        "bs1_ms": 2.0,
+        "bs32_ms": 10.0,
+    }
+    assert [c["split"] for c in table["comparisons"]] == ["validation"]  # the test split has no teacher
+    assert table["comparisons"][0]["retention"] == pytest.approx(0.8)
+
+
+def test_the_final_score_is_the_trained_models_primary_metric():
+    evaluations = [ev("student", {"accuracy": 0.7}), teacher_ev(0.95)]
+    assert scorecard.final_score(run(1, "kd_logits", evaluations), evaluations) == 0.7
+    finetune = run(2, "teacher_finetune", evaluations)
+    assert scorecard.trained_role(finetune) == "teacher"
+    assert scorecard.final_score(finetune, evaluations) == 0.95
+
+
+def study() -> list[SimpleNamespace]:
+    """Two seeds of the full method, one of an ablation and of each baseline, out of order."""
+    return [
+        run(5, "no_kd", [ev("student", {"accuracy": 0.6}, bs1=2.0, bs32=10.0), teacher_ev()]),
+        run(2, "kd_feature", [ev("student", {"accuracy": 0.86}, bs1=2.0, bs32=10.0), teacher_ev()], seed=1),
+        run(1, "kd_feature", [ev("student", {"accuracy": 0.8}, bs1=2.0, bs32=10.0), teacher_ev()], seed=0),
+        run(3, "kd_feature", [ev("student", {"accuracy": 0.84}), teacher_ev()], loss={"attention": 0}),
+        run(4, "kd_logits", [], lr=0.1),  # not measured yet
+    ]
+
+
+def test_the_scorecard_orders_runs_by_variant_then_seed():
+    card = scorecard.study_scorecard(study())
+
+    assert [(r["variant"], r["seed"]) for r in card["rows"]] == [
+        ("kd_feature", 0),
+        ("kd_feature", 1),
+        ("output+feature", 0),
+        ("kd_logits", 0),
+        ("no_kd", 0),
+    ]
+    assert card["primary"] == "accuracy" and card["lower_is_better"] is False
+    assert card["teacher"]["run"].pk == 1 and card["teacher"]["params"] == 4_000
+
+
+def test_the_scorecard_computes_each_rows_ratios_and_marks_the_best_student():
+    rows = scorecard.study_scorecard(study())["rows"]
+
+    first = rows[0]
+    assert first["retention"] == pytest.approx(0.8 / 0.9)
+    assert first["smaller"] == 4.0 and first["faster_bs1"] == 4.0 and first["faster_bs32"] == 4.0
+    assert first["artifact"].pk == 1 and first["threads"] == 2
+    assert [r["best"] for r in rows] == [False, True, False, False, False]  # 0.86, the highest accuracy
+    unmeasured = rows[3]
+    assert unmeasured["measured"] is False and unmeasured["retention"] is None and unmeasured["metrics"] == {}
+
+
+def test_the_scorecard_groups_seeds_with_their_mean_and_spread():
+    groups = scorecard.study_scorecard(study())["groups"]
+
+    assert [(g["variant"], g["n"], g["seeds"]) for g in groups] == [
+        ("kd_feature", 2, [0, 1]),
+        ("output+feature", 1, [0]),
+        ("no_kd", 1, [0]),
+    ]
+    accuracy = groups[0]["stats"]["accuracy"]
+    assert accuracy["mean"] == pytest.approx(0.83)
+    assert accuracy["std"] == pytest.approx(statistics.stdev([0.8, 0.86]))
+    assert groups[1]["stats"]["accuracy"] == {"mean": 0.84, "std": 0.0}
+    assert [g["best"] for g in groups] == [False, True, False]  # 0.84 beats the mean 0.83
+
+
+def test_the_scorecard_leaves_out_groups_when_each_variant_has_one_seed():
+    card = scorecard.study_scorecard([r for r in study() if r.pk != 2])
+    assert card["groups"] == []
+
+
+def test_the_best_language_model_has_the_lowest_perplexity():
+    runs = [
+        run(
+            1, "kd_logits", [ev("student", {"perplexity": 30.0}), ev("teacher", {"perplexity": 10.0})], task="causal_lm"
+        ),
+        run(2, "no_kd", [ev("student", {"perplexity": 25.0}), ev("teacher", {"perplexity": 10.0})], task="causal_lm"),
+    ]
+
+    card = scorecard.study_scorecard(runs)
+
+    assert card["primary"] == "perplexity" and card["lower_is_better"] is True
+    assert [r["best"] for r in card["rows"]] == [False, True]
+    assert card["rows"][1]["retention"] == pytest.approx(0.4)
+
+
+def test_the_config_diff_names_the_keys_that_differ():
+    runs = study()
+
+    diff = scorecard.config_diff([runs[1], runs[3], runs[4]])
+
+    assert diff == [
+        {"key": "kind", "values": ["kd_feature", "kd_feature", "kd_logits"]},
+        {"key": "loss.attention", "values": [None, 0, None]},
+        {"key": "lr", "values": [None, None, 0.1]},
+        {"key": "seed", "values": [1, 0, 0]},
+    ]  # the names differ too, but always do
+    assert scorecard.config_diff(runs[:1]) == []

@@ -1,0 +1,111 @@
+"""Reads (jobs.selectors) that no page test pins down: teams and their members, invitations and share links,
+studies with their counts, a run's log tail and backfill, and the queues workers consume."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.cache import cache
+from django.utils import timezone
+
+from jobs import selectors, services
+from jobs.models import Invitation, LogLine, MetricPoint, Run, ShareLink, Study
+from tests.jobs.conftest import KD_SECTIONS
+
+
+def test_my_teams_carry_my_role_and_their_member_count(owner, member, viewer, team, outsider, other_team):
+    assert [(t.name, t.role, t.member_count) for t in selectors.team_list(viewer)] == [("alpha", "viewer", 3)]
+    assert [(t.name, t.role) for t in selectors.team_list(outsider)] == [("beta", "owner")]
+
+
+def test_a_teams_members_are_listed_owners_first_then_by_name(owner, member, viewer, team, outsider):
+    services.member_invite(user=owner, team=team, who="oscar")
+
+    assert [(m.user.username, m.role) for m in selectors.team_members(team)] == [
+        ("olivia", "owner"),
+        ("mateo", "member"),
+        ("oscar", "member"),
+        ("vera", "viewer"),
+    ]
+
+
+def test_pending_invitations_are_the_unaccepted_ones_newest_first(owner, team):
+    first = Invitation.objects.create(team=team, email="a@example.org", invited_by=owner)
+    second = Invitation.objects.create(team=team, email="b@example.org", invited_by=owner)
+    Invitation.objects.create(team=team, email="c@example.org", invited_by=owner, accepted_at=timezone.now())
+
+    assert list(selectors.invitations_pending(team)) == [second, first]
+
+
+def test_the_active_links_of_a_run_are_neither_revoked_nor_expired(owner, team, queued_run):
+    now = timezone.now()
+    links = {
+        name: ShareLink.objects.create(team=team, run=queued_run, created_by=owner, **fields)
+        for name, fields in {
+            "open": {},
+            "later": {"expires_at": now + timedelta(days=1)},
+            "expired": {"expires_at": now - timedelta(seconds=1)},
+            "revoked": {"revoked_at": now},
+        }.items()
+    }
+
+    assert list(selectors.share_links_active(queued_run)) == [links["later"], links["open"]]
+    assert list(selectors.shared_runs(links["open"])) == [queued_run]
+
+
+@pytest.fixture
+def study(owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks) -> Study:
+    """A one-seed study of the tiny teacher on the reviews (three runs), nothing sent to a broker."""
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.study_create(
+            user=owner, teacher=tiny_teacher, dataset=tiny_dataset, name="s", sections=KD_SECTIONS, ablations=()
+        )
+
+
+def test_a_studys_runs_are_counted_and_so_are_the_finished_ones(owner, outsider, study):
+    study.runs.filter(kind="no_kd").update(status=Run.Status.SUCCEEDED)
+    study.runs.filter(kind="kd_logits").update(status=Run.Status.FAILED)
+
+    [listed] = selectors.study_list(owner)
+
+    assert (listed, listed.run_count, listed.finished_count) == (study, 3, 2)
+    assert not selectors.study_list(outsider).exists()
+    link = ShareLink.objects.create(team=study.team, study=study)
+    assert set(selectors.shared_runs(link)) == set(study.runs.all())
+
+
+def test_the_log_tail_is_the_last_lines_oldest_first_with_the_newest_id(queued_run):
+    LogLine.objects.filter(run=queued_run).delete()
+    assert selectors.run_log_tail(queued_run) == ([], 0)
+    lines = LogLine.objects.bulk_create([LogLine(run=queued_run, text=f"line {i}") for i in range(5)])
+
+    assert selectors.run_log_tail(queued_run, lines=3) == (["line 2", "line 3", "line 4"], lines[-1].pk)
+
+
+def test_the_backfill_downsamples_each_series_and_nulls_what_is_not_finite(queued_run):
+    points = [MetricPoint(run=queued_run, name="loss/task", step=s, value=1.0 / s) for s in range(1, 101)]
+    points += [MetricPoint(run=queued_run, name="val/accuracy", step=50, value=float("nan"))]
+    MetricPoint.objects.bulk_create(points)
+
+    backfill = selectors.run_backfill(queued_run, max_points=10)
+
+    assert backfill["type"] == "backfill" and backfill["last_step"] == 100
+    task = backfill["series"]["loss/task"]
+    assert len(task) == 10 and task[0] == [1, 1.0] and task[-1] == [100, 0.01]
+    assert backfill["series"]["val/accuracy"] == [[50, None]]
+    after = selectors.run_backfill(queued_run, after_step=99)
+    assert after["series"] == {"loss/task": [[99, 1.0 / 99], [100, 0.01]]} and after["last_step"] == 100
+
+
+def test_live_queues_add_the_queues_of_runs_heartbeating_now(queued_run, tiny_teacher, tiny_dataset):
+    cache.set(selectors.LIVE_QUEUES_KEY, ["gpu"], 60)  # what workers answered a moment ago
+    try:
+        Run.objects.filter(pk=queued_run.pk).update(
+            status=Run.Status.RUNNING, queue="busy", heartbeat_at=timezone.now()
+        )
+        assert selectors.live_queues() == ["busy", "gpu"]
+        Run.objects.filter(pk=queued_run.pk).update(heartbeat_at=timezone.now() - timedelta(days=1))
+        assert selectors.live_queues() == ["gpu"]  # a stale heartbeat: that worker is gone
+    finally:
+        cache.delete(selectors.LIVE_QUEUES_KEY)
