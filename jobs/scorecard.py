@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from distill.config import ABLATIONS, BASELINES, FULL_METHOD
+from distill.config import ABLATIONS, BASELINES, FULL_METHOD, LM_METRICS
 from distill.metrics import compression, retention, speedup
 from jobs.models import Artifact, Run
 
@@ -24,7 +24,7 @@ VARIANT_ORDER: tuple[str, ...] = (FULL_METHOD, *ABLATIONS, *BASELINES, Run.Kind.
 # (pearson, spearman...) follow; the eval loss and the LM's mean token NLL (log perplexity) are no task metrics
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "f1", "mcc"),
-    "causal_lm": ("perplexity", "bleu", "rouge_l", "cer"),
+    "causal_lm": LM_METRICS,
 }
 METRIC_ORDER: tuple[str, ...] = tuple(m for metrics in TASK_METRICS.values() for m in metrics)
 METRIC_LABELS: dict[str, str] = {
