@@ -31,9 +31,9 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import host_facts, write_results  # noqa: E402
 from distill.config import parse_config  # noqa: E402
+from distill.memory import peak_rss, reset_peak  # noqa: E402
 from distill.teachers import resolve_source  # noqa: E402
 from distill.trainer import build_models, make_optimizer, training_step  # noqa: E402
 

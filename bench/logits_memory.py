@@ -25,9 +25,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import write_results  # noqa: E402
 from distill.estimate import BYTES_PER_FLOAT, LOGITS_COPIES  # noqa: E402
+from distill.memory import peak_rss, reset_peak  # noqa: E402
 
 B, L, D, V, T = 8, 256, 576, 49152, 2.0  # SmolLM2-135M's width and vocabulary
 N = B * L

@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from engine_step import round_times  # noqa: E402
 
-from bench.memory import peak_rss, reset_peak  # noqa: E402
 from bench.output import host_facts, read_results, write_results  # noqa: E402
 from distill.callbacks import Callback  # noqa: E402
 from distill.config import parse_config  # noqa: E402
 from distill.data import collate, encode, load_data  # noqa: E402
+from distill.memory import peak_rss, reset_peak  # noqa: E402
 from distill.teachers import load_tokenizer  # noqa: E402
 from distill.trainer import build_models, make_optimizer, train, training_step  # noqa: E402
 

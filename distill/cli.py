@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
@@ -25,6 +25,9 @@ from distill.config import (
     load_config,
 )
 from distill.layer_map import describe, resolve_layer_map
+
+if TYPE_CHECKING:
+    from distill.side_by_side import SideBySide
 
 EXIT_CONFIG = 2
 DEFAULT_MAX_LENGTH = 128
@@ -113,7 +116,68 @@ def cmd_layermap(args: argparse.Namespace) -> int:
     return 0
 
 
+def speed_table(result: SideBySide) -> str:
+    """A side-by-side measurement as a table: per model its latency median (p10-p90) and × faster than the
+    first model at each batch size, throughput at the largest and peak memory; under it, the conditions."""
+    first = result.models[0]
+    batches = list(first.latency)
+    head = ["model", "params", *(f"{b} ms (p10-p90)" for b in batches), *(f"x faster {b}" for b in batches)]
+    head += [f"seq/s {batches[-1]}", "peak MB"]
+    rows = [head]
+    for m in result.models:
+        lat = [m.latency[b] for b in batches]
+        rows.append(
+            [
+                m.name,
+                f"{m.params:,}",
+                *(f"{t.median_ms:.2f} ({t.p10_ms:.2f}-{t.p90_ms:.2f})" for t in lat),
+                *(f"{first.latency[b].median_ms / t.median_ms:.2f}" for b, t in zip(batches, lat, strict=True)),
+                f"{lat[-1].throughput:.1f}",
+                "-" if m.peak_mb is None else f"{m.peak_mb:.1f}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(
+        f"side by side on {result.host}, {result.threads} torch thread{'s' if result.threads > 1 else ''}, "
+        f"{result.seq_len} tokens, {result.rounds} alternated rounds ({'stable' if result.stable else 'time cap'}), "
+        f"{result.seconds:.0f} s; load average {result.load_max:.2f} on {result.cpus} cores, "
+        f"other processes {result.foreign_cores:.2f} cores"
+    )
+    if result.heavy_load:
+        lines.append("warning: measured under heavy foreign load: repeat on a quiet machine before relying on it")
+    return "\n".join(lines)
+
+
+def cmd_side_by_side(args: argparse.Namespace) -> int:
+    from distill.side_by_side import measure_side_by_side
+
+    if args.data is not None:
+        raise ConfigError.one("--data", "evaluates one model; several models are measured side by side, without data")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError.one("--threads", f"must be at least 1, got {args.threads}")
+    if args.time_cap <= 0:
+        raise ConfigError.one("--time-cap", f"must be positive, got {args.time_cap}")
+    options = {"models": "model", "teacher.source": "model", "seq_len": "--max-length"}
+    try:
+        result = measure_side_by_side(
+            [(model, model) for model in args.model],
+            seq_len=args.max_length,
+            threads=args.threads,
+            time_cap_s=args.time_cap,
+        )
+    except ConfigError as exc:
+        raise ConfigError((options.get(field, field), message) for field, message in exc.errors) from None
+    print(json.dumps(result.as_dict(), indent=1) if args.json else speed_table(result))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if len(args.model) > 1:
+        return cmd_side_by_side(args)
+    if args.data is None:
+        raise ConfigError.one("--data", "required to evaluate one model (several are measured side by side)")
+    args.model = args.model[0]
     from distill.data import collate_lm, encode, encode_lm, load_data, load_text_data
     from distill.metrics import efficiency_report, evaluate_classifier, evaluate_lm, generation_metrics, weights_bytes
     from distill.teachers import load_causal_lm, load_classifier, load_tokenizer, resolve_source
@@ -202,9 +266,17 @@ def parser() -> argparse.ArgumentParser:
     lm.add_argument("--strategy", choices=["uniform", "last"], default="uniform")
     lm.add_argument("--no-embeddings", action="store_true", help="leave out the embedding pair (0, 0)")
     lm.set_defaults(func=cmd_layermap)
-    ev = sub.add_parser("evaluate", help="evaluate an exported model on a data set")
-    ev.add_argument("model", help="a model folder (e.g. a run's export) or a teacher source")
-    ev.add_argument("--data", required=True)
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate an exported model on a data set, or measure several models' speed side by side",
+    )
+    ev.add_argument(
+        "model",
+        nargs="+",
+        help="a model folder (e.g. a run's export) or a teacher source; several: their speed side by side, "
+        "alternately in this process, × faster against the first",
+    )
+    ev.add_argument("--data", help="the data set to evaluate one model on")
     ev.add_argument("--split", choices=["train", "validation", "test"], default="test")
     ev.add_argument(
         "--task",
@@ -220,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
         help=f"tokens per text (default: {DEFAULT_MAX_LENGTH}, or fewer if the model has fewer positions)",
     )
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--threads", type=int, help="torch threads of a side-by-side measurement (default: torch's)")
+    ev.add_argument("--time-cap", type=float, default=120.0, help="seconds a side-by-side measurement may take")
+    ev.add_argument("--json", action="store_true", help="a side-by-side measurement as JSON")
     ev.set_defaults(func=cmd_evaluate)
     pre = sub.add_parser(
         "prepare", help="make a teacher source ready offline (convert a GGUF package once) and print its folder"
