@@ -250,6 +250,44 @@ class Artifact(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
+class Measurement(models.Model):
+    """The speed of a study's teacher and students (or of any runs compared) measured side by side: one worker
+    task loads them all and times them alternately in one process (``distill.side_by_side``). The scorecard's ×
+    faster comes from here, never from dividing figures measured in different runs.
+
+    ``result`` is ``SideBySide.as_dict()``: the conditions (host, threads, load, ``heavy_load``) and one entry
+    per model, each with ``run`` (the run's id; None for the teacher). Written once and always read whole, so
+    one JSON document rather than a table of rows; ``runs`` says which runs it covers, to find it from a
+    comparison of runs."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    PENDING = (Status.QUEUED, Status.RUNNING)
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="measurements")
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.CASCADE, related_name="measurements")
+    runs = models.ManyToManyField(Run, related_name="measurements")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    queue = models.CharField(max_length=100)
+    host = models.CharField(max_length=200, blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="distill.side_by_side.SideBySide.as_dict()")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in self.PENDING
+
+
 class Invitation(models.Model):
     """An invitation into a team, by e-mail, for someone who may not have an account yet: the link
     ``/invites/<token>/`` is the secret (mailed to the address, shown to the inviter); the first logged-in

@@ -40,6 +40,9 @@ LOWER_IS_BETTER = frozenset({"perplexity", "cer", "nll", "loss"})
 NOT_TASK_METRICS = frozenset({"loss", "nll"})
 # per-run numbers of a scorecard row, averaged over seeds in its variant's group (besides the task metrics)
 MEASURES: tuple[str, ...] = ("retention", "params", "mb", "smaller", "bs1_ms", "bs32_ms", "faster_bs1", "faster_bs32")
+# each row's latency spread (p10-p90, ms) and peak memory, from the side-by-side measurement
+SPREADS: tuple[str, ...] = ("bs1_p10", "bs1_p90", "bs32_p10", "bs32_p90", "peak_mb")
+NOT_MEASURED = "not measured side by side yet"
 # differ between every two runs, so they say nothing in a config diff
 DIFF_IGNORED = frozenset({"name", "output_dir"})
 
@@ -70,11 +73,6 @@ def latency_ms(ev: Evaluation, batch: str) -> float | None:
     """Median forward latency in ms at ``batch`` (``bs1``, ``bs32``); None when not measured."""
     entry = (ev.latency or {}).get(batch) or {}
     return entry.get("median_ms")
-
-
-def latency_threads(ev: Evaluation) -> int | None:
-    """The torch thread count the latencies were measured with."""
-    return next((entry.get("threads") for entry in (ev.latency or {}).values() if entry.get("threads")), None)
 
 
 def safe_ratio(ratio: Callable[..., float], *args: float | None) -> float | None:
@@ -155,14 +153,40 @@ def run_variant(config: dict[str, Any]) -> str:
     return kind
 
 
-def _measures(ev: Evaluation) -> dict[str, Any]:
+def _sizes(ev: Evaluation) -> dict[str, Any]:
+    return {"params": ev.params, "mb": ev.bytes / 1e6 if ev.bytes is not None else None}
+
+
+def side_by_side_speeds(result: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
+    """A side-by-side measurement's (``Measurement.result``) speeds: the teacher's, and each run's by its id.
+    Each is ``{"bs1_ms", "bs1_p10", "bs1_p90", "bs32_ms", ..., "peak_mb"}`` (medians and p10-p90 in ms)."""
+    teacher, runs = None, {}
+    for entry in result.get("models", []):
+        speed = {"peak_mb": entry.get("peak_mb")}
+        for batch, t in entry["latency"].items():
+            speed |= {f"{batch}_ms": t["median_ms"], f"{batch}_p10": t["p10_ms"], f"{batch}_p90": t["p90_ms"]}
+        if entry.get("run") is None:
+            teacher = speed
+        else:
+            runs[entry["run"]] = speed
+    return teacher, runs
+
+
+def side_by_side_faster(result: dict[str, Any]) -> dict[int, dict[str, float | None]]:
+    """× faster at batch 1 and 32 of each run of a side-by-side measurement, against its one teacher figure."""
+    teacher, runs = side_by_side_speeds(result)
     return {
-        "params": ev.params,
-        "mb": ev.bytes / 1e6 if ev.bytes is not None else None,
-        "bs1_ms": latency_ms(ev, "bs1"),
-        "bs32_ms": latency_ms(ev, "bs32"),
-        "threads": latency_threads(ev),
+        run: {b: safe_ratio(speedup, (teacher or {}).get(f"{b}_ms"), speed.get(f"{b}_ms")) for b in ("bs1", "bs32")}
+        for run, speed in runs.items()
     }
+
+
+def measured_on(result: dict[str, Any]) -> dict[str, Any]:
+    """The conditions of a side-by-side measurement, for the note under the scorecard: host, threads, tokens,
+    rounds (and whether the medians settled), seconds, the load average at its highest, the cores that other
+    processes used, and whether that was heavy."""
+    keys = ("host", "threads", "seq_len", "rounds", "stable", "seconds", "cpus", "load_max", "foreign_cores")
+    return {key: result.get(key) for key in keys} | {"heavy_load": bool(result.get("heavy_load"))}
 
 
 def _evaluations(run: Run) -> dict[str, Evaluation]:
@@ -215,15 +239,19 @@ def _mark_best(items: list[dict[str, Any]], score: Callable[[dict[str, Any]], fl
         items[max(scored, key=lambda pair: (pair[0], -pair[1]))[1]]["best"] = True
 
 
-def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
+def study_scorecard(runs: Iterable[Run], side_by_side: dict[str, Any] | None = None) -> dict[str, Any]:
     """The scorecard of runs side by side: a Study's runs or any selected ones (``scorecard_runs`` fetches them).
 
-    ``rows``: one per run (variant, seed, task metrics, % of its teacher, parameters, MB, × smaller, latency at
-    batch 1 and 32, × faster, host and threads); each student is compared with the teacher measured at the end
-    of the same run, on the same split, host and thread count. ``groups``: with several seeds of a variant, one
-    row per variant with each number's mean and std. ``teacher``: the teacher measurement shown, taken from the
-    full method's first run that has one. ``best``: the student of the highest primary metric (the first task
-    metric, accuracy for classification). ``hosts``: the distinct (host, threads) of every measurement.
+    ``rows``: one per run (variant, seed, task metrics, % of its teacher, parameters, MB, × smaller, the host
+    it trained on). Quality ratios compare each student with the teacher evaluated at the end of the same run,
+    on the same split. Speed comes only from ``side_by_side``, a measurement of the teacher and the students
+    alternately in one process (``Measurement.result``): each row's latency at batch 1 and 32 (median, p10,
+    p90) and × faster against that one teacher figure; without it, no row has a speed (``speed_note`` says
+    so) — latencies measured in different runs are not divided by each other. ``groups``: with several seeds
+    of a variant, one row per variant with each number's mean and std. ``teacher``: the teacher shown, with
+    the metrics of the full method's first run that has one and the measurement's speed. ``best``: the student
+    of the highest primary metric (the first task metric, accuracy for classification). ``side_by_side``: the
+    measurement's conditions (``measured_on``), or None.
     """
     runs = sorted(
         runs,
@@ -233,6 +261,8 @@ def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
             r.pk,
         ),
     )
+    teacher_speed, run_speeds = side_by_side_speeds(side_by_side or {})
+    faster = side_by_side_faster(side_by_side or {})
     rows, teacher, pairs = [], None, []
     for run in runs:
         evaluations = _evaluations(run)
@@ -250,27 +280,33 @@ def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
             "best": False,
             "artifact": next((a for a in run.artifacts.all() if a.kind == Artifact.Kind.STUDENT), None),
             **dict.fromkeys(MEASURES),
-            "threads": None,
+            **dict.fromkeys(SPREADS),
+            "teacher_bs1_ms": None,  # the teacher figure its × faster divides, the same on every row
+            "teacher_bs32_ms": None,
         }
         if trained:
-            row.update(_measures(trained))
+            row.update(_sizes(trained))
+        row.update(run_speeds.get(run.pk, {}))
         rows.append(row)
         pairs.append((trained, its_teacher))
         if its_teacher and teacher is None:
             teacher = {"run": run, "split": its_teacher.split, "metrics": dict(its_teacher.metrics), "host": run.host}
-            teacher.update(_measures(its_teacher))
+            teacher.update(_sizes(its_teacher) | dict.fromkeys(("bs1_ms", "bs32_ms", *SPREADS)) | (teacher_speed or {}))
     metrics = _ordered_metrics(rows + ([teacher] if teacher else []))
     tasks = {run_task(run.config) for run in runs}
     primary = metrics[0] if metrics else primary_metric(tasks.pop() if len(tasks) == 1 else "classification")
     for row, (trained, its_teacher) in zip(rows, pairs, strict=True):
         if trained and its_teacher:
-            row.update(versus_teacher(trained, its_teacher, primary))
+            ratios = versus_teacher(trained, its_teacher, primary)
+            row.update(retention=ratios["retention"], smaller=ratios["smaller"])
+        if teacher_speed and row["run"].pk in faster:  # one teacher figure, from the same measurement
+            for batch, ratio in faster[row["run"].pk].items():
+                row[f"faster_{batch}"], row[f"teacher_{batch}_ms"] = ratio, teacher_speed.get(f"{batch}_ms")
     groups = _groups(rows, metrics)
     if all(g["n"] == 1 for g in groups):  # one seed per variant: the rows say it all
         groups = []
     _mark_best(rows, lambda row: better_score(primary, row["metrics"].get(primary)))
     _mark_best(groups, lambda g: better_score(primary, g["stats"].get(primary, {}).get("mean")))
-    hosts = sorted({(row["host"], row["threads"]) for row in rows if row["measured"]}, key=str)
     return {
         "rows": rows,
         "groups": groups,
@@ -280,7 +316,8 @@ def study_scorecard(runs: Iterable[Run]) -> dict[str, Any]:
         "primary": primary,
         "primary_label": METRIC_LABELS.get(primary, primary),
         "lower_is_better": primary in LOWER_IS_BETTER,
-        "hosts": hosts,
+        "side_by_side": measured_on(side_by_side) if side_by_side else None,
+        "speed_note": None if side_by_side else NOT_MEASURED,
         "diff": config_diff([row["run"] for row in rows]),
     }
 

@@ -29,6 +29,7 @@ from jobs.models import (
     Evaluation,
     Invitation,
     LogLine,
+    Measurement,
     Membership,
     MetricPoint,
     Run,
@@ -223,6 +224,22 @@ def study_list(user) -> QuerySet[Study]:
 def scorecard_runs(runs: QuerySet[Run]) -> QuerySet[Run]:
     """``runs`` with what a scorecard reads, fetched in a fixed number of queries."""
     return runs.select_related("team", "teacher", "dataset").prefetch_related("evaluations", "artifacts")
+
+
+def side_by_side(*, study: Study | None = None, runs: list[Run] | None = None) -> dict[str, Measurement | None]:
+    """The side-by-side measurements of a study, or of compared ``runs`` (those that cover every succeeded
+    student among them): ``shown``, the newest that succeeded (the scorecard's speeds), and ``latest``, the
+    newest of any status (queued or running: "measuring…"; failed: why)."""
+    if study is not None:
+        found = Measurement.objects.filter(study=study)
+    else:
+        ids = [r.pk for r in runs or [] if r.status == Run.Status.SUCCEEDED and r.kind != Run.Kind.TEACHER_FINETUNE]
+        if not ids:
+            return {"shown": None, "latest": None}
+        covered = Count("runs", filter=Q(runs__in=ids), distinct=True)
+        found = Measurement.objects.annotate(covered=covered).filter(covered=len(ids))
+    found = found.order_by("-created_at", "-pk")
+    return {"shown": found.filter(status=Measurement.Status.SUCCEEDED).first(), "latest": found.first()}
 
 
 STUDY_CURVE_POINTS = 400  # per series and run: a study overlays many runs on one chart

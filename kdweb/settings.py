@@ -17,6 +17,7 @@ KDWEB_STALE_AFTER_S    a running run without a heartbeat for this long is marked
 KDWEB_WATCHDOG_EVERY_S how often `manage.py watchdog` looks for such runs, and for queued runs never sent to the
                broker (default 10).
 KDWEB_DB_RETRY_S       how long a worker retries a write over a lost database connection (default 60).
+KDWEB_MEASURE_CAP_S    seconds a side-by-side measurement of a study's models may take (default 120).
 KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizard's estimate (default: what
                this host has available, which is right when web and worker share a machine).
 """
@@ -162,6 +163,7 @@ KDWEB_HEARTBEAT_S = float(os.environ.get("KDWEB_HEARTBEAT_S", 5))
 KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
 KDWEB_DB_RETRY_S = float(os.environ.get("KDWEB_DB_RETRY_S", 60))  # jobs.worker.retry
+KDWEB_MEASURE_CAP_S = float(os.environ.get("KDWEB_MEASURE_CAP_S", 120))  # jobs.worker.tasks.measure_side_by_side
 # Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
 KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))

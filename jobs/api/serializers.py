@@ -12,9 +12,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from distill.config import ABLATIONS
+from jobs import scorecard, selectors
 from jobs.api.schema import OBJECT_SECTIONS, SECTIONS_SCHEMA
 from jobs.downsample import DEFAULT_MAX_POINTS
-from jobs.models import Artifact, DatasetSpec, Evaluation, Run, Study, Teacher, Team
+from jobs.models import Artifact, DatasetSpec, Evaluation, Measurement, Run, Study, Teacher, Team
 
 # ids are bigint columns: larger numbers cannot name anything
 MAX_ID = 2**63 - 1
@@ -162,15 +163,43 @@ class StudySerializer(serializers.ModelSerializer):
         fields = ["id", "team", "name", "description", "created_at", "run_count", "finished_count"]
 
 
+class MeasurementSerializer(serializers.ModelSerializer):
+    """A side-by-side measurement: ``result`` as the engine gives it (``SideBySide.as_dict()``: host, threads,
+    load, ``heavy_load``, per model its run id, latency median and p10-p90 per batch, throughput, peak memory)
+    and ``faster``: each run's × faster at batch 1 and 32 against the measurement's one teacher figure."""
+
+    faster = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Measurement
+        fields = ["id", "status", "host", "created_at", "finished_at", "error", "result", "faster"]
+
+    def get_faster(self, measurement: Measurement) -> dict[str, dict[str, float | None]]:
+        return {str(run): ratios for run, ratios in scorecard.side_by_side_faster(measurement.result or {}).items()}
+
+
 class StudyDetailSerializer(StudySerializer):
     runs = serializers.SerializerMethodField()
+    side_by_side = serializers.SerializerMethodField()
+    measuring = serializers.SerializerMethodField()
 
     class Meta(StudySerializer.Meta):
-        fields = [*StudySerializer.Meta.fields, "runs"]
+        fields = [*StudySerializer.Meta.fields, "runs", "side_by_side", "measuring"]
 
     @extend_schema_field(RunSerializer(many=True))
     def get_runs(self, study: Study) -> list[dict]:
         return RunSerializer(study.runs.order_by("created_at", "pk"), many=True).data
+
+    @extend_schema_field(MeasurementSerializer(allow_null=True))
+    def get_side_by_side(self, study: Study) -> dict | None:
+        """The newest side-by-side measurement that succeeded: the only source of the study's × faster."""
+        shown = selectors.side_by_side(study=study)["shown"]
+        return MeasurementSerializer(shown).data if shown else None
+
+    def get_measuring(self, study: Study) -> bool:
+        """A side-by-side measurement of the study is queued or running."""
+        latest = selectors.side_by_side(study=study)["latest"]
+        return bool(latest and latest.is_pending)
 
 
 class StudyCreateSerializer(serializers.Serializer):

@@ -10,17 +10,19 @@ from __future__ import annotations
 import csv
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from jobs import scorecard, selectors
+from jobs import scorecard, selectors, services
 from jobs.models import Run, Study
 from jobs.pages.teams import share_panel
-from jobs.permissions import get_all_for_user, get_for_user
+from jobs.permissions import get_all_for_user, get_for_user, teams_for_user
 
 MAX_COMPARED = 50
 
@@ -42,11 +44,22 @@ def compared_runs(request: HttpRequest) -> list[Run]:
     return get_all_for_user(selectors.scorecard_runs(Run.objects.all()), request.user, pks)
 
 
+def _card(runs: list[Run], study: Study | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scorecard of ``runs`` with the speeds of their newest side-by-side measurement, and the
+    measurements (``selectors.side_by_side``)."""
+    found = selectors.side_by_side(study=study) if study else selectors.side_by_side(runs=runs)
+    shown = found["shown"]
+    return scorecard.study_scorecard(runs, shown.result if shown else None), found
+
+
 def _scorecard_page(
-    request: HttpRequest, runs: list[Run], *, study: Study | None, can_write: bool, csv_url: str
+    request: HttpRequest, runs: list[Run], *, study: Study | None, can_write: bool, csv_url: str, measure_url: str
 ) -> HttpResponse:
-    card = scorecard.study_scorecard(runs)
+    card, found = _card(runs, study)
     context: dict[str, Any] = {
+        "measurement": found["shown"],
+        "measuring": found["latest"] if found["latest"] and found["latest"].status != "succeeded" else None,
+        "measure_url": measure_url if can_write else "",
         "study": study,
         "title": study.name if study else f"Comparison of {len(runs)} runs",
         "card": card,
@@ -70,7 +83,9 @@ def study_list(request: HttpRequest) -> HttpResponse:
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study, can_write = get_for_user(Study.objects.select_related("team", "created_by"), request.user, study_id)
     csv_url = reverse("study_scorecard_csv", kwargs={"study_id": study.pk})
-    return _scorecard_page(request, _study_runs(study), study=study, can_write=can_write, csv_url=csv_url)
+    measure_url = reverse("study_measure", kwargs={"study_id": study.pk})
+    runs = _study_runs(study)
+    return _scorecard_page(request, runs, study=study, can_write=can_write, csv_url=csv_url, measure_url=measure_url)
 
 
 @login_required
@@ -78,7 +93,41 @@ def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
 def compare(request: HttpRequest) -> HttpResponse:
     runs = compared_runs(request)
     csv_url = f"{reverse('compare_csv')}?{request.GET.urlencode()}"
-    return _scorecard_page(request, runs, study=None, can_write=False, csv_url=csv_url)
+    measure_url = f"{reverse('compare_measure')}?{request.GET.urlencode()}"
+    writable = set(teams_for_user(request.user, write=True).values_list("pk", flat=True))
+    can_write = all(run.team_id in writable for run in runs)
+    return _scorecard_page(request, runs, study=None, can_write=can_write, csv_url=csv_url, measure_url=measure_url)
+
+
+# --- side-by-side measurements on demand -----------------------------------------------------------------
+
+MEASURE_QUEUED = "Measuring side by side: the teacher and every student, alternately, on one worker."
+
+
+def _measure(request: HttpRequest, runs: list[Run], study: Study | None) -> None:
+    try:
+        services.measurement_request(user=request.user, runs=runs, study=study)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, MEASURE_QUEUED)
+
+
+@login_required
+@require_POST
+def study_measure(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Measure a study's models side by side again (``services.measurement_request``; members and owners)."""
+    study, _ = get_for_user(Study, request.user, study_id)
+    _measure(request, _study_runs(study), study)
+    return redirect("study_detail", study_id=study.pk)
+
+
+@login_required
+@require_POST
+def compare_measure(request: HttpRequest) -> HttpResponse:
+    """Measure the compared runs' models side by side (``?runs=`` as the compare page has it)."""
+    _measure(request, compared_runs(request), None)
+    return redirect(f"{reverse('compare')}?{request.GET.urlencode()}")
 
 
 # --- the scorecard as CSV ---------------------------------------------------------------------------------
@@ -89,10 +138,19 @@ CSV_MEASURES = (
     ("mb", "MB"),
     ("smaller", "x smaller"),
     ("bs1_ms", "latency bs1 (ms)"),
+    ("bs1_p10", "bs1 p10 (ms)"),
+    ("bs1_p90", "bs1 p90 (ms)"),
     ("bs32_ms", "latency bs32 (ms)"),
+    ("bs32_p10", "bs32 p10 (ms)"),
+    ("bs32_p90", "bs32 p90 (ms)"),
     ("faster_bs1", "x faster bs1"),
     ("faster_bs32", "x faster bs32"),
+    ("teacher_bs1_ms", "teacher bs1 (ms)"),
+    ("teacher_bs32_ms", "teacher bs32 (ms)"),
+    ("peak_mb", "peak MB"),
 )
+# the conditions of the side-by-side measurement that every latency and × faster comes from
+CSV_CONDITIONS = ("measured on", "threads", "load average", "other processes (cores)", "heavy load")
 
 
 # a cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...) in a run's name)
@@ -119,13 +177,22 @@ def _numbers(item: dict[str, Any]) -> dict[str, Any]:
 
 def scorecard_csv_rows(card: dict[str, Any]) -> list[list[str]]:
     """The scorecard as a table: a header, one line per run, the teacher measurement, and with several
-    seeds a ``mean`` and a ``std`` line per variant."""
+    seeds a ``mean`` and a ``std`` line per variant; on every line, the conditions of the side-by-side
+    measurement its latencies come from (empty: not measured side by side yet)."""
     keys = [*card["metrics"], *(key for key, _ in CSV_MEASURES)]
     header = ["run", "run id", "variant", "seed", "status", "role", "split", *card["metrics"]]
-    lines = [header + [label for _, label in CSV_MEASURES] + ["host", "threads", "best"]]
+    lines = [header + [label for _, label in CSV_MEASURES] + ["trained on", *CSV_CONDITIONS, "best"]]
+    sbs = card["side_by_side"] or {}
+    conditions = [
+        _text(sbs.get("host") or ""),
+        _number(sbs.get("threads")),
+        _number(sbs.get("load_max")),
+        _number(sbs.get("foreign_cores")),
+        ("yes" if sbs["heavy_load"] else "no") if sbs else "",
+    ]
 
     def line(labels: list[Any], item: dict[str, Any], numbers: dict[str, Any]) -> list[str]:
-        where = [_text(item.get("host") or ""), _number(item.get("threads")), "yes" if item.get("best") else ""]
+        where = [_text(item.get("host") or ""), *conditions, "yes" if item.get("best") else ""]
         return [_text(v) for v in labels] + [_number(numbers.get(k), k) for k in keys] + where
 
     for row in card["rows"]:
@@ -164,11 +231,12 @@ def _csv_response(card: dict[str, Any], filename: str) -> HttpResponse:
 @require_GET
 def study_scorecard_csv(request: HttpRequest, study_id: int) -> HttpResponse:
     study, _ = get_for_user(Study, request.user, study_id)
-    card = scorecard.study_scorecard(_study_runs(study))
+    card, _ = _card(_study_runs(study), study)
     return _csv_response(card, f"{slugify(study.name) or 'study'}-scorecard.csv")
 
 
 @login_required
 @require_GET
 def compare_csv(request: HttpRequest) -> HttpResponse:
-    return _csv_response(scorecard.study_scorecard(compared_runs(request)), "comparison-scorecard.csv")
+    card, _ = _card(compared_runs(request), None)
+    return _csv_response(card, "comparison-scorecard.csv")

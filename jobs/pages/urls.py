@@ -39,6 +39,8 @@ urlpatterns = [
     path("studies/", studies.study_list, name="studies"),
     path("studies/<int:study_id>/", studies.study_detail, name="study_detail"),
     path("studies/<int:study_id>/scorecard.csv", studies.study_scorecard_csv, name="study_scorecard_csv"),
+    path("studies/<int:study_id>/measure/", studies.study_measure, name="study_measure"),
     path("compare/", studies.compare, name="compare"),
     path("compare/scorecard.csv", studies.compare_csv, name="compare_csv"),
+    path("compare/measure/", studies.compare_measure, name="compare_measure"),
 ]

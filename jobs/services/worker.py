@@ -26,6 +26,7 @@ from distill.export import write_model_card
 from jobs.live.events import log_event, run_event_send_on_commit, status_send_on_commit
 from jobs.models import Artifact, Evaluation, LogLine, MetricPoint, Run, Teacher
 from jobs.services.catalog import local_path, teacher_facts
+from jobs.services.measurements import study_measure_when_done
 
 
 def run_claim(run_id: int, *, host: str, task_id: str) -> Run | None:
@@ -182,7 +183,8 @@ def _zip_folder(folder: Path, name: str) -> tuple[str, int, str]:
 
 @transaction.atomic
 def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
-    """Record evaluations and the exported model; a fine-tuned teacher is registered as a Teacher. Once only:
+    """Record evaluations and the exported model; a fine-tuned teacher is registered as a Teacher; the last run
+    of a study to finish queues the study's side-by-side measurement. Once only:
     a retry whose first try committed (the reply lost with the connection) finds the run succeeded."""
     run = Run.objects.select_for_update().get(pk=run_id)
     if run.status == Run.Status.SUCCEEDED:
@@ -218,6 +220,7 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
     run.save(update_fields=["status", "progress", "eta_s", "finished_at"])
     run_log(run.pk, f"succeeded: exported {size / 2**20:.1f} MB (zip)")
     status_send_on_commit(run)
+    study_measure_when_done(run)  # the study's last run: its models are measured side by side
     return run
 
 

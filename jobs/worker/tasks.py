@@ -1,20 +1,25 @@
-"""Celery tasks and worker hooks: interfaces that fetch by id and call the engine and the services."""
+"""Celery tasks and worker hooks: interfaces that fetch by id and call the engine and the services: training a
+run, and measuring a study's models side by side."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import threading
 import traceback
+import zipfile
 from pathlib import Path
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
 from celery.worker import state as worker_state
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connections
 
 from distill.config import parse_config
+from distill.side_by_side import measure_side_by_side
 from distill.trainer import train
 from jobs import services
 from jobs.worker.progress import RunMonitor
@@ -48,6 +53,39 @@ def run_execute(self, run_id: int) -> None:
     except Exception as exc:
         log.exception("run %s failed", run_id)
         retrying(services.run_fail, run.id, f"{failure(exc, output_dir)}\n\n{traceback.format_exc()}")
+
+
+@shared_task(bind=True, name=services.MEASURE_SIDE_BY_SIDE)
+def measure_models_side_by_side(self, measurement_id: int) -> None:
+    """Measure a study's teacher and students side by side on this worker (``distill.side_by_side``): each
+    student's exported zip is unpacked into a temporary folder, all are loaded into this process and timed
+    alternately at the runs' max length, with torch's thread count, for up to ``KDWEB_MEASURE_CAP_S``."""
+    host = self.request.hostname or socket.gethostname()
+    measurement = retrying(services.measurement_claim, measurement_id, host=host)
+    if measurement is None:
+        log.info("measurement %s is not queued any more; nothing to do", measurement_id)
+        return
+    try:
+        teacher, exports = services.measurement_models(measurement)
+        with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
+            sources = [("teacher", teacher)]
+            for run, artifact in exports:
+                folder = Path(tmp) / f"run-{run.pk}"
+                with default_storage.open(artifact.path) as f, zipfile.ZipFile(f) as archive:
+                    archive.extractall(folder)
+                sources.append((f"run {run.pk}", str(folder)))
+            result = measure_side_by_side(
+                sources,
+                seq_len=parse_config(exports[0][0].config).data.max_length,
+                time_cap_s=settings.KDWEB_MEASURE_CAP_S,
+            ).as_dict()
+        # the temporary folders are gone: each model is known by its run (None: the teacher) and stored file
+        for entry, (run, artifact) in zip(result["models"], [(None, None), *exports], strict=True):
+            entry["run"], entry["source"] = (run.pk, artifact.path) if run else (None, teacher)
+        retrying(services.measurement_succeed, measurement.pk, result)
+    except Exception as exc:
+        log.exception("measurement %s failed", measurement_id)
+        retrying(services.measurement_fail, measurement.pk, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
 
 
 def failure(exc: Exception, output_dir: Path) -> str:
