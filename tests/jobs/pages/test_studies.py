@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.urls import reverse
 
 from jobs import scorecard, selectors, services
-from jobs.models import Evaluation, MetricPoint, Run, Study
+from jobs.models import Evaluation, Measurement, MetricPoint, Run, Study
 from tests.jobs.conftest import KD_SECTIONS, enqueued, teacher_row
 from tests.jobs.wizard.test_wizard import url, walk
 
@@ -150,16 +150,16 @@ def test_the_scorecard_compares_each_student_with_its_teacher(make_study):
     assert rows["kd_feature"]["retention"] == pytest.approx(0.85 / 0.9)
     assert rows["kd_logits"]["retention"] == pytest.approx(0.80 / 0.92)  # against the teacher of its own run
     assert rows["kd_feature"]["smaller"] == pytest.approx(4.0)
-    assert rows["kd_feature"]["faster_bs1"] == pytest.approx(4.0)
-    assert rows["kd_feature"]["faster_bs32"] == pytest.approx(5.0)
-    assert rows["kd_logits"]["faster_bs1"] == pytest.approx(2.0)
+    # speed comes from a side-by-side measurement only: none yet, so no × faster from the in-run latencies
+    assert rows["kd_feature"]["faster_bs1"] is rows["kd_logits"]["faster_bs32"] is rows["kd_feature"]["bs1_ms"] is None
     assert rows["kd_feature"]["mb"] == pytest.approx(0.004)
     assert rows["no_kd"]["measured"] is False and rows["no_kd"]["retention"] is None
     assert [row["best"] for row in card["rows"]] == [False, True, False, False]  # output+feature, 0.87
     assert card["groups"] == []  # one seed per variant
     # the teacher shown is the one measured at the end of the full method's run
     assert card["teacher"]["run"] == runs[("kd_feature", 0)] and card["teacher"]["metrics"]["accuracy"] == 0.9
-    assert card["hosts"] == [("gpu-1@lab", 4)]
+    assert card["side_by_side"] is None and card["speed_note"] == scorecard.NOT_MEASURED
+    assert rows["kd_feature"]["host"] == "gpu-1@lab"
     diff = {d["key"]: d["values"] for d in card["diff"]}
     assert diff["kind"] == ["kd_feature", "kd_feature", "kd_logits", "no_kd"]
     assert diff["loss.attention"] == [1.0, 0.0, 1.0, 1.0]
@@ -182,7 +182,7 @@ def test_several_seeds_give_each_variant_its_mean_and_spread(make_study):
     assert feature["stats"]["accuracy"]["mean"] == pytest.approx(0.84)
     assert feature["stats"]["accuracy"]["std"] == pytest.approx(statistics.stdev([0.80, 0.84, 0.88]))
     assert feature["stats"]["retention"]["mean"] == pytest.approx(0.84 / 0.9)
-    assert feature["stats"]["bs1_ms"] == {"mean": pytest.approx(2.0), "std": pytest.approx(1.0)}
+    assert "bs1_ms" not in feature["stats"]  # in-run latencies stay on each run's page
     assert [g["best"] for g in card["groups"]] == [True, False, False]
     best = [row for row in card["rows"] if row["best"]]
     assert [(b["variant"], b["seed"]) for b in best] == [("kd_feature", 2)]
@@ -205,7 +205,7 @@ def test_the_study_page_shows_the_scorecard_plots_and_downloads(login, viewer, m
     html = page.content.decode()
     assert html.count('class="run-row') == 6 and 'data-role="teacher"' in html
     assert 'class="run-row best"' in html and html.count("best-tag") == 2  # the best run and the best variant
-    assert "gpu-1@lab</strong> with <strong>4</strong> torch threads" in html
+    assert "Speed: not measured side by side yet." in html
     assert "0.865 ± 0.007" in html  # kd_feature over seeds 0 and 1: 0.86, 0.87
     assert "96.7%" in html  # 0.87 / 0.9
     assert "4.0×" in html
@@ -245,18 +245,30 @@ def test_the_scorecard_downloads_as_csv(login, member, make_study):
         "MB",
         "x smaller",
         "latency bs1 (ms)",
+        "bs1 p10 (ms)",
+        "bs1 p90 (ms)",
         "latency bs32 (ms)",
+        "bs32 p10 (ms)",
+        "bs32 p90 (ms)",
         "x faster bs1",
         "x faster bs32",
-        "host",
+        "teacher bs1 (ms)",
+        "teacher bs32 (ms)",
+        "peak MB",
+        "trained on",
+        "measured on",
         "threads",
+        "load average",
+        "other processes (cores)",
+        "heavy load",
         "best",
     ]
     assert len(lines) == 6 + 1 + 3 * 2  # runs, the teacher, mean and std per variant
     first = dict(zip(header, lines[0], strict=True))
     assert first["run"] == "tiny · kd_feature · seed 0" and first["accuracy"] == "0.8"
-    assert first["% of teacher"] == "88.89" and first["x smaller"] == "4" and first["x faster bs1"] == "4"
-    assert first["host"] == "gpu-1@lab" and first["threads"] == "4"
+    assert first["% of teacher"] == "88.89" and first["x smaller"] == "4"
+    assert first["x faster bs1"] == first["latency bs1 (ms)"] == ""  # not measured side by side yet
+    assert first["trained on"] == "gpu-1@lab" and first["measured on"] == first["heavy load"] == ""
     teacher = dict(zip(header, lines[6], strict=True))
     assert teacher["variant"] == "teacher" and teacher["accuracy"] == "0.9" and teacher["params"] == "4000"
     mean = dict(zip(header, lines[7], strict=True))
@@ -392,3 +404,104 @@ def test_fine_tuning_offers_no_baselines(login, owner, tiny_backbone, tiny_datas
     walk(client, tiny_backbone, tiny_dataset, kind="teacher_finetune")
     review = client.get(url("review")).content.decode()
     assert 'name="baselines"' not in review and "Launch the run" in review
+
+
+# --- speed measured side by side -------------------------------------------------------------------------------
+
+
+def store_measurement(study: Study | None, runs: list[Run], **conditions) -> Measurement:
+    """A succeeded side-by-side measurement as the worker stores it: teacher 6 ms (bs1) and 30 ms (bs32),
+    the students 2 and 10 ms, then 3 and 15 ms..."""
+
+    def timing(median: float) -> dict:
+        return {"median_ms": median, "p10_ms": median * 0.9, "p90_ms": median * 1.2, "throughput": 1.0, "samples": 9}
+
+    models = [{"run": None, "params": 4000, "peak_mb": 50.0, "latency": {"bs1": timing(6.0), "bs32": timing(30.0)}}]
+    for n, run in enumerate(runs):
+        latency = {"bs1": timing(2.0 + n), "bs32": timing(10.0 + 5 * n)}
+        models.append({"run": run.pk, "params": 1000, "peak_mb": 20.0, "latency": latency})
+    result = {
+        "models": models,
+        "host": "bench@box",
+        "threads": 1,
+        "seq_len": 24,
+        "rounds": 9,
+        "stable": True,
+        "seconds": 4.0,
+        "cpus": 2,
+        "load_max": 0.4,
+        "foreign_cores": 0.1,
+        "heavy_load": False,
+        **conditions,
+    }
+    measurement = Measurement.objects.create(
+        team=runs[0].team, study=study, queue="q", status=Measurement.Status.SUCCEEDED, host="bench@box", result=result
+    )
+    measurement.runs.set(runs)
+    return measurement
+
+
+def test_the_study_page_takes_every_speed_from_one_side_by_side_measurement(login, owner, make_study):
+    study = make_study()
+    runs = by_variant(study)
+    ordered = [runs[("kd_feature", 0)], runs[("kd_logits", 0)], runs[("no_kd", 0)]]
+    for run in ordered:
+        evaluate(run, 0.8, bs1=1.0)  # in-run: 8 ms teacher / 1 ms student, which the scorecard must not divide
+    store_measurement(study, ordered)
+    page = login(owner).get(reverse("study_detail", args=[study.pk]))
+    html = page.content.decode()
+    assert "Speed measured <strong>side by side</strong> on <strong>bench@box</strong>" in html
+    assert 'data-heavy-load="false"' in html and 'id="heavy-load"' not in html
+    assert html.count('data-teacher-bs1="6.0" data-teacher-bs32="30.0"') == 3  # the same teacher on every row
+    rows = {row["run"].pk: row for row in page.context["card"]["rows"]}
+    assert [rows[r.pk]["faster_bs1"] for r in ordered] == [pytest.approx(3.0), pytest.approx(2.0), pytest.approx(1.5)]
+    assert "3.0×" in html and '<span class="sub spread">1.8–2.4</span>' in html  # p10-p90 of 2 ms
+    assert 'id="measure-button"' in html and "Measure side by side again" in html
+
+    table = list(
+        csv.reader(io.StringIO(login(owner).get(reverse("study_scorecard_csv", args=[study.pk])).content.decode()))
+    )
+    first = dict(zip(table[0], table[1], strict=True))
+    assert first["x faster bs1"] == "3" and first["teacher bs1 (ms)"] == "6" and first["bs1 p90 (ms)"] == "2.4"
+    assert first["measured on"] == "bench@box" and first["threads"] == "1" and first["heavy load"] == "no"
+
+
+def test_a_measurement_under_heavy_load_is_flagged_on_the_page(login, viewer, make_study):
+    study = make_study()
+    run = by_variant(study)[("kd_feature", 0)]
+    evaluate(run, 0.8)
+    store_measurement(study, [run], heavy_load=True, foreign_cores=1.3)
+    html = login(viewer).get(reverse("study_detail", args=[study.pk])).content.decode()
+    assert 'data-heavy-load="true"' in html and 'id="heavy-load"' in html and "1.30 cores busy" in html
+    assert 'id="measure-button"' not in html  # viewers cannot ask for a measurement
+
+
+def test_measure_buttons_queue_a_measurement_or_say_why_not(
+    login, owner, viewer, make_study, django_capture_on_commit_callbacks
+):
+    study = make_study()
+    runs = by_variant(study)
+    client = login(owner)
+    answer = client.post(reverse("study_measure", args=[study.pk]), follow=True)
+    assert services.NOTHING_TO_MEASURE in answer.content.decode() and not Measurement.objects.exists()
+
+    run = runs[("kd_feature", 0)]
+    evaluate(run, 0.8)
+    run.artifacts.create(kind="student", path="runs/x/export.zip", bytes=1, sha256="0" * 64)
+    with django_capture_on_commit_callbacks(execute=False):
+        answer = client.post(reverse("study_measure", args=[study.pk]), follow=True)
+    html = answer.content.decode()
+    measurement = Measurement.objects.get()
+    assert measurement.study == study and list(measurement.runs.all()) == [run] and measurement.created_by == owner
+    assert 'id="measuring" data-status="queued"' in html and "Measuring side by side…" in html
+    assert 'http-equiv="refresh"' in html and 'id="measure-button"' not in html
+    assert login(viewer).post(reverse("study_measure", args=[study.pk])).status_code == 403
+
+    # from the compare page: a measurement of just the compared runs, found again by them
+    with django_capture_on_commit_callbacks(execute=False):
+        client = login(owner)
+        client.post(f"{reverse('compare_measure')}?runs={run.pk}")
+    compared = Measurement.objects.get(study=None)
+    assert list(compared.runs.all()) == [run]
+    Measurement.objects.filter(pk=compared.pk).update(status=Measurement.Status.SUCCEEDED)
+    assert selectors.side_by_side(runs=[run])["shown"] == compared
