@@ -63,9 +63,13 @@ def _run_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
 
 
 def _study_page(request: HttpRequest, link: ShareLink) -> HttpResponse:
-    """A minimal read-only list of the study's runs and their final metrics."""
+    """A minimal read-only list of the study's runs and their final metrics; × faster from the study's
+    side-by-side measurement only (``scorecard.side_by_side_faster``), never from figures of different runs."""
     runs = list(selectors.shared_runs(link).select_related("teacher", "dataset").prefetch_related("evaluations"))
+    shown = selectors.side_by_side(study=link.study)["shown"]
+    faster = scorecard.side_by_side_faster(shown.result) if shown else {}
     for run in runs:
+        run.faster_bs1 = faster.get(run.pk, {}).get("bs1")
         evaluations = list(run.evaluations.all())
         run.final_score = scorecard.final_score(run, evaluations)
         run.final_metric = scorecard.primary_metric(scorecard.run_task(run.config))

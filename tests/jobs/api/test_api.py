@@ -21,9 +21,10 @@ from rest_framework.test import APIClient
 
 from distill.config import config_schema
 from distill.layer_map import OUT_OF_RANGE
-from jobs.models import Artifact, MetricPoint, Run, Study, Teacher
+from jobs.models import Artifact, Measurement, MetricPoint, Run, Study, Teacher
 from jobs.services import QUEUE_NOT_LIVE
 from tests.jobs.conftest import KD_SECTIONS, enqueued
+from tests.jobs.pages.test_studies import store_measurement
 
 pytestmark = pytest.mark.django_db
 
@@ -381,6 +382,20 @@ def test_dataset_errors_name_their_field(api, team, owner, assets):
 def test_study_detail_lists_its_runs(api, study, queued_run):
     body = api("viewer").get(f"/api/v1/studies/{study.pk}/").json()
     assert (body["name"], body["run_count"], [r["id"] for r in body["runs"]]) == ("depth study", 1, [queued_run.pk])
+
+
+def test_study_detail_has_its_side_by_side_measurement(api, study, done_run):
+    body = api("viewer").get(f"/api/v1/studies/{study.pk}/").json()
+    assert body["side_by_side"] is None and body["measuring"] is False
+    Run.objects.filter(pk=done_run.pk).update(study=study)
+    store_measurement(study, [done_run], heavy_load=True)
+    pending = Measurement.objects.create(team=study.team, study=study, queue="q")  # a newer one, still queued
+    body = api("viewer").get(f"/api/v1/studies/{study.pk}/").json()
+    shown = body["side_by_side"]
+    assert body["measuring"] is True and shown["id"] != pending.pk and shown["status"] == "succeeded"
+    assert shown["faster"] == {str(done_run.pk): {"bs1": pytest.approx(3.0), "bs32": pytest.approx(3.0)}}
+    assert shown["result"]["heavy_load"] is True and shown["result"]["host"] == "bench@box"
+    assert shown["result"]["models"][1]["latency"]["bs1"]["p90_ms"] == pytest.approx(2.4)
 
 
 def test_study_create(api, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks):
