@@ -21,6 +21,7 @@ from tests.jobs.conftest import daphne, process_env, teacher_row
 from tests.jobs.pages.test_public import finished_run
 from tests.jobs.pages.test_runs import ARCH
 from tests.jobs.scenarios.test_browser_live import expect_clean
+from tests.jobs.scenarios.test_browser_side_by_side import measured
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,6 +52,7 @@ def test_a_study_of_three_runs_shows_its_scorecard_and_plots(
     assert sorted(r.kind for r in runs) == ["kd_feature", "kd_logits", "no_kd"]
     for run in runs:
         assert worker.wait_for(run).status == Run.Status.SUCCEEDED, run.error
+    measured(study, worker)
     cookie = session_cookie(owner)
 
     with chromium_session(prefix="study-") as s:
@@ -61,7 +63,8 @@ def test_a_study_of_three_runs_shows_its_scorecard_and_plots(
         expect(scorecard.locator('tr[data-role="teacher"]')).to_have_count(1)
         expect(scorecard.locator("tr.run-row.best")).to_have_count(1)
         expect(scorecard.locator("tr.run-row a[download]")).to_have_count(3)  # each student's zip
-        expect(page.locator("#measured-on")).to_contain_text(f"measured on {worker.node} with 1 torch thread")
+        # speed comes from the side-by-side measurement the last run's success queued
+        expect(page.locator("#measured-on")).to_contain_text(f"side by side on {worker.node} with 1 torch thread")
         size = page.locator("#plot-size.js-plotly-plot")
         expect(size).to_have_attribute("data-points", "3")
         expect(size).to_have_attribute("data-teacher", "1")
