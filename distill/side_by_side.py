@@ -139,6 +139,18 @@ def _stable(medians: list[dict[str, float]], tolerance: float, patience: int) ->
     )
 
 
+def _timing(samples_ms: list[float], batch_size: int) -> Timing:
+    t = np.asarray(samples_ms)
+    median = float(np.median(t))
+    return Timing(
+        median_ms=median,
+        p10_ms=float(np.percentile(t, 10)),
+        p90_ms=float(np.percentile(t, 90)),
+        throughput=batch_size / (median / 1000.0),
+        samples=len(t),
+    )
+
+
 def _peak_mb(model: torch.nn.Module, run: Callable[[], Any]) -> float | None:
     """Weights and buffers plus the resident growth of one ``run()`` (its activations), in MB; None where the
     peak cannot be reset (not Linux)."""
@@ -168,11 +180,11 @@ def measure_side_by_side(
     """Load every ``(name, source)`` and time them alternately in this process (see the module's docstring).
 
     All models get the same seeded inputs of ``seq_len`` tokens (default: ``DEFAULT_SEQ_LEN``, or fewer if a
-    model has fewer positions; ids below the smallest vocabulary) at each
-    batch size, with ``threads`` torch threads (default: the current count); a causal LM is timed as the
-    prefill of generation (``logits_to_keep=1``, as ``distill.metrics.efficiency_report`` does). Rounds stop
-    after ``min_rounds`` once the medians are stable (``tolerance``, ``patience``), at ``max_rounds``, or when
-    ``time_cap_s`` has passed. ``tick(name, batch_size)`` follows each timed pass.
+    model has fewer positions; ids below the smallest vocabulary) at each batch size, with ``threads`` torch
+    threads (default: the current count); a causal LM is timed as the prefill of generation
+    (``logits_to_keep=1``, as ``distill.metrics.efficiency_report`` does). Rounds stop after ``min_rounds``
+    once the medians are stable (``tolerance``, ``patience``), at ``max_rounds``, or when ``time_cap_s`` has
+    passed. ``tick(name, batch_size)`` follows each timed pass.
     """
     if len(sources) < 2:
         raise ConfigError.one("models", f"need at least two models to compare, got {len(sources)}")
@@ -225,17 +237,7 @@ def measure_side_by_side(
     largest = max(batch_sizes)
     speeds = []
     for name, source in sources:
-        latency = {}
-        for bs in batch_sizes:
-            t = np.asarray(times[name, bs])
-            median = float(np.median(t))
-            latency[f"bs{bs}"] = Timing(
-                median_ms=median,
-                p10_ms=float(np.percentile(t, 10)),
-                p90_ms=float(np.percentile(t, 90)),
-                throughput=bs / (median / 1000.0),
-                samples=len(t),
-            )
+        latency = {f"bs{bs}": _timing(times[name, bs], bs) for bs in batch_sizes}
         peak = _peak_mb(models[name], lambda name=name: timed(name, largest))
         speeds.append(ModelSpeed(name, source, count_parameters(models[name]), peak, latency))
     return SideBySide(
