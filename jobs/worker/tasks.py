@@ -79,6 +79,7 @@ def measure_models_side_by_side(self, measurement_id: int) -> None:
                 seq_len=parse_config(exports[0][0].config).data.max_length,
                 time_cap_s=settings.KDWEB_MEASURE_CAP_S,
             ).as_dict()
+        result["host"] = host  # the worker's node name, as runs record theirs
         # the temporary folders are gone: each model is known by its run (None: the teacher) and stored file
         for entry, (run, artifact) in zip(result["models"], [(None, None), *exports], strict=True):
             entry["run"], entry["source"] = (run.pk, artifact.path) if run else (None, teacher)

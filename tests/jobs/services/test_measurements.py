@@ -101,7 +101,8 @@ def test_a_real_worker_measures_the_teacher_and_every_student_side_by_side(
     measurement = wait_for(Measurement.objects.get(study=study), worker)
     assert measurement.status == Measurement.Status.SUCCEEDED, measurement.error
     result = measurement.result
-    assert measurement.host == worker.node and result["threads"] == 1  # the worker runs one torch thread
+    assert measurement.host == result["host"] == worker.node
+    assert result["threads"] == 1  # the worker runs one torch thread
     assert result["seq_len"] == KD_SECTIONS["data"]["max_length"] and result["rounds"] >= 5
     assert [m["run"] for m in result["models"]] == [None, *(r.pk for r in runs)]
     assert result["models"][0]["source"] == tiny_teacher.source
