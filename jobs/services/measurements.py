@@ -71,9 +71,9 @@ def measurement_request(*, user, runs: Iterable[Run], study: Study | None = None
 
 
 def study_measure_when_done(run: Run) -> Measurement | None:
-    """Called in the transaction that records a run's success: when it was the last of its study's runs to
-    finish, queue the study's side-by-side measurement. The study's row is locked first, so of two runs that
-    finish at once exactly the second sees both finished."""
+    """Called in the transaction that records a run's success or failure: when it was the last of its study's
+    runs to finish and a student succeeded, queue the study's side-by-side measurement. The study's row is
+    locked first, so of two runs that finish at once exactly the second sees both finished."""
     if run.study_id is None:
         return None
     study = Study.objects.select_for_update().get(pk=run.study_id)

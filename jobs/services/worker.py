@@ -257,4 +257,6 @@ def run_fail(run_id: int, error: str) -> None:
         status=Run.Status.FAILED, error=error[:10_000], eta_s=None, finished_at=timezone.now()
     )
     run_log(run_id, f"failed: {error.splitlines()[0] if error else 'no message'}")
-    status_send_on_commit(Run.objects.get(pk=run_id))
+    run = Run.objects.get(pk=run_id)
+    status_send_on_commit(run)
+    study_measure_when_done(run)  # the study's last run to finish may fail: the others are measured still

@@ -74,6 +74,20 @@ def test_the_last_run_of_a_study_to_succeed_queues_its_measurement(
 
 
 @pytest.mark.django_db
+def test_a_study_whose_last_run_fails_measures_the_others(
+    owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks, tmp_path
+):
+    study = held_study(owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks)
+    first, second, third = study.runs.order_by("pk")
+    with django_capture_on_commit_callbacks(execute=False):
+        succeed(first, tmp_path)
+        services.run_fail(third.pk, "boom")
+        assert not Measurement.objects.exists()  # the second is still queued
+        services.run_fail(second.pk, "boom")
+    assert list(Measurement.objects.get(study=study).runs.all()) == [first]
+
+
+@pytest.mark.django_db
 def test_a_measurement_needs_a_succeeded_student_and_a_writer(
     owner, viewer, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks, tmp_path
 ):
