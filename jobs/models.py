@@ -267,6 +267,8 @@ class Measurement(models.Model):
         FAILED = "failed"
 
     PENDING = (Status.QUEUED, Status.RUNNING)
+    # a measurement running this much longer than its time cap lost its worker (killed, host down)
+    STALE_MARGIN_S = 600
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="measurements")
     study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.CASCADE, related_name="measurements")
@@ -278,6 +280,7 @@ class Measurement(models.Model):
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="when a worker claimed it")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -285,6 +288,10 @@ class Measurement(models.Model):
 
     @property
     def is_pending(self) -> bool:
+        """Queued, or running on a worker that may still finish it (within its time cap and a margin)."""
+        if self.status == self.Status.RUNNING and self.started_at is not None:
+            limit = settings.KDWEB_MEASURE_CAP_S + self.STALE_MARGIN_S
+            return (timezone.now() - self.started_at).total_seconds() < limit
         return self.status in self.PENDING
 
 

@@ -51,7 +51,8 @@ def _send(measurement: Measurement) -> None:
 def measurement_request(*, user, runs: Iterable[Run], study: Study | None = None) -> Measurement:
     """Queue a side-by-side measurement of ``runs`` (their succeeded students and their one teacher), on the
     queue of the runs' workers; ``user`` None is kdweb itself (a study whose runs have all finished). A
-    measurement of the same study, or of the same runs, that is still queued or running is returned instead."""
+    measurement of the same study, or of the same runs, that is still queued or running is returned instead
+    (one whose worker stopped answering is marked failed, and a new one queued)."""
     students = measured_runs(runs)
     if not students:
         raise ValidationError(NOTHING_TO_MEASURE)
@@ -62,8 +63,11 @@ def measurement_request(*, user, runs: Iterable[Run], study: Study | None = None
         require_write(user, team)
     ids = {run.pk for run in students}
     for pending in Measurement.objects.filter(team=team, study=study, status__in=Measurement.PENDING):
-        if study is not None or set(pending.runs.values_list("pk", flat=True)) == ids:
+        if study is None and set(pending.runs.values_list("pk", flat=True)) != ids:
+            continue
+        if pending.is_pending:
             return pending
+        measurement_fail(pending.pk, "its worker stopped answering while it measured; measured again")
     measurement = Measurement.objects.create(team=team, study=study, queue=students[-1].queue, created_by=user)
     measurement.runs.set(students)
     transaction.on_commit(lambda: _send(measurement))
@@ -89,7 +93,7 @@ def study_measure_when_done(run: Run) -> Measurement | None:
 def measurement_claim(measurement_id: int, *, host: str) -> Measurement | None:
     """Move a queued measurement to running on ``host``; None if it is not queued (a redelivered message)."""
     claimed = Measurement.objects.filter(pk=measurement_id, status=Measurement.Status.QUEUED).update(
-        status=Measurement.Status.RUNNING, host=host
+        status=Measurement.Status.RUNNING, host=host, started_at=timezone.now()
     )
     return Measurement.objects.get(pk=measurement_id) if claimed else None
 

@@ -9,10 +9,12 @@ as succeeded with a real tiny export (a 2- or 1-block classifier of the tiny tea
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
 
 from jobs import services
 from jobs.models import Measurement, Run, Study
@@ -85,6 +87,28 @@ def test_a_study_whose_last_run_fails_measures_the_others(
         assert not Measurement.objects.exists()  # the second is still queued
         services.run_fail(second.pk, "boom")
     assert list(Measurement.objects.get(study=study).runs.all()) == [first]
+
+
+@pytest.mark.django_db
+def test_a_measurement_whose_worker_stopped_answering_is_replaced(
+    owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks, tmp_path, settings
+):
+    study = held_study(owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=False):
+        for run in study.runs.all():
+            succeed(run, tmp_path)
+    first = Measurement.objects.get()
+    assert services.measurement_claim(first.pk, host="w@h").is_pending
+    assert services.measurement_claim(first.pk, host="w@h") is None  # claimed once
+    runs = study.runs.prefetch_related("artifacts")
+    with django_capture_on_commit_callbacks(execute=False):
+        assert services.measurement_request(user=owner, runs=runs, study=study) == first  # still measuring
+        long_ago = timezone.now() - timedelta(seconds=settings.KDWEB_MEASURE_CAP_S + Measurement.STALE_MARGIN_S + 1)
+        Measurement.objects.filter(pk=first.pk).update(started_at=long_ago)
+        second = services.measurement_request(user=owner, runs=runs, study=study)
+    first.refresh_from_db()
+    assert second != first and second.status == Measurement.Status.QUEUED
+    assert first.status == Measurement.Status.FAILED and "stopped answering" in first.error
 
 
 @pytest.mark.django_db
