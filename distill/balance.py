@@ -15,12 +15,8 @@ from functools import partial
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 from distill.config import KD_KINDS, RunConfig, load_config
-from distill.distiller import teacher_forward
-from distill.trainer import EpochBatches, build_models, encode_split, load_task_data, task_collate, total_steps
 
 DOMINANCE_LIMIT = 0.9  # a term above this share of the weighted total leaves the others almost no gradient
 
@@ -38,6 +34,13 @@ def shares(values: dict[str, float], weights: dict[str, float]) -> dict[str, dic
 def first_batch_terms(cfg: RunConfig) -> dict[str, dict[str, float | None]]:
     """Each loss term of ``cfg`` on the first training batch, with the weights of the first step (see
     :func:`shares`). The student is in eval mode (no dropout), so the same config gives the same numbers."""
+    # imported here: the web process reads the shares and warnings without the training stack
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from distill.distiller import teacher_forward
+    from distill.trainer import EpochBatches, build_models, encode_split, load_task_data, task_collate, total_steps
+
     set_seed(cfg.seed)
     data = load_task_data(cfg)
     m = build_models(cfg, data.labels)

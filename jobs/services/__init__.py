@@ -4,6 +4,7 @@ May import the models, permissions, selectors, scorecard and jobs.live.events; n
 worker packages. The public names are re-exported here, so callers write ``services.run_create(...)``.
 """
 
+from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview
 from jobs.services.catalog import (
     IN_DATA_DIR,
     NO_IMPORT_ROOTS,
@@ -72,6 +73,7 @@ from jobs.services.worker import (
 )
 
 __all__ = [
+    "BALANCE_PREVIEW",
     "BROKER_DOWN_KEY",
     "BROKER_DOWN_S",
     "INVITATION_BODY",
@@ -90,9 +92,11 @@ __all__ = [
     "UPLOAD_SUFFIXES",
     "UPLOAD_TOO_LARGE",
     "WAITING_FOR_BROKER",
+    "BalancePreview",
     "BrokerError",
     "Phase",
     "Stored",
+    "balance_preview",
     "checked_queue",
     "config_errors",
     "config_task",

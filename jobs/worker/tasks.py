@@ -14,6 +14,7 @@ from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import connections
 
+from distill.balance import first_batch_terms
 from distill.config import parse_config
 from distill.trainer import train
 from jobs import services
@@ -48,6 +49,17 @@ def run_execute(self, run_id: int) -> None:
     except Exception as exc:
         log.exception("run %s failed", run_id)
         retrying(services.run_fail, run.id, f"{failure(exc, output_dir)}\n\n{traceback.format_exc()}")
+
+
+@shared_task(name=services.BALANCE_PREVIEW, ignore_result=False)
+def balance_preview(config: dict) -> dict:
+    """The first-batch loss terms of a run config, for the wizard's review (``services.balance_preview``):
+    ``{"terms": ...}``, or ``{"error": ...}`` when the engine cannot build the run here."""
+    try:
+        return {"terms": first_batch_terms(parse_config(config))}
+    except Exception as exc:  # the review shows the reason in place of the preview
+        log.exception("balance preview failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def failure(exc: Exception, output_dir: Path) -> str:
