@@ -5,14 +5,19 @@ no worker answers in time. The worker reads the test database, so the data are c
 from __future__ import annotations
 
 import pytest
+import yaml
 from django.urls import reverse
 
+from distill.balance import first_batch_terms
+from distill.config import parse_config
 from jobs.models import Membership
-from tests.jobs.wizard.test_wizard import TRAINING, url, walk
+from tests.jobs.wizard.test_wizard import STUDENT, TRAINING, url, walk
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TERMS = ("task", "output", "feature", "attention")
+# a random student: its hidden states are far from the tiny random teacher's
+RANDOM_STUDENT = {**STUDENT, "init": "random"}
 
 
 def check(client) -> str:
@@ -35,15 +40,18 @@ def test_the_review_shows_each_terms_share_from_the_queues_worker(
     client = login(owner)
     walk(client, tiny_teacher, tiny_dataset)
     choose_queue(client, celery_worker_process.queue)
-    before = client.get(url("review")).content.decode()
-    assert "Check the balance" in before and "term-task" not in before
+    before = client.get(url("review"))
+    assert "Check the balance" in before.content.decode() and "term-task" not in before.content.decode()
 
     page = check(client)
     assert "Preview unavailable" not in page, page[page.find("loss-balance") :][:2000]
-    for term in TERMS:
-        assert f'class="term-{term}"' in page
-    assert "dominates" not in page and "unbalanced" not in page
     assert "Check again" in page
+    # the worker's numbers are the engine's for the config the review shows
+    expected = first_batch_terms(parse_config(yaml.safe_load(before.context["config_yaml"])))
+    assert set(expected) == set(TERMS)
+    for term, values in expected.items():
+        row = page[page.index(f'class="term-{term}"') :].split("</tr>")[0]
+        assert f"{values['value']:.4g}" in row and f"{values['share']:.1%}" in row, (row, values)
 
     # any change of choice makes the preview stale: the review offers the check again
     client.post(url("training"), {**TRAINING, "temperature": 3})
@@ -53,7 +61,8 @@ def test_the_review_shows_each_terms_share_from_the_queues_worker(
 
 def test_it_warns_when_one_term_dominates(celery_worker_process, login, owner, tiny_teacher, tiny_dataset):
     client = login(owner)
-    walk(client, tiny_teacher, tiny_dataset, training={**TRAINING, "feature": 10_000, "feature_variant": "mse"})
+    training = {**TRAINING, "feature": 10_000, "feature_variant": "mse"}
+    walk(client, tiny_teacher, tiny_dataset, student=RANDOM_STUDENT, training=training)
     choose_queue(client, celery_worker_process.queue)
     page = check(client)
     assert "This objective is unbalanced" in page
