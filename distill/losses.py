@@ -7,8 +7,8 @@ Four terms, each returned unweighted so they can be logged and weighted apart (:
   :math:`T^2 \, \mathrm{KL}(\mathrm{softmax}(z_t/T) \,\|\, \mathrm{softmax}(z_s/T))`; the
   :math:`T^2` keeps gradient magnitudes comparable across temperatures.
 * **feature** — TinyBERT (Jiao et al. 2020): hidden states of mapped layers, the student's projected to
-  the teacher's width by a learned :math:`W`, compared by :math:`\mathrm{MSE}(h_s W, h_t)` (or
-  :math:`1 - \cos`).
+  the teacher's width by a learned :math:`W`, compared by :math:`\mathrm{MSE}(h_s W, h_t)` divided by the
+  teacher's variance at that layer (scale-free; the default), the plain MSE, or :math:`1 - \cos`.
 * **attention** — TinyBERT's MSE between attention maps, or MiniLM's (Wang et al. 2020)
   :math:`\mathrm{KL}(A_t \,\|\, A_s)` per query row. When head counts differ, teacher heads are
   averaged in consecutive groups, or both sides are compared head-averaged.
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 EPS = 1e-12  # floor for student attention probabilities before the log: 0 * log(0) must stay finite
+VARIANCE_FLOOR = 1e-12  # a teacher layer constant over the batch (a single real token) must not divide by 0
 HEAD_MAPPINGS: tuple[str, ...] = ("group", "mean")
 
 
@@ -110,7 +111,32 @@ def feature_cosine(student_h: Tensor, teacher_h: Tensor, mask: Tensor | None) ->
     return masked_mean(per_token, mask)
 
 
+def teacher_variance(teacher_h: Tensor, mask: Tensor | None) -> Tensor:
+    r"""The variance of the teacher's hidden states (B, L, d) over real tokens, per dimension, averaged
+    over the d dimensions: the MSE of predicting each dimension's mean.
+
+    .. math:: \frac{1}{d} \sum_j \frac{1}{|\mathcal{M}|} \sum_{(b,l) \in \mathcal{M}} (h^t_{blj} - \mu_j)^2
+    """
+    t = _target(teacher_h).float()
+    keep = torch.ones(t.shape[:-1], dtype=torch.bool, device=t.device) if mask is None else mask != 0
+    real = t[keep]  # (N, d)
+    return real.var(0, unbiased=False).mean() if len(real) else t.new_zeros(())
+
+
+def feature_normalized_mse(student_h: Tensor, teacher_h: Tensor, mask: Tensor | None) -> Tensor:
+    r""":func:`feature_mse` divided by the teacher's :func:`teacher_variance` at that layer: the part of
+    the teacher's variance the student misses (0 = exact, 1 = no better than each dimension's mean).
+
+    Scale-free: a teacher whose residual stream is 10⁴ times larger (SmolLM2's outlier dimensions) gives
+    the same value as a unit-scale one, so the term stays comparable to the task and output terms.
+
+    .. math:: \mathrm{MSE}(h^s, h^t) \,/\, \max(\mathrm{Var}(h^t), \epsilon)
+    """
+    return feature_mse(student_h, teacher_h, mask) / teacher_variance(teacher_h, mask).clamp_min(VARIANCE_FLOOR)
+
+
 FEATURE_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
+    "normalized_mse": feature_normalized_mse,
     "mse": feature_mse,
     "cosine": feature_cosine,
 }

@@ -164,6 +164,8 @@ KDWEB_STALE_AFTER_S = float(os.environ.get("KDWEB_STALE_AFTER_S", 30))
 KDWEB_WATCHDOG_EVERY_S = float(os.environ.get("KDWEB_WATCHDOG_EVERY_S", 10))
 KDWEB_DB_RETRY_S = float(os.environ.get("KDWEB_DB_RETRY_S", 60))  # jobs.worker.retry
 KDWEB_MEASURE_CAP_S = float(os.environ.get("KDWEB_MEASURE_CAP_S", 120))  # jobs.worker.tasks.measure_side_by_side
+# The review's first-batch loss preview waits this long for a worker of the queue (jobs.services.balance).
+KDWEB_PREVIEW_TIMEOUT_S = float(os.environ.get("KDWEB_PREVIEW_TIMEOUT_S", 120))
 # Local paths a member may register (jobs.services.import_path_check): only under these operator-chosen folders.
 KDWEB_IMPORT_ROOTS = [Path(p) for p in os.environ.get("KDWEB_IMPORT_ROOTS", "").split(os.pathsep) if p.strip()]
 UPLOAD_MAX_BYTES = int(os.environ.get("KDWEB_UPLOAD_MAX_BYTES", 20 * 2**20))
@@ -197,6 +199,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one training job at a time per worker process
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not the broker
+# ...except a preview the review step waits for (jobs.services.balance): its reply comes back through Redis
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # The REST API (jobs/api/, /api/v1/): a token (the CLI client) or the browser's session; JSON only.

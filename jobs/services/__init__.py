@@ -4,6 +4,7 @@ May import the models, permissions, selectors, scorecard and jobs.live.events; n
 worker packages. The public names are re-exported here, so callers write ``services.run_create(...)``.
 """
 
+from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview
 from jobs.services.catalog import (
     IN_DATA_DIR,
     NO_IMPORT_ROOTS,
@@ -84,6 +85,7 @@ from jobs.services.worker import (
 )
 
 __all__ = [
+    "BALANCE_PREVIEW",
     "BROKER_DOWN_KEY",
     "BROKER_DOWN_S",
     "INVITATION_BODY",
@@ -105,9 +107,11 @@ __all__ = [
     "UPLOAD_SUFFIXES",
     "UPLOAD_TOO_LARGE",
     "WAITING_FOR_BROKER",
+    "BalancePreview",
     "BrokerError",
     "Phase",
     "Stored",
+    "balance_preview",
     "checked_queue",
     "config_errors",
     "config_task",

@@ -111,7 +111,11 @@ CHOICES: dict[str, dict[str, dict[str, str]]] = {
         }
     },
     "loss": {
-        "feature_variant": {"mse": "MSE", "cosine": "Cosine distance"},
+        "feature_variant": {
+            "normalized_mse": "MSE / the teacher's variance",
+            "mse": "MSE",
+            "cosine": "Cosine distance",
+        },
         "attention_variant": {"kl": "KL (MiniLM-style)", "mse": "MSE (TinyBERT-style)"},
         "head_mapping": {"group": "Average the teacher's heads in groups", "mean": "Compare head-averaged maps"},
         "schedule": {"constant": "All terms from the start", "features_first": "Hidden states and attention first"},

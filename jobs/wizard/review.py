@@ -27,6 +27,7 @@ from distill.layer_map import resolve_layer_map
 from distill.students import student_shape
 from jobs import safejson, scorecard, selectors, services
 from jobs.permissions import require_write
+from jobs.wizard.balance import balance_context
 from jobs.wizard.checks import FINETUNE
 from jobs.wizard.forms import FULL_METHOD, lora_default_targets
 from jobs.wizard.labels import KINDS, LABELS, TASKS
@@ -213,6 +214,7 @@ def review_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
         wiz.save()
     context["config_yaml"] = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     context.update(estimate_context(wiz, cfg))
+    context.update(balance_context(wiz, cfg))
     return render_step(request, wiz, "review", "jobs/wizard/review.html", context)
 
 

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connections
 
+from distill.balance import first_batch_terms
 from distill.config import parse_config
 from distill.side_by_side import measure_side_by_side
 from distill.trainer import train
@@ -87,6 +88,17 @@ def measure_models_side_by_side(self, measurement_id: int) -> None:
     except Exception as exc:
         log.exception("measurement %s failed", measurement_id)
         retrying(services.measurement_fail, measurement.pk, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+
+
+@shared_task(name=services.BALANCE_PREVIEW, ignore_result=False)
+def balance_preview(config: dict) -> dict:
+    """The first-batch loss terms of a run config, for the wizard's review (``services.balance_preview``):
+    ``{"terms": ...}``, or ``{"error": ...}`` when the engine cannot build the run here."""
+    try:
+        return {"terms": first_batch_terms(parse_config(config))}
+    except Exception as exc:  # the review shows the reason in place of the preview
+        log.exception("balance preview failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def failure(exc: Exception, output_dir: Path) -> str:

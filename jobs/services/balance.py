@@ -1,0 +1,59 @@
+"""The loss balance of a run on its first batch, computed before launch by a worker of the run's queue.
+
+The worker loads the teacher and the data, so the web process never does: the review sends the config as a
+task (``jobs.worker.tasks.balance_preview``) and waits for the reply a bounded time. A broker that does not
+answer, no worker on the queue (or only a busy one) and an error of the engine each come back as the reason
+the preview is unavailable, never as an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from celery.exceptions import TimeoutError as ReplyTimeout
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
+
+from distill.balance import balance_warnings
+from distill.config import RunConfig
+from kdweb.celery import app
+
+BALANCE_PREVIEW = "jobs.balance_preview"  # the Celery task (jobs.worker.tasks)
+NO_REPLY = (
+    "no worker of the queue “{queue}” answered within {timeout:g} s; a worker busy with a run answers only after it"
+)
+
+
+@dataclass(frozen=True)
+class BalancePreview:
+    """Each term's ``{"value", "weight", "share"}`` (``distill.balance.first_batch_terms``) and the warnings
+    about them; or, with no terms, why the preview is unavailable."""
+
+    terms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    unavailable: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def balance_preview(cfg: RunConfig, queue: str, timeout: float) -> BalancePreview:
+    """Ask a worker of ``queue`` for the first-batch loss terms of ``cfg``; wait at most ``timeout`` seconds
+    for the reply (the message expires then, so a worker that frees up later does not compute it)."""
+    try:
+        reply = app.send_task(
+            BALANCE_PREVIEW, (cfg.model_dump(mode="json"),), queue=queue, expires=timeout, ignore_result=False
+        )
+    except (BrokerError, RedisError, OSError) as exc:
+        return BalancePreview(unavailable=f"the broker does not answer: {exc}")
+    try:
+        answer = reply.get(timeout=timeout, propagate=False)  # a failed task's answer is its exception
+    except ReplyTimeout:
+        return BalancePreview(unavailable=NO_REPLY.format(queue=queue, timeout=timeout))
+    except (BrokerError, RedisError, OSError) as exc:
+        return BalancePreview(unavailable=f"the broker does not answer: {exc}")
+    if not isinstance(answer, dict) or "error" in answer:
+        reason = answer["error"] if isinstance(answer, dict) else repr(answer)
+        return BalancePreview(unavailable=f"the worker could not compute it: {reason}")
+    return BalancePreview(answer["terms"], balance_warnings(answer["terms"]))
