@@ -62,6 +62,7 @@ from distill.lora import adapted_layers, head_parameters, meta_model
 from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
+from distill.timing import CPU_FLOPS, finish_work, non_embedding_count
 from distill.trainer import total_steps
 
 BYTES_PER_FLOAT = 4
@@ -91,11 +92,6 @@ RUNTIME_BYTES = 480 * 2**20
 """The training process before any model: Python, torch, transformers, the tokenizer and the encoded data
 (the bench's resident size after setup, minus the weights it held)."""
 
-CPU_FLOPS = 2.229e11 / 1.8
-"""Sustained training throughput in FLOP/s of the calibration machine (2 cores, fp32, PyTorch CPU):
-the calibration step is 6 · 5.47 M · 4096 + 2 · 10.8 M · 4096 ≈ 2.229e11 FLOPs (student and teacher
-non-embedding parameters times 32 × 128 tokens) in 1.8 s, about 1.24e11 FLOP/s."""
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -115,6 +111,7 @@ class Estimate:
     flops_per_step: float
     seconds_per_step: float
     total_steps: int
+    finish_seconds: dict[str, float]  # evaluating, measuring, exporting (distill.timing)
 
     @property
     def peak_bytes(self) -> int:
@@ -128,11 +125,21 @@ class Estimate:
         )
 
     @property
-    def total_seconds(self) -> float:
+    def training_seconds(self) -> float:
         return self.seconds_per_step * self.total_steps
 
+    @property
+    def total_seconds(self) -> float:
+        """Training and the finish: what the run takes from its first step to its export."""
+        return self.training_seconds + sum(self.finish_seconds.values())
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "peak_bytes": self.peak_bytes, "total_seconds": self.total_seconds}
+        return {
+            **asdict(self),
+            "peak_bytes": self.peak_bytes,
+            "training_seconds": self.training_seconds,
+            "total_seconds": self.total_seconds,
+        }
 
 
 def config_from_architecture(arch: Architecture) -> PretrainedConfig:
@@ -163,13 +170,7 @@ def config_from_architecture(arch: Architecture) -> PretrainedConfig:
 def non_embedding_parameters(config: PretrainedConfig, task: Task = "classification") -> int:
     """Parameters outside the embedding tables: the ones every token multiplies. A causal LM's output
     projection counts even when it is tied to the input embeddings."""
-    model = meta_model(config, task)
-    embedding = model.get_input_embeddings().weight
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p is not embedding)
-    output = model.get_output_embeddings() if task == "causal_lm" else None
-    if output is not None and output.weight is embedding:
-        n += embedding.numel()
-    return n
+    return non_embedding_count(meta_model(config, task), task == "causal_lm")
 
 
 def model_parameters(config: PretrainedConfig, task: Task) -> int:
@@ -195,9 +196,15 @@ def _lora_cost(cfg: RunConfig, t_config: PretrainedConfig) -> tuple[int, int]:
 
 
 def estimate(
-    cfg: RunConfig, teacher: Architecture, train_size: int, *, teacher_config: PretrainedConfig | None = None
+    cfg: RunConfig,
+    teacher: Architecture,
+    train_size: int,
+    *,
+    teacher_config: PretrainedConfig | None = None,
+    eval_size: int = 0,
 ) -> Estimate:
-    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring).
+    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring), and of its
+    finish on ``eval_size`` held-out examples (``distill.timing``).
 
     ``teacher_config`` is the teacher's own transformers config when available (exact counts); otherwise
     one is rebuilt from ``teacher`` (for a causal LM that loses ``tie_word_embeddings``, so pass it). The
@@ -217,6 +224,7 @@ def estimate(
         student_params = compression = None
         hidden = teacher.hidden_size
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * teacher.layers
+        flop_params = [teacher_nonemb]
         if cfg.lora is None:
             trained, frozen_bytes = teacher_params, 0
             flops = 6 * teacher_nonemb * tokens
@@ -233,7 +241,9 @@ def estimate(
         pairs = resolve_layer_map(cfg.student, teacher.layers) if cfg.needs_features else ()
         trained = student_params + _projection_params(cfg, len(pairs), hidden, teacher.hidden_size)
         frozen_bytes = teacher_bytes * teacher_params  # the teacher is loaded for every student kind (init, evaluation)
-        flops = 6 * non_embedding_parameters(s_config, cfg.task) * tokens
+        student_nonemb = non_embedding_parameters(s_config, cfg.task)
+        flops = 6 * student_nonemb * tokens
+        flop_params = [student_nonemb, teacher_nonemb]
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * cfg.student.layers
         if kd:
             flops += 2 * teacher_nonemb * tokens
@@ -266,6 +276,7 @@ def estimate(
         flops_per_step=float(flops),
         seconds_per_step=flops / CPU_FLOPS,
         total_steps=total_steps(cfg, train_size),
+        finish_seconds=finish_work(cfg, eval_size, flop_params, student_params or teacher_params).seconds(CPU_FLOPS),
     )
 
 

@@ -72,13 +72,14 @@ def _phase_fields(phase: Phase | None) -> dict[str, Any]:
     return {} if phase is None else {"phase": phase.name, "phase_progress": min(max(phase.progress, 0.0), 1.0)}
 
 
-def run_heartbeat(run_id: int, phase: Phase | None = None) -> bool:
-    """The worker is alive: stamp the run (and its phase). True when the worker should stop (cancel requested,
-    or the run is not running any more, e.g. marked interrupted while this worker was cut off from the
-    database)."""
+def run_heartbeat(run_id: int, phase: Phase | None = None, eta_s: float | None = None) -> bool:
+    """The worker is alive: stamp the run (and its phase, with the run's ETA then). True when the worker should
+    stop (cancel requested, or the run is not running any more, e.g. marked interrupted while this worker was
+    cut off from the database)."""
     with transaction.atomic():
         running = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING)
-        running.update(heartbeat_at=timezone.now(), **_phase_fields(phase))
+        fields = _phase_fields(phase) | ({"eta_s": eta_s} if phase is not None else {})
+        running.update(heartbeat_at=timezone.now(), **fields)
         return _should_stop(run_id)
 
 

@@ -134,7 +134,7 @@ def test_it_scales_time_with_accumulation_and_length(tiny):
     accum = estimate(config(optim={"grad_accum": 2}), arch, 1000)
     assert accum.flops_per_step == pytest.approx(2 * base.flops_per_step)
     assert accum.total_steps == base.total_steps // 2 + base.total_steps % 2
-    assert accum.total_seconds == pytest.approx(accum.seconds_per_step * accum.total_steps)
+    assert accum.training_seconds == pytest.approx(accum.seconds_per_step * accum.total_steps)
     short = estimate(config(data={"source": "d", "max_length": 64}), arch, 1000)
     assert short.seconds_per_step == pytest.approx(base.seconds_per_step / 2)
     assert short.activation_bytes == base.activation_bytes // 2
@@ -320,3 +320,16 @@ def test_it_reports_the_memory_available_here():
             else psutil.virtual_memory().total
         )
     )
+
+
+def test_it_adds_the_finish_to_the_time(tiny):
+    """Evaluation grows with the held-out set, latency measurement with its repeats; both are in the total."""
+    _, arch = tiny
+    small = estimate(config(), arch, 1000, eval_size=100)
+    large = estimate(config(), arch, 1000, eval_size=1000)
+    repeats = estimate(config(latency_repeats=100), arch, 1000, eval_size=100)
+    assert large.finish_seconds["evaluating"] == pytest.approx(10 * small.finish_seconds["evaluating"])
+    assert large.finish_seconds["measuring"] == small.finish_seconds["measuring"]
+    assert repeats.finish_seconds["measuring"] > 5 * small.finish_seconds["measuring"]
+    assert small.finish_seconds["exporting"] > 0
+    assert small.total_seconds == pytest.approx(small.training_seconds + sum(small.finish_seconds.values()))
