@@ -116,10 +116,12 @@ class Eta:
             self.phase_started = now
         self.phase, self.done, self.total = phase, done, total
 
-    def end(self) -> dict[str, float]:
-        """The run is done: the measured timings, seconds per step (``step_s``) and per finish phase."""
+    def end(self) -> dict[str, dict[str, float]]:
+        """The run is done: its ``measured`` seconds per step (``step_s``) and per finish phase, beside their
+        ``analytic`` figures at ``flops_per_s`` (what an estimate computes): a record to calibrate estimates."""
         self.update("", 0, 0)
-        return ({"step_s": self.step_s} if self.step_s else {}) | self.finished
+        analytic = {"step_s": self.step_flops / self.flops_per_s, **self.finish.seconds(self.flops_per_s)}
+        return {"measured": ({"step_s": self.step_s} if self.step_s else {}) | self.finished, "analytic": analytic}
 
     def _analytic(self) -> dict[str, float]:
         """The finish phases' seconds at the host's speed: measured by training when it has stepped."""

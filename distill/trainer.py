@@ -100,14 +100,15 @@ class EpochBatches(Sampler[list[int]]):
 @dataclass
 class TrainResult:
     """What a run produced. ``metrics`` maps "student"/"teacher" to their evaluation on the same split;
-    ``timings`` holds the measured seconds per optimizer step (``step_s``) and of each finish phase done."""
+    ``timings`` holds the ``measured`` seconds per optimizer step (``step_s``) and of each finish phase, and their
+    ``analytic`` figures (``distill.timing.Eta.end``)."""
 
     state: TrainState
     stopped: bool
     metrics: dict[str, dict[str, float]]
     efficiency: dict[str, dict[str, Any]]
     export_dir: Path | None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
