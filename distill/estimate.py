@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psutil
@@ -132,6 +132,12 @@ class Estimate:
     def total_seconds(self) -> float:
         """Training and the finish: what the run takes from its first step to its export."""
         return self.training_seconds + sum(self.finish_seconds.values())
+
+    def calibrated(self, ratios: dict[str, float]) -> Estimate:
+        """This estimate with its times scaled by measured / analytic ``ratios`` of a similar run (``step_s``
+        and each finish phase; ``jobs.models.StepTime.ratios``); parts without a ratio stay analytic."""
+        finish = {phase: s * ratios.get(phase, 1.0) for phase, s in self.finish_seconds.items()}
+        return replace(self, seconds_per_step=self.seconds_per_step * ratios.get("step_s", 1.0), finish_seconds=finish)
 
     def as_dict(self) -> dict[str, Any]:
         return {
