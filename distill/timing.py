@@ -86,6 +86,12 @@ def step_flops(tokens_per_step: int, trained_params: int, teacher_params: int = 
     return float(tokens_per_step * (6 * trained_params + 2 * teacher_params))
 
 
+def ratios(measured: dict[str, float], analytic: dict[str, float]) -> dict[str, float]:
+    """Measured / analytic seconds of each part both hold (``step_s`` and the finish phases): how a similar
+    run's estimate is calibrated (``estimate.Estimate.calibrated``)."""
+    return {k: v / analytic[k] for k, v in measured.items() if analytic.get(k)}
+
+
 class Eta:
     """The seconds left in a run, from what it measured so far (see the module docstring).
 

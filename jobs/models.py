@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from distill import timing
+
 
 def new_token() -> str:
     """256 random bits, URL-safe: share links and invitations are found by this alone."""
@@ -320,4 +322,4 @@ class StepTime(models.Model):
 
     def ratios(self) -> dict[str, float]:
         """Measured / analytic seconds of each part both hold (step_s, evaluating, measuring, exporting)."""
-        return {k: v / self.analytic[k] for k, v in self.measured.items() if self.analytic.get(k)}
+        return timing.ratios(self.measured, self.analytic)
