@@ -28,8 +28,8 @@ from distill.estimate import (
     estimate,
     format_bytes,
     format_duration,
-    suggest_fixes,
 )
+from distill.fixes import suggest_fixes
 from distill.layer_map import resolve_layer_map
 from distill.students import student_shape
 from jobs import safejson, scorecard, selectors, services
