@@ -96,7 +96,8 @@ class Eta:
     """The seconds left in a run, from what it measured so far (see the module docstring).
 
     ``step_flops`` are the analytic FLOPs of one optimizer step and ``finish`` the finish's work; the trainer
-    calls :meth:`update` at each phase report and each step end, and reads :meth:`seconds_left`."""
+    calls :meth:`step` at each step end and :meth:`update` at each phase report, then reads
+    :meth:`seconds_left`, and :meth:`end` once the export is written."""
 
     def __init__(self, step_flops: float, finish: FinishWork, flops_per_s: float):
         self.step_flops, self.finish, self.flops_per_s = step_flops, finish, flops_per_s
