@@ -104,8 +104,8 @@ def held_out(cfg: RunConfig, share: int) -> dict[str, Any]:
 
 def bench_case(case: str, teacher: str, tmp: Path, steps: int, calibration_steps: int, smoke: bool) -> dict[str, Any]:
     target = config(case, teacher, tmp / case, steps)
-    if smoke:  # a smaller held-out set too: the point is that the script works
-        target = config(case, teacher, tmp / case, steps, **held_out(target, SMOKE_EVAL_SHARE))
+    if smoke:  # a smaller held-out set and one latency pass too: the point is that the script works
+        target = config(case, teacher, tmp / case, steps, latency_repeats=1, **held_out(target, SMOKE_EVAL_SHARE))
     calibration = config(
         case,
         teacher,
@@ -178,9 +178,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.only and case not in args.only:
                 continue
             teacher = {"finetune": MINILM, "lm_smollm2": SMOLLM2}.get(case) or cases["finetune"]["export_dir"]
-            cases[case] = bench_case(
-                case, teacher, Path(tmp), max(calibration_steps, steps // scale), calibration_steps
-            )
+            steps = max(calibration_steps, steps // scale)
+            cases[case] = bench_case(case, teacher, Path(tmp), steps, calibration_steps, args.smoke)
             print(case, {k: v for k, v in cases[case].items() if k.endswith("_s")}, flush=True)
     command = "python bench/estimate.py" + (" --smoke" if args.smoke else "")
     results = {"host": host_facts(), "command": command, "calibration_steps": calibration_steps, "cases": cases}
