@@ -83,8 +83,9 @@ def sizes(cfg: RunConfig) -> tuple[int, int]:
 
 def analytic(cfg: RunConfig) -> Any:
     t_config = load_config(cfg.teacher.source)
-    train_size, eval_size = sizes(cfg)
-    return estimate(cfg, describe(t_config), train_size, teacher_config=t_config, eval_size=eval_size)
+    train_size, val_size, eval_size = sizes(cfg)
+    arch = describe(t_config)
+    return estimate(cfg, arch, train_size, teacher_config=t_config, eval_size=eval_size, val_size=val_size)
 
 
 def timed_train(cfg: RunConfig) -> tuple[float, Any]:

@@ -63,7 +63,7 @@ from distill.lora import adapted_layers, head_parameters, meta_model
 from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
-from distill.timing import CPU_FLOPS, finish_work, non_embedding_count
+from distill.timing import CPU_FLOPS, finish_work, non_embedding_count, step_flops_with_validation
 from distill.trainer import total_steps
 
 BYTES_PER_FLOAT = 4
@@ -209,9 +209,11 @@ def estimate(
     *,
     teacher_config: PretrainedConfig | None = None,
     eval_size: int = 0,
+    val_size: int = 0,
 ) -> Estimate:
-    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring), and of its
-    finish on ``eval_size`` held-out examples (``distill.timing``).
+    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring), with its
+    validations on ``val_size`` examples, and of its finish on ``eval_size`` held-out examples
+    (``distill.timing``).
 
     ``teacher_config`` is the teacher's own transformers config when available (exact counts); otherwise
     one is rebuilt from ``teacher`` (for a causal LM that loses ``tie_word_embeddings``, so pass it). The
@@ -268,6 +270,10 @@ def estimate(
         logits_floats += tokens * (hidden + (teacher.hidden_size if kd else 0))
         logits_floats += vocab * hidden  # the LM head's gradient, accumulated chunk by chunk in the forward
     flops *= cfg.optim.grad_accum
+    steps = total_steps(cfg, train_size)
+    epoch_steps = math.ceil(math.ceil(train_size / cfg.optim.batch_size) / cfg.optim.grad_accum)
+    trained_nonemb = flop_params[0]
+    step_s = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_size, trained_nonemb) / CPU_FLOPS
     return Estimate(
         student_params=student_params,
         teacher_params=teacher_params,
@@ -281,8 +287,8 @@ def estimate(
         runtime_bytes=RUNTIME_BYTES,
         tokens_per_step=tokens * cfg.optim.grad_accum,
         flops_per_step=float(flops),
-        seconds_per_step=flops / CPU_FLOPS,
-        total_steps=total_steps(cfg, train_size),
+        seconds_per_step=step_s,
+        total_steps=steps,
         finish_seconds=finish_work(cfg, eval_size, flop_params, student_params or teacher_params).seconds(CPU_FLOPS),
     )
 

@@ -7,7 +7,8 @@ way, from the work each phase does:
     measuring  = Σ_models Σ_B (warm-up + repeats) · 2 · N · B · L      # B in metrics.LATENCY_BATCH_SIZES
     exporting  = trained params · 4 bytes / EXPORT_BYTES_PER_S + EXPORT_FIXED_S
 
-(N: the model's non-embedding parameters, L: ``data.max_length``), in seconds at ``flops_per_s``. Measured
+(N: the model's non-embedding parameters, L: ``data.max_length``), in seconds at ``flops_per_s``; a step also
+carries its share of the validations during training (2 · N · validation examples · L each). Measured
 runs calibrate both: a worker's record of a run (``jobs.models.StepTime``) keeps the ratio of each measured
 phase to its analytic cost, and a new estimate multiplies by the nearest record's ratios. During a run,
 :class:`Eta` turns the same model into a live ETA: the training steps left at the measured step rate, the
@@ -84,6 +85,18 @@ def step_flops(tokens_per_step: int, trained_params: int, teacher_params: int = 
     """FLOPs of one optimizer step: forward and backward of the trained model (6 · N per token), the frozen
     teacher's forward (2 · N) in KD kinds (pass 0 otherwise)."""
     return float(tokens_per_step * (6 * trained_params + 2 * teacher_params))
+
+
+def step_flops_with_validation(
+    cfg: RunConfig, flops: float, total_steps: int, steps_per_epoch: int, val_examples: int, trained_params: int
+) -> float:
+    """``flops`` of one step plus its share of the validations during training (the trained model's forward on
+    ``val_examples`` every ``eval_every`` steps, by default each epoch, and at the last step): a short run
+    spends much of its time there."""
+    every = cfg.eval_every or steps_per_epoch or max(total_steps, 1)
+    validations = total_steps // every + (total_steps % every != 0)
+    per_validation = 2.0 * trained_params * val_examples * cfg.data.max_length
+    return flops + validations * per_validation / max(total_steps, 1)
 
 
 def ratios(measured: dict[str, float], analytic: dict[str, float]) -> dict[str, float]:

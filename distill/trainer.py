@@ -73,7 +73,14 @@ from distill.teachers import (
     load_tokenizer,
     resolve_source,
 )
-from distill.timing import CPU_FLOPS, Eta, finish_work, non_embedding_count, step_flops
+from distill.timing import (
+    CPU_FLOPS,
+    Eta,
+    finish_work,
+    non_embedding_count,
+    step_flops,
+    step_flops_with_validation,
+)
 
 log = logging.getLogger("distill")
 
@@ -329,9 +336,11 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
         log.info("resumed from step %d", state.step)
 
     control = handler.call("on_train_begin", state)
-    phases = PhaseReporter(handler, state, run_eta(cfg, m, len(final_split)))
+    epoch_steps = math.ceil(math.ceil(len(train_split) / cfg.optim.batch_size) / cfg.optim.grad_accum)
+    eval_every = cfg.eval_every or epoch_steps
+    eta = run_eta(cfg, m, state.total_steps, epoch_steps, len(val_split), len(final_split))
+    phases = PhaseReporter(handler, state, eta)
     phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
-    eval_every = cfg.eval_every or math.ceil(len(sampler) / cfg.optim.grad_accum)
     sums: dict[str, float] = {}
     micro = 0
     started = time.perf_counter() - state.elapsed_s
@@ -424,13 +433,15 @@ def evaluate_final(
     return metrics
 
 
-def run_eta(cfg: RunConfig, m: Models, eval_examples: int) -> Eta:
-    """The ETA of this run: its step's FLOPs and its finish's work, from the models as built."""
+def run_eta(cfg: RunConfig, m: Models, steps: int, epoch_steps: int, val_examples: int, eval_examples: int) -> Eta:
+    """The ETA of this run: its step's FLOPs (with its share of the validations) and its finish's work, from the
+    models as built."""
     lm = cfg.task == "causal_lm"
     trained = non_embedding_count(m.distiller.student, lm)
     teacher = non_embedding_count(m.teacher, lm) if m.teacher is not None else 0
     tokens = cfg.optim.batch_size * cfg.data.max_length * cfg.optim.grad_accum
     flops = step_flops(tokens, trained, teacher if cfg.kind in KD_KINDS else 0)
+    flops = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_examples, trained)
     weights = sum(p.numel() for p in m.distiller.student.parameters())
     work = finish_work(cfg, eval_examples, [trained, *([teacher] if teacher else [])], weights)
     return Eta(flops, work, CPU_FLOPS)

@@ -148,29 +148,30 @@ def memory_budget() -> int:
     return settings.KDWEB_WORKER_MEMORY_BYTES or available_memory_bytes()
 
 
-def split_sizes(wiz: Wizard, cfg: RunConfig) -> tuple[int, int]:
-    """(train, held-out) examples of the run: texts, capped as the config caps them; for a causal LM token
-    windows, several per text (the held-out split at the train split's windows per text)."""
+def split_sizes(wiz: Wizard, cfg: RunConfig) -> tuple[int, int, int]:
+    """(train, validation, held-out) examples of the run: texts, capped as the config caps them; for a causal LM
+    token windows, several per text (the other splits at the train split's windows per text)."""
     sizes = wiz.dataset.sizes if wiz.dataset else {}
-    train_texts, eval_size = sizes.get("train") or 0, sizes.get(cfg.data.eval_split) or 0
-    train_size = train_texts
+    train_size = sizes.get("train") or 0
     if cfg.data.max_train_samples:
         train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
-    if cfg.data.max_eval_samples and eval_size:
-        eval_size = min(eval_size, cfg.data.max_eval_samples)
+    held = [sizes.get(name) or 0 for name in ("validation", cfg.data.eval_split)]
+    if cfg.data.max_eval_samples:
+        held = [min(n, cfg.data.max_eval_samples) for n in held]
     if cfg.task == "causal_lm" and train_size:  # an LM trains on token windows, several per text
         windows = selectors.lm_train_windows(cfg)
         if windows:
-            eval_size = round(eval_size * windows / train_size)
+            held = [round(n * windows / train_size) for n in held]
             train_size = windows
-    return train_size, eval_size
+    return train_size, held[0], held[1]
 
 
-def run_estimate(wiz: Wizard, cfg: RunConfig, train_size: int, eval_size: int) -> tuple[Estimate, StepTime | None]:
-    """The run's cost, its times calibrated by the nearest measured run on its queue when there is one."""
-    est = estimate(
-        cfg, wiz.arch, train_size, teacher_config=selectors.teacher_hf_config(wiz.teacher), eval_size=eval_size
-    )
+def run_estimate(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> tuple[Estimate, StepTime | None]:
+    """The run's cost on splits of ``sizes`` (``split_sizes``), its times calibrated by the nearest measured run
+    on its queue when there is one."""
+    train_size, val_size, eval_size = sizes
+    teacher_config = selectors.teacher_hf_config(wiz.teacher)
+    est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config, eval_size=eval_size, val_size=val_size)
     record = selectors.step_time_nearest(wiz.teacher, cfg, wiz_queue(wiz))
     return (est.calibrated(record.ratios()), record) if record is not None else (est, None)
 
@@ -179,7 +180,7 @@ def wiz_queue(wiz: Wizard) -> str:
     return wiz.state.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
 
 
-def study_time(wiz: Wizard, cfg: RunConfig, train_size: int, eval_size: int) -> dict[str, Any] | None:
+def study_time(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> dict[str, Any] | None:
     """What the study the review would launch takes: every run's time (variants × seeds), and the wall time
     on the queue's workers, each running one job at a time. None when the review launches a single run."""
     options = wiz.study_options()
@@ -190,10 +191,7 @@ def study_time(wiz: Wizard, cfg: RunConfig, train_size: int, eval_size: int) -> 
     except ValidationError:
         return None
     seeds = max(1, len([s for s in str(options.get("seeds") or "").split(",") if s.strip()]))
-    by_kind = {
-        kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), train_size, eval_size)[0]
-        for _, kind, _ in variants
-    }
+    by_kind = {kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes)[0] for _, kind, _ in variants}
     runs = len(variants) * seeds
     work = seeds * sum(by_kind[kind].total_seconds for _, kind, _ in variants)
     workers = selectors.queue_workers(wiz_queue(wiz))
@@ -202,13 +200,14 @@ def study_time(wiz: Wizard, cfg: RunConfig, train_size: int, eval_size: int) -> 
 
 
 def estimate_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
-    train_size, eval_size = split_sizes(wiz, cfg)
+    sizes = split_sizes(wiz, cfg)
+    train_size = sizes[0]
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
     try:
-        est, record = run_estimate(wiz, cfg, train_size, eval_size)
+        est, record = run_estimate(wiz, cfg, sizes)
         budget = memory_budget()
         fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
-        study = study_time(wiz, cfg, train_size, eval_size)
+        study = study_time(wiz, cfg, sizes)
     except (ConfigError, ValueError, KeyError, OSError):
         return {"estimate": None}
     return {

@@ -256,3 +256,17 @@ def test_it_adds_the_finish_to_the_time(tiny):
     assert repeats.finish_seconds["measuring"] > 5 * small.finish_seconds["measuring"]
     assert small.finish_seconds["exporting"] > 0
     assert small.total_seconds == pytest.approx(small.training_seconds + sum(small.finish_seconds.values()))
+
+
+def test_a_step_carries_its_share_of_the_validations(tiny):
+    """A validation every ``eval_every`` steps (and at the last) costs a forward pass per validation example."""
+    _, arch = tiny
+    plain = estimate(config(optim={"max_steps": 10}), arch, 1000)
+    assert estimate(config(optim={"max_steps": 10}), arch, 1000, val_size=0) == plain
+    twice = estimate(config(optim={"max_steps": 10}, eval_every=5), arch, 1000, val_size=100)
+    every = estimate(config(optim={"max_steps": 10}, eval_every=1), arch, 1000, val_size=100)
+    larger = estimate(config(optim={"max_steps": 10}, eval_every=5), arch, 1000, val_size=200)
+    added = twice.seconds_per_step - plain.seconds_per_step
+    assert added > 0 and twice.flops_per_step == plain.flops_per_step  # the step itself is unchanged
+    assert every.seconds_per_step - plain.seconds_per_step == pytest.approx(5 * added)  # 10 validations, not 2
+    assert larger.seconds_per_step - plain.seconds_per_step == pytest.approx(2 * added)
