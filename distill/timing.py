@@ -4,6 +4,7 @@ Training time is ``estimate.py``'s (FLOPs per step over the host's FLOP/s); the 
 way, from the work each phase does:
 
     evaluating = Σ_models 2 · N · (eval examples · L + samples · (prompt + new) [causal LM, generation])
+                 + Σ_models 4 · N · new · ⌈samples / eval batch⌉ / DECODE_BYTES_PER_S    # generation steps
     measuring  = Σ_models Σ_B (warm-up + repeats) · 2 · N · B · L      # B in metrics.LATENCY_BATCH_SIZES
     exporting  = trained params · 4 bytes / EXPORT_BYTES_PER_S + EXPORT_FIXED_S
 
@@ -18,6 +19,7 @@ host turned out to be. Models are duck-typed: a ``meta`` model (the review) coun
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,9 @@ non-embedding parameters times 32 × 128 tokens) in 1.8 s, about 1.24e11 FLOP/s.
 EXPORT_BYTES_PER_S = 150e6
 """Safetensors written per second, with the tokenizer and the model card (a local disk)."""
 
+DECODE_BYTES_PER_S = 5e9
+"""Weights read per second by a generation step (one token for a whole batch: bound by memory, not FLOPs)."""
+
 EXPORT_FIXED_S = 1.0
 """The export's cost besides the weights: tokenizer files, model card, config."""
 
@@ -45,11 +50,12 @@ class FinishWork:
     evaluating_flops: float
     measuring_flops: float
     exporting_bytes: float
+    decoding_bytes: float = 0.0  # weights read by the continuation task's generation steps (causal LMs)
 
     def seconds(self, flops_per_s: float) -> dict[str, float]:
         """Each finish phase's analytic seconds on a host of ``flops_per_s``."""
         return {
-            EVALUATING: self.evaluating_flops / flops_per_s,
+            EVALUATING: self.evaluating_flops / flops_per_s + self.decoding_bytes / DECODE_BYTES_PER_S,
             MEASURING: self.measuring_flops / flops_per_s,
             EXPORTING: self.exporting_bytes / EXPORT_BYTES_PER_S + EXPORT_FIXED_S,
         }
@@ -60,14 +66,16 @@ def finish_work(cfg: RunConfig, eval_examples: int, model_flop_params: list[int]
     for models with ``model_flop_params`` non-embedding parameters each (the trained model, and the teacher
     of a student run), exporting ``trained_params`` fp32 weights."""
     length, n = cfg.data.max_length, sum(model_flop_params)
-    tokens = eval_examples * length
+    tokens, decoding = eval_examples * length, 0.0
     if cfg.task == "causal_lm":
         gen = cfg.generation
         tokens = tokens if "perplexity" in gen.metrics else 0
         if set(gen.metrics) - {"perplexity"}:
             tokens += gen.samples * (gen.prompt_tokens + gen.new_tokens)
+            steps = gen.new_tokens * math.ceil(gen.samples / cfg.eval_batch_size)
+            decoding = 4.0 * n * steps  # every step reads each model's weights once
     passes = (latency_warmup(cfg.latency_repeats) + cfg.latency_repeats) * sum(LATENCY_BATCH_SIZES) * length
-    return FinishWork(2.0 * n * tokens, 2.0 * n * passes, 4.0 * trained_params)
+    return FinishWork(2.0 * n * tokens, 2.0 * n * passes, 4.0 * trained_params, decoding)
 
 
 def non_embedding_count(model: Any, causal_lm: bool) -> int:
