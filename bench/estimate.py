@@ -68,17 +68,16 @@ def config(case: str, teacher: str, output_dir: Path, steps: int, **changes: Any
     return parse_config(raw)
 
 
-def sizes(cfg: RunConfig) -> tuple[int, int]:
-    """(train, held-out) examples as the engine sees them: texts, or token windows for a causal LM."""
+def sizes(cfg: RunConfig) -> tuple[int, ...]:
+    """(train, validation, held-out) examples as the engine sees them: texts, or token windows for a causal LM."""
     data = load_task_data(cfg)
+    names = ("train", "validation", cfg.data.eval_split)
     if cfg.task != "causal_lm":
-        return len(data.split("train")), len(data.split(cfg.data.eval_split))
+        return tuple(len(data.split(name)) for name in names)
     from distill.teachers import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.teacher.source)
-    return len(encode_split(cfg, data, "train", tokenizer)), len(
-        encode_split(cfg, data, cfg.data.eval_split, tokenizer)
-    )
+    return tuple(len(encode_split(cfg, data, name, tokenizer)) for name in names)
 
 
 def analytic(cfg: RunConfig) -> Any:
