@@ -27,6 +27,8 @@ class TrainState:
         batches_in_epoch: micro-batches of ``epoch`` already consumed (to resume mid-epoch).
         elapsed_s: training seconds so far, across resumes.
         metrics: the latest evaluation, name -> value.
+        eta_s: seconds left to the end of the run, the finish included (``distill.timing.Eta``); None until
+            the first step or finish phase has been timed.
     """
 
     step: int = 0
@@ -35,6 +37,7 @@ class TrainState:
     batches_in_epoch: int = 0
     elapsed_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    eta_s: float | None = None
 
     @property
     def progress(self) -> float:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from distill.callbacks import Callback, Control, TrainState
+from distill.callbacks import FINISH_PHASES, Callback, Control, TrainState
 from distill.config import (
     ConfigError,
     DataConfig,
@@ -34,14 +34,22 @@ DEFAULT_MAX_LENGTH = 128
 Section = TypeVar("Section", bound=BaseModel)
 
 
-class ProgressBar(Callback):
-    """A tqdm bar showing every loss term and the latest validation accuracy."""
+def _eta_text(state: TrainState) -> str:
+    return tqdm.format_interval(state.eta_s) if state.eta_s is not None else "?"
 
-    def __init__(self) -> None:
+
+class ProgressBar(Callback):
+    """A tqdm bar of the steps, showing every loss term, the latest validation score and the run's ETA (the
+    finish included); then one bar per finish phase (evaluating, measuring, exporting) with its units, its
+    share and the run's ETA."""
+
+    def __init__(self, file: Any = None) -> None:
         self.bar: tqdm | None = None
+        self.file = file  # tqdm's default (stderr) when None
+        self.phase = ""
 
     def on_train_begin(self, state: TrainState, control: Control) -> None:
-        self.bar = tqdm(total=state.total_steps, initial=state.step, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=state.total_steps, initial=state.step, unit="step", dynamic_ncols=True, file=self.file)
 
     def on_step_end(self, state: TrainState, control: Control, logs: dict[str, float]) -> None:
         terms = {k.removeprefix("loss/"): f"{v:.3f}" for k, v in logs.items() if k.startswith("loss/")}
@@ -49,8 +57,20 @@ class ProgressBar(Callback):
             terms["val_acc"] = f"{state.metrics['accuracy']:.3f}"
         if "perplexity" in state.metrics:
             terms["val_ppl"] = f"{state.metrics['perplexity']:.2f}"
+        terms["run_eta"] = _eta_text(state)
         self.bar.set_postfix(terms, refresh=False)
         self.bar.update(1)
+
+    def on_phase(self, state: TrainState, control: Control, phase: str, done: int, total: int) -> None:
+        if phase not in FINISH_PHASES:
+            return
+        if phase != self.phase:  # the steps' bar (or the previous phase's) is done: a bar for this phase
+            self.bar.close()
+            self.bar = tqdm(total=total, desc=phase, unit="unit", dynamic_ncols=True, file=self.file)
+            self.phase = phase
+        self.bar.n = done
+        self.bar.set_postfix({"run_eta": _eta_text(state)}, refresh=False)
+        self.bar.refresh()
 
     def on_train_end(self, state: TrainState, control: Control, result: Any) -> None:
         self.bar.close()

@@ -1,4 +1,6 @@
-"""A rough cost of a run before it starts: parameters, compression, peak CPU memory and time.
+"""A rough cost of a run before it starts: parameters, compression, peak CPU memory and time (training, then the
+finish: evaluation, latency measurement and export, costed by ``distill.timing``; the memory fixes are in
+``distill.fixes``).
 
 Everything here is computed from the config and the teacher's architecture alone (models are built on
 the ``meta`` device, so nothing is allocated or downloaded). The figures are estimates for training on
@@ -46,9 +48,8 @@ step from the MiniLM-L6 teacher (6 × 384, 12 heads) into a 3 × 384 student at 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psutil
@@ -56,12 +57,13 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from distill.config import KD_KINDS, ConfigError, RunConfig, Task, apply_override, parse_config
+from distill.config import KD_KINDS, RunConfig, Task
 from distill.layer_map import has_attention, resolve_layer_map
 from distill.lora import adapted_layers, head_parameters, meta_model
 from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
+from distill.timing import CPU_FLOPS, finish_work, non_embedding_count, step_flops_with_validation
 from distill.trainer import total_steps
 
 BYTES_PER_FLOAT = 4
@@ -91,11 +93,6 @@ RUNTIME_BYTES = 480 * 2**20
 """The training process before any model: Python, torch, transformers, the tokenizer and the encoded data
 (the bench's resident size after setup, minus the weights it held)."""
 
-CPU_FLOPS = 2.229e11 / 1.8
-"""Sustained training throughput in FLOP/s of the calibration machine (2 cores, fp32, PyTorch CPU):
-the calibration step is 6 · 5.47 M · 4096 + 2 · 10.8 M · 4096 ≈ 2.229e11 FLOPs (student and teacher
-non-embedding parameters times 32 × 128 tokens) in 1.8 s, about 1.24e11 FLOP/s."""
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -115,6 +112,7 @@ class Estimate:
     flops_per_step: float
     seconds_per_step: float
     total_steps: int
+    finish_seconds: dict[str, float]  # evaluating, measuring, exporting (distill.timing)
 
     @property
     def peak_bytes(self) -> int:
@@ -128,11 +126,27 @@ class Estimate:
         )
 
     @property
-    def total_seconds(self) -> float:
+    def training_seconds(self) -> float:
         return self.seconds_per_step * self.total_steps
 
+    @property
+    def total_seconds(self) -> float:
+        """Training and the finish: what the run takes from its first step to its export."""
+        return self.training_seconds + sum(self.finish_seconds.values())
+
+    def calibrated(self, ratios: dict[str, float]) -> Estimate:
+        """This estimate with its times scaled by measured / analytic ``ratios`` of a similar run (``step_s``
+        and each finish phase; ``jobs.models.StepTime.ratios``); parts without a ratio stay analytic."""
+        finish = {phase: s * ratios.get(phase, 1.0) for phase, s in self.finish_seconds.items()}
+        return replace(self, seconds_per_step=self.seconds_per_step * ratios.get("step_s", 1.0), finish_seconds=finish)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "peak_bytes": self.peak_bytes, "total_seconds": self.total_seconds}
+        return {
+            **asdict(self),
+            "peak_bytes": self.peak_bytes,
+            "training_seconds": self.training_seconds,
+            "total_seconds": self.total_seconds,
+        }
 
 
 def config_from_architecture(arch: Architecture) -> PretrainedConfig:
@@ -163,13 +177,7 @@ def config_from_architecture(arch: Architecture) -> PretrainedConfig:
 def non_embedding_parameters(config: PretrainedConfig, task: Task = "classification") -> int:
     """Parameters outside the embedding tables: the ones every token multiplies. A causal LM's output
     projection counts even when it is tied to the input embeddings."""
-    model = meta_model(config, task)
-    embedding = model.get_input_embeddings().weight
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p is not embedding)
-    output = model.get_output_embeddings() if task == "causal_lm" else None
-    if output is not None and output.weight is embedding:
-        n += embedding.numel()
-    return n
+    return non_embedding_count(meta_model(config, task), task == "causal_lm")
 
 
 def model_parameters(config: PretrainedConfig, task: Task) -> int:
@@ -195,9 +203,17 @@ def _lora_cost(cfg: RunConfig, t_config: PretrainedConfig) -> tuple[int, int]:
 
 
 def estimate(
-    cfg: RunConfig, teacher: Architecture, train_size: int, *, teacher_config: PretrainedConfig | None = None
+    cfg: RunConfig,
+    teacher: Architecture,
+    train_size: int,
+    *,
+    teacher_config: PretrainedConfig | None = None,
+    eval_size: int = 0,
+    val_size: int = 0,
 ) -> Estimate:
-    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring).
+    """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring), with its
+    validations on ``val_size`` examples, and of its finish on ``eval_size`` held-out examples
+    (``distill.timing``).
 
     ``teacher_config`` is the teacher's own transformers config when available (exact counts); otherwise
     one is rebuilt from ``teacher`` (for a causal LM that loses ``tie_word_embeddings``, so pass it). The
@@ -217,6 +233,7 @@ def estimate(
         student_params = compression = None
         hidden = teacher.hidden_size
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * teacher.layers
+        flop_params = [teacher_nonemb]
         if cfg.lora is None:
             trained, frozen_bytes = teacher_params, 0
             flops = 6 * teacher_nonemb * tokens
@@ -233,7 +250,9 @@ def estimate(
         pairs = resolve_layer_map(cfg.student, teacher.layers) if cfg.needs_features else ()
         trained = student_params + _projection_params(cfg, len(pairs), hidden, teacher.hidden_size)
         frozen_bytes = teacher_bytes * teacher_params  # the teacher is loaded for every student kind (init, evaluation)
-        flops = 6 * non_embedding_parameters(s_config, cfg.task) * tokens
+        student_nonemb = non_embedding_parameters(s_config, cfg.task)
+        flops = 6 * student_nonemb * tokens
+        flop_params = [student_nonemb, teacher_nonemb]
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * cfg.student.layers
         if kd:
             flops += 2 * teacher_nonemb * tokens
@@ -251,6 +270,10 @@ def estimate(
         logits_floats += tokens * (hidden + (teacher.hidden_size if kd else 0))
         logits_floats += vocab * hidden  # the LM head's gradient, accumulated chunk by chunk in the forward
     flops *= cfg.optim.grad_accum
+    steps = total_steps(cfg, train_size)
+    epoch_steps = math.ceil(math.ceil(train_size / cfg.optim.batch_size) / cfg.optim.grad_accum)
+    trained_nonemb = flop_params[0]
+    step_s = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_size, trained_nonemb) / CPU_FLOPS
     return Estimate(
         student_params=student_params,
         teacher_params=teacher_params,
@@ -264,107 +287,10 @@ def estimate(
         runtime_bytes=RUNTIME_BYTES,
         tokens_per_step=tokens * cfg.optim.grad_accum,
         flops_per_step=float(flops),
-        seconds_per_step=flops / CPU_FLOPS,
-        total_steps=total_steps(cfg, train_size),
+        seconds_per_step=step_s,
+        total_steps=steps,
+        finish_seconds=finish_work(cfg, eval_size, flop_params, student_params or teacher_params).seconds(CPU_FLOPS),
     )
-
-
-MIN_LENGTH = 16
-"""The shortest ``data.max_length`` a fix proposes."""
-
-
-@dataclass(frozen=True)
-class Fix:
-    """A change to a run's config that lowers its peak memory, and the estimate of the changed run."""
-
-    title: str
-    changes: dict[str, Any]  # dotted config paths -> new value, e.g. {"optim.batch_size": 4, "optim.grad_accum": 2}
-    estimate: Estimate
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "changes": self.changes, "estimate": self.estimate.as_dict()}
-
-
-def apply_changes(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """``cfg`` with each dotted path set to its new value, validated again."""
-    data = cfg.model_dump(mode="json")
-    for path, value in changes.items():
-        apply_override(data, f"{path}={json.dumps(value)}")
-    return parse_config(data)
-
-
-def _candidates(cfg: RunConfig) -> list[list[tuple[str, dict[str, Any]]]]:
-    """The settings (title, changes) of each kind of fix that applies to ``cfg``, from the mildest to the
-    strongest; kinds cheapest impact first: accumulation keeps the run's results, a bf16 teacher barely
-    moves them, dropping the attention term changes the method, a shorter length cuts the data."""
-    b, a = cfg.optim.batch_size, cfg.optim.grad_accum
-    out = []
-    if b > 1:
-        settings = [
-            (
-                f"Batch {b // d} with {a * d} accumulation steps (same effective batch of {a * b})",
-                {"optim.batch_size": b // d, "optim.grad_accum": a * d},
-            )
-            for d in range(2, b + 1)
-            if b % d == 0
-        ]
-        out.append(settings)
-    if cfg.student is not None and cfg.teacher.dtype == "float32":
-        out.append([("Teacher in bfloat16 (halves its weights)", {"teacher.dtype": "bfloat16"})])
-    if cfg.needs_attentions:
-        out.append([("Attention term off (no attention maps kept)", {"loss.attention": 0.0})])
-    length, lengths = cfg.data.max_length, []
-    while (length := length // 2) >= MIN_LENGTH:
-        lengths.append((f"Max length {length} (from {cfg.data.max_length}; longer texts are cut)", length))
-    if lengths:
-        out.append([(title, {"data.max_length": n}) for title, n in lengths])
-    return out
-
-
-def suggest_fixes(
-    cfg: RunConfig,
-    teacher: Architecture,
-    train_size: int,
-    budget_bytes: int,
-    *,
-    teacher_config: PretrainedConfig | None = None,
-) -> list[Fix]:
-    """Config changes that bring the estimated peak memory of ``cfg`` under ``budget_bytes``; none when it
-    already fits.
-
-    One fix per kind that applies (smaller batch with gradient accumulation, teacher in bf16, attention
-    term off, shorter max length), each with its mildest setting that fits, or its strongest when none
-    does; the fixes that fit come first, cheapest impact first. When no single fix fits, a last fix
-    combines the strongest of each. Every fix is re-estimated with :func:`estimate`.
-    """
-
-    def measure(changes: dict[str, Any]) -> Estimate | None:
-        try:
-            changed = apply_changes(cfg, changes)
-        except ConfigError:  # e.g. attention off leaves a features_first schedule without features
-            return None
-        return estimate(changed, teacher, train_size, teacher_config=teacher_config)
-
-    base = estimate(cfg, teacher, train_size, teacher_config=teacher_config)
-    if base.peak_bytes <= budget_bytes:
-        return []
-    fixes: list[Fix] = []
-    for settings in _candidates(cfg):
-        best = None
-        for title, changes in settings:
-            est = measure(changes)
-            if est is not None and est.peak_bytes < base.peak_bytes:
-                best = Fix(title, changes, est)
-                if est.peak_bytes <= budget_bytes:
-                    break
-        if best is not None:
-            fixes.append(best)
-    fits = [f for f in fixes if f.estimate.peak_bytes <= budget_bytes]
-    if not fits and len(fixes) > 1:  # each is at its strongest: try them together
-        together = {k: v for f in fixes for k, v in f.changes.items()}
-        if (est := measure(together)) is not None:
-            fixes.append(Fix("All of these: " + "; ".join(f.title for f in fixes), together, est))
-    return fits + [f for f in fixes if f not in fits]
 
 
 def available_memory_bytes() -> int:

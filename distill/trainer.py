@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,14 @@ from distill.teachers import (
     load_tokenizer,
     resolve_source,
 )
+from distill.timing import (
+    CPU_FLOPS,
+    Eta,
+    finish_work,
+    non_embedding_count,
+    step_flops,
+    step_flops_with_validation,
+)
 
 log = logging.getLogger("distill")
 
@@ -98,13 +106,16 @@ class EpochBatches(Sampler[list[int]]):
 
 @dataclass
 class TrainResult:
-    """What a run produced. ``metrics`` maps "student"/"teacher" to their evaluation on the same split."""
+    """What a run produced. ``metrics`` maps "student"/"teacher" to their evaluation on the same split;
+    ``timings`` holds the ``measured`` seconds per optimizer step (``step_s``) and of each finish phase, and their
+    ``analytic`` figures (``distill.timing.Eta.end``)."""
 
     state: TrainState
     stopped: bool
     metrics: dict[str, dict[str, float]]
     efficiency: dict[str, dict[str, Any]]
     export_dir: Path | None
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -159,11 +170,13 @@ def total_steps(cfg: RunConfig, train_size: int) -> int:
 
 
 class PhaseReporter:
-    """Tells the callbacks what the trainer is doing (``on_phase``). A stoppable phase (the finish) raises
-    ``StopRequested`` from its report when a callback asked to stop; training stops at a step's end instead."""
+    """Tells the callbacks what the trainer is doing (``on_phase``), with the run's ETA in ``state.eta_s``. A
+    stoppable phase (the finish) raises ``StopRequested`` from its report when a callback asked to stop;
+    training stops at a step's end instead."""
 
-    def __init__(self, handler: CallbackHandler, state: TrainState):
-        self.handler, self.state = handler, state
+    def __init__(self, handler: CallbackHandler, state: TrainState, eta: Eta):
+        self.handler, self.state, self.eta = handler, state, eta
+        self.eta.step(state.step, state.elapsed_s)  # a resumed run knows its step time from the checkpoint
         self.phase, self.done, self.total, self.stoppable = TRAINING, 0, 0, False
 
     def start(self, phase: str, total: int, done: int = 0, stoppable: bool = True) -> Tick:
@@ -176,7 +189,14 @@ class PhaseReporter:
         self.done += 1
         self._report()
 
+    def step_end(self) -> None:
+        """An optimizer step is done: time it and update the ETA (before ``on_step_end`` reads it)."""
+        self.eta.step(self.state.step, self.state.elapsed_s)
+        self.state.eta_s = self.eta.seconds_left(self.state.total_steps - self.state.step)
+
     def _report(self) -> None:
+        self.eta.update(self.phase, self.done, self.total)
+        self.state.eta_s = self.eta.seconds_left(self.state.total_steps - self.state.step)
         control = self.handler.call("on_phase", self.state, self.phase, self.done, self.total)
         if self.stoppable and control.should_stop:
             raise StopRequested(self.phase)
@@ -288,6 +308,11 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
     )
     val_split = encode_split(cfg, data, "validation", m.tokenizer)
     val_loader = eval_loader(val_split, cfg.eval_batch_size, pad, collate_fn)
+    # the finish's split, encoded now: its size is part of the ETA from the first step on
+    final_split = (
+        val_split if cfg.data.eval_split == "validation" else encode_split(cfg, data, cfg.data.eval_split, m.tokenizer)
+    )
+    final_loader = eval_loader(final_split, cfg.eval_batch_size, pad, collate_fn)
 
     accelerator = Accelerator(
         mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum
@@ -311,9 +336,11 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
         log.info("resumed from step %d", state.step)
 
     control = handler.call("on_train_begin", state)
-    phases = PhaseReporter(handler, state)
+    epoch_steps = math.ceil(math.ceil(len(train_split) / cfg.optim.batch_size) / cfg.optim.grad_accum)
+    eval_every = cfg.eval_every or epoch_steps
+    eta = run_eta(cfg, m, state.total_steps, epoch_steps, len(val_split), len(final_split))
+    phases = PhaseReporter(handler, state, eta)
     phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
-    eval_every = cfg.eval_every or math.ceil(len(sampler) / cfg.optim.grad_accum)
     sums: dict[str, float] = {}
     micro = 0
     started = time.perf_counter() - state.elapsed_s
@@ -336,6 +363,7 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
             logs = {f"loss/{k}": v for k, v in losses.items()} | weighted_shares(losses, weights)
             logs["lr"] = scheduler.get_last_lr()[0]
             sums, micro = {}, 0
+            phases.step_end()
             control = handler.call("on_step_end", state, logs)
             last = state.step >= state.total_steps
             if state.step % eval_every == 0 or last:
@@ -355,7 +383,7 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
     result = TrainResult(state, True, {}, {}, None)  # stopped: the checkpoint is where a resume starts
     if state.step >= state.total_steps:
         try:  # a resume of a run stopped here finds the final checkpoint and redoes only the finish
-            result = _finish(cfg, data, m, state, accelerator.device, phases)
+            result = _finish(cfg, data, m, final_loader, accelerator.device, phases)
         except StopRequested as stop:
             log.info("%s: the final checkpoint stays", stop)
     handler.call("on_train_end", state, result)
@@ -405,14 +433,26 @@ def evaluate_final(
     return metrics
 
 
+def run_eta(cfg: RunConfig, m: Models, steps: int, epoch_steps: int, val_examples: int, eval_examples: int) -> Eta:
+    """The ETA of this run: its step's FLOPs (with its share of the validations) and its finish's work, from the
+    models as built."""
+    lm = cfg.task == "causal_lm"
+    trained = non_embedding_count(m.distiller.student, lm)
+    teacher = non_embedding_count(m.teacher, lm) if m.teacher is not None else 0
+    tokens = cfg.optim.batch_size * cfg.data.max_length * cfg.optim.grad_accum
+    flops = step_flops(tokens, trained, teacher if cfg.kind in KD_KINDS else 0)
+    flops = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_examples, trained)
+    weights = sum(p.numel() for p in m.distiller.student.parameters())
+    work = finish_work(cfg, eval_examples, [trained, *([teacher] if teacher else [])], weights)
+    return Eta(flops, work, CPU_FLOPS)
+
+
 def _finish(
-    cfg: RunConfig, data: Data, m: Models, state: TrainState, device: torch.device, phases: PhaseReporter
+    cfg: RunConfig, data: Data, m: Models, loader: DataLoader, device: torch.device, phases: PhaseReporter
 ) -> TrainResult:
     """Evaluate the trained model and the teacher on the same split, measure both, export the trained model;
     each phase reported to ``phases``, which raises ``StopRequested`` when a callback asks to stop."""
-    output_dir, pad = Path(cfg.output_dir), m.tokenizer.pad_token_id
-    split = encode_split(cfg, data, cfg.data.eval_split, m.tokenizer)
-    loader = eval_loader(split, cfg.eval_batch_size, pad, task_collate(cfg))
+    output_dir, state = Path(cfg.output_dir), phases.state
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
     trainable = trainable_parameters(m.distiller)
     # a LoRA model is measured and exported as the plain model its merged adapters make
@@ -440,6 +480,6 @@ def _finish(
     if m.teacher is not None and Path(teacher_dir := resolve_source(cfg.teacher.source)).is_dir():
         efficiency["teacher"]["bytes"] = weights_bytes(teacher_dir)
     write_model_card(export_dir, cfg, metrics, efficiency)
-    result = TrainResult(state, False, metrics, efficiency, export_dir)
+    result = TrainResult(state, False, metrics, efficiency, export_dir, phases.eta.end())
     (output_dir / "results.json").write_text(json.dumps(result.as_dict(), indent=1))
     return result

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from distill import timing
+
 
 def new_token() -> str:
     """256 random bits, URL-safe: share links and invitations are found by this alone."""
@@ -337,3 +339,32 @@ class ShareLink(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+
+class StepTime(models.Model):
+    """What a finished run measured on its worker: seconds per optimizer step and per finish phase, beside the
+    engine's analytic figures for the same run (``distill.timing``). An estimate scales its own analytic figures
+    by the ratios of the nearest record (``selectors.step_time_nearest``): same teacher and task first, then the
+    closest kind, student shape, batch, length and queue."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="step_time")
+    teacher = models.ForeignKey(Teacher, on_delete=models.CASCADE, related_name="+")
+    task = models.CharField(max_length=20)
+    kind = models.CharField(max_length=20, choices=Run.Kind.choices)
+    student_layers = models.IntegerField(null=True, blank=True, help_text="None when the teacher was fine-tuned")
+    student_hidden = models.IntegerField(null=True, blank=True)
+    batch_size = models.IntegerField()
+    max_length = models.IntegerField()
+    host = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    measured = models.JSONField(help_text="seconds: step_s and each finish phase (distill.callbacks.FINISH_PHASES)")
+    analytic = models.JSONField(help_text="the engine's analytic seconds of the same, at distill.timing.CPU_FLOPS")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["teacher", "task"])]
+
+    def ratios(self) -> dict[str, float]:
+        """Measured / analytic seconds of each part both hold (step_s, evaluating, measuring, exporting)."""
+        return timing.ratios(self.measured, self.analytic)

@@ -34,6 +34,7 @@ from jobs.models import (
     MetricPoint,
     Run,
     ShareLink,
+    StepTime,
     Study,
     Teacher,
     Team,
@@ -184,6 +185,7 @@ def run_log_tail(run: Run, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int]
 
 LIVE_QUEUES_CACHE_S = 5.0  # an inspect waits its whole timeout: pages and launches share one answer a while
 LIVE_QUEUES_KEY = "kdweb:live-queues"
+QUEUE_WORKERS_KEY = "kdweb:queue-workers"
 
 
 def live_queues(timeout: float = 1.0, *, fresh: bool = False) -> list[str]:
@@ -193,22 +195,74 @@ def live_queues(timeout: float = 1.0, *, fresh: bool = False) -> list[str]:
     and none heartbeats, or the broker is down."""
     queues = None if fresh else cache.get(LIVE_QUEUES_KEY)
     if queues is None:
-        queues = _inspect_queues(timeout)
+        queues = sorted(_inspect_workers(timeout))
         cache.set(LIVE_QUEUES_KEY, queues, LIVE_QUEUES_CACHE_S)
-    beating = Run.objects.filter(
-        status=Run.Status.RUNNING, heartbeat_at__gte=timezone.now() - timedelta(seconds=settings.KDWEB_STALE_AFTER_S)
-    )
-    return sorted({*queues, *beating.values_list("queue", flat=True)})
+    return sorted({*queues, *_beating().values_list("queue", flat=True)})
 
 
-def _inspect_queues(timeout: float) -> list[str]:
+def queue_workers(queue: str, timeout: float = 1.0) -> int:
+    """How many workers serve ``queue`` (each runs one job at a time): those that answer Celery's inspect (as
+    read at most ``LIVE_QUEUES_CACHE_S`` seconds ago), at least the hosts of its runs heartbeating now."""
+    workers = cache.get(QUEUE_WORKERS_KEY)
+    if workers is None:
+        workers = _inspect_workers(timeout)
+    beating = _beating().filter(queue=queue).values_list("host", flat=True).distinct().count()
+    return max(workers.get(queue, 0), beating)
+
+
+def _beating() -> QuerySet[Run]:
+    stale = timezone.now() - timedelta(seconds=settings.KDWEB_STALE_AFTER_S)
+    return Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__gte=stale)
+
+
+def _inspect_workers(timeout: float) -> dict[str, int]:
+    """Queue -> the workers consuming it, as they answer Celery's inspect now (cached for ``queue_workers``)."""
     from kdweb.celery import app
 
     try:
         replies = app.control.inspect(timeout=timeout).active_queues() or {}
     except (OSError, OperationalError):  # the broker is down: no worker can be reached either
-        return []
-    return sorted({q["name"] for queues in replies.values() for q in queues})
+        replies = {}
+    workers: dict[str, int] = {}
+    for queues in replies.values():
+        for name in {q["name"] for q in queues}:
+            workers[name] = workers.get(name, 0) + 1
+    cache.set(QUEUE_WORKERS_KEY, workers, LIVE_QUEUES_CACHE_S)
+    return workers
+
+
+# --- estimates: the measured times of earlier runs -----------------------------------------------------------
+
+KIND_DISTANCE = 1.0  # another student kind: the same model, more or less teacher work per step
+FINETUNE_DISTANCE = 4.0  # fine-tuning against distilling: a different model trains
+QUEUE_DISTANCE = 0.5  # another queue: maybe another host
+NEAREST_CANDIDATES = 200  # the newest records of a teacher and task considered
+
+
+def step_time_nearest(teacher: Teacher, cfg: RunConfig, queue: str) -> StepTime | None:
+    """The record of an earlier run closest to ``cfg`` on ``queue``: same teacher and task, then the smallest
+    distance (log ratios of student layers, width, batch and length; another kind or queue add a constant);
+    the newest among equals. None when that teacher has no record for the task."""
+    hidden = (cfg.student.hidden_size or teacher.architecture.get("hidden_size")) if cfg.student else None
+    wanted = {
+        "student_layers": cfg.student.layers if cfg.student else None,
+        "student_hidden": hidden,
+        "batch_size": cfg.optim.batch_size,
+        "max_length": cfg.data.max_length,
+    }
+
+    def distance(record: StepTime) -> float:
+        d = 0.0 if record.kind == cfg.kind else KIND_DISTANCE
+        if (record.kind == Run.Kind.TEACHER_FINETUNE) != (cfg.kind == Run.Kind.TEACHER_FINETUNE):
+            d += FINETUNE_DISTANCE
+        d += 0.0 if record.queue == queue else QUEUE_DISTANCE
+        for field, value in wanted.items():
+            if value and getattr(record, field):
+                d += abs(math.log(getattr(record, field) / value))
+        return d
+
+    records = StepTime.objects.filter(teacher=teacher, task=cfg.task)[:NEAREST_CANDIDATES]
+    return min(records, key=distance, default=None)
 
 
 # --- studies: the runs a scorecard reads, and the curves of its plots ------------------------------------------

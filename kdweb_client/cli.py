@@ -197,11 +197,16 @@ def watch(client: Client, run_id: int, interval: float = 1.0, out: Any = None) -
 
 
 def _state(run: dict) -> str:
-    """``status``, and the phase of a running run's finish (``running · measuring 40 %``)."""
-    phase = run.get("phase")
-    if run["status"] != "running" or phase in ("", None, "training"):
+    """``status``; for a running run its phase in the finish and the run's ETA, the finish included
+    (``running · measuring 40% · ETA 01:20``)."""
+    if run["status"] != "running":
         return run["status"]
-    return f"running · {phase} {run.get('phase_progress', 0):.0%}"
+    parts = ["running"]
+    if (phase := run.get("phase")) not in ("", None, "training"):
+        parts.append(f"{phase} {run.get('phase_progress', 0):.0%}")
+    if run.get("eta_s") is not None:
+        parts.append(f"ETA {tqdm.format_interval(run['eta_s'])}")
+    return " · ".join(parts)
 
 
 def _report(run: dict, out: Any) -> None:

@@ -82,6 +82,7 @@ from jobs.services.worker import (
     run_stopped,
     run_succeed,
     runs_interrupt,
+    step_time_record,
 )
 
 __all__ = [
@@ -147,6 +148,7 @@ __all__ = [
     "runs_send_unsent",
     "share_link_create",
     "share_link_revoke",
+    "step_time_record",
     "study_create",
     "study_measure_when_done",
     "study_run_name",

@@ -24,7 +24,7 @@ from django.utils.text import get_valid_filename
 from distill.config import RunConfig, parse_config
 from distill.export import write_model_card
 from jobs.live.events import log_event, run_event_send_on_commit, status_send_on_commit
-from jobs.models import Artifact, Evaluation, LogLine, MetricPoint, Run, Teacher
+from jobs.models import Artifact, Evaluation, LogLine, MetricPoint, Run, StepTime, Teacher
 from jobs.services.catalog import local_path, teacher_facts
 from jobs.services.measurements import study_measure_when_done
 
@@ -73,13 +73,14 @@ def _phase_fields(phase: Phase | None) -> dict[str, Any]:
     return {} if phase is None else {"phase": phase.name, "phase_progress": min(max(phase.progress, 0.0), 1.0)}
 
 
-def run_heartbeat(run_id: int, phase: Phase | None = None) -> bool:
-    """The worker is alive: stamp the run (and its phase). True when the worker should stop (cancel requested,
-    or the run is not running any more, e.g. marked interrupted while this worker was cut off from the
-    database)."""
+def run_heartbeat(run_id: int, phase: Phase | None = None, eta_s: float | None = None) -> bool:
+    """The worker is alive: stamp the run (and its phase, with the run's ETA then). True when the worker should
+    stop (cancel requested, or the run is not running any more, e.g. marked interrupted while this worker was
+    cut off from the database)."""
     with transaction.atomic():
         running = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING)
-        running.update(heartbeat_at=timezone.now(), **_phase_fields(phase))
+        fields = _phase_fields(phase) | ({"eta_s": eta_s} if phase is not None else {})
+        running.update(heartbeat_at=timezone.now(), **fields)
         return _should_stop(run_id)
 
 
@@ -183,8 +184,9 @@ def _zip_folder(folder: Path, name: str) -> tuple[str, int, str]:
 
 @transaction.atomic
 def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
-    """Record evaluations and the exported model; a fine-tuned teacher is registered as a Teacher; the last run
-    of a study to finish queues the study's side-by-side measurement. Once only:
+    """Record evaluations, the exported model and the run's measured times (``step_time_record``); a fine-tuned
+    teacher is registered as a Teacher; the last run of a study to finish queues the study's side-by-side
+    measurement. Once only:
     a retry whose first try committed (the reply lost with the connection) finds the run succeeded."""
     run = Run.objects.select_for_update().get(pk=run_id)
     if run.status == Run.Status.SUCCEEDED:
@@ -216,12 +218,42 @@ def run_succeed(run_id: int, result: dict[str, Any]) -> Run:
             **teacher_facts(str(export)),
             created_by=run.created_by,
         )
+    step_time_record(run.pk, result.get("timings") or {})
     run.status, run.progress, run.eta_s, run.finished_at = Run.Status.SUCCEEDED, 1.0, None, timezone.now()
     run.save(update_fields=["status", "progress", "eta_s", "finished_at"])
     run_log(run.pk, f"succeeded: exported {size / 2**20:.1f} MB (zip)")
     status_send_on_commit(run)
     study_measure_when_done(run)  # the study's last run: its models are measured side by side
     return run
+
+
+def step_time_record(run_id: int, timings: dict[str, dict[str, float]]) -> StepTime | None:
+    """Keep what a succeeded run measured on its worker (``TrainResult.timings``) for later estimates; one
+    record per run (a resumed run's last attempt). None when the run measured no step (resumed in its finish)."""
+    run = Run.objects.select_related("teacher").get(pk=run_id)
+    measured, analytic = timings.get("measured") or {}, timings.get("analytic") or {}
+    if "step_s" not in measured or not analytic:
+        return None
+    cfg = parse_config(run.config)
+    student = cfg.student
+    hidden = (student.hidden_size or run.teacher.architecture.get("hidden_size")) if student else None
+    record, _ = StepTime.objects.update_or_create(
+        run=run,
+        defaults={
+            "teacher": run.teacher,
+            "task": cfg.task,
+            "kind": run.kind,
+            "student_layers": student.layers if student else None,
+            "student_hidden": hidden,
+            "batch_size": cfg.optim.batch_size,
+            "max_length": cfg.data.max_length,
+            "host": run.host,
+            "queue": run.queue,
+            "measured": measured,
+            "analytic": analytic,
+        },
+    )
+    return record
 
 
 def export_config(run: Run) -> RunConfig:

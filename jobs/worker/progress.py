@@ -12,7 +12,9 @@
 - The same thread heartbeats the run when it has nothing to store, every ``heartbeat_s`` seconds, and every
   ``flush_every_s`` while the trainer's phase moves (validating, evaluating, measuring, exporting: the run
   shows its phase and the progress within it); a run whose stamp goes stale was lost with its worker
-  (``services.runs_interrupt``). Every write reads the cancel flag: the next step end then asks the trainer
+  (``services.runs_interrupt``). The ETA is the trainer's (``TrainState.eta_s``, ``distill.timing.Eta``): the
+  steps left, then each finish phase, so a run in its finish shows the time its evaluation, latency measurement
+  and export still take. Every write reads the cancel flag: the next step end then asks the trainer
   to stop, and the trainer checkpoints before it returns; in the finish, its next phase report stops it.
 - Every write goes through ``jobs.worker.retry.retrying``: a dropped database connection is reopened and the write
   tried again (for up to ``KDWEB_DB_RETRY_S``), the points of the steps meanwhile kept in the buffer, so the
@@ -102,21 +104,19 @@ class RunMonitor(Callback):
             if (self.buffer or self.lines) and self.latest is not None:
                 self.flush(self.latest)
             elif self.phase != self.stored_phase or time.monotonic() - self.last_write >= self.heartbeat_s:
-                phase = self.phase
-                if retrying(services.run_heartbeat, self.run_id, phase):
+                phase, latest = self.phase, self.latest
+                eta = latest.eta_s if latest is not None else None
+                if retrying(services.run_heartbeat, self.run_id, phase, eta):
                     self.stop_requested.set()
                 self.last_write, self.stored_phase = time.monotonic(), phase
-                if self.latest is not None:
+                if latest is not None:
                     with self._buffer_lock:
-                        self.status = self._status(self.latest, phase)
+                        self.status = self._status(latest, phase)
         except Exception:  # the database may be back at the next try; training goes on meanwhile
             log.exception("points or heartbeat of run %s not stored", self.run_id)
             connection.close()  # a broken connection is not reused
 
     # --- storing and publishing ------------------------------------------------------------------------
-
-    def _eta(self, state: TrainState) -> float | None:
-        return state.elapsed_s / state.step * (state.total_steps - state.step) if state.step else None
 
     def flush(self, state: TrainState) -> None:
         """Store the buffered points, log lines and the progress, and queue them for publishing. A batch that
@@ -134,7 +134,7 @@ class RunMonitor(Callback):
                     points,
                     step=state.step,
                     total_steps=state.total_steps,
-                    eta_s=self._eta(state),
+                    eta_s=state.eta_s,
                     lines=lines,
                     phase=phase,
                 )
@@ -162,7 +162,7 @@ class RunMonitor(Callback):
             "run_id": self.run_id,
             "status": "running",
             "progress": min(max(state.progress, 0.0), 1.0),
-            "eta_s": self._eta(state),
+            "eta_s": state.eta_s,
             "step": state.step,
             "total_steps": state.total_steps,
             "cancel_requested": self.stop_requested.is_set(),
@@ -248,6 +248,7 @@ class RunMonitor(Callback):
 
     def on_phase(self, state: TrainState, control: Control, phase: str, done: int, total: int) -> None:
         self.phase = services.Phase(phase, done / total if total else 0.0)
+        self.latest = replace(state)  # with the ETA of this report (the finish's moves without steps)
         if phase in FINISH_PHASES and self.stop_requested.is_set() and not control.should_stop:
             control.should_stop = True  # the trainer stops the phase at once; its final checkpoint stays
             self.say(f"stopping while {phase}: the final checkpoint stays, a resume redoes the finish")

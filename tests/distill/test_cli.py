@@ -103,6 +103,17 @@ def test_it_trains_a_tiny_run_with_an_override_and_prints_its_metrics(base_confi
     assert results["state"]["step"] == results["state"]["total_steps"] == 3  # the override won over max_steps: 6
 
 
+def test_its_bar_goes_through_the_finish_with_the_runs_eta(base_config, tmp_path):
+    proc = cli("run", write_yaml(tmp_path / "run.yaml", base_config), "--set", "latency_repeats=30", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bars = proc.stderr.replace("\r", "\n")
+    assert "6/6" in bars and "run_eta=" in bars  # the steps, with the whole run's ETA
+    # one bar per finish phase, each to its end: 2 models × 2 batch sizes × (3 warm-up + 30 timed) passes
+    for phase, total in (("evaluating", 2), ("measuring", 132), ("exporting", 2)):
+        assert re.search(rf"{phase}: 100%.* {total}/{total} .*run_eta=", bars), bars
+    assert bars.index("6/6") < bars.index("evaluating") < bars.index("measuring") < bars.index("exporting")
+
+
 @pytest.mark.parametrize(
     ("assignment", "fragment"),
     [

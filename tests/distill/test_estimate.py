@@ -11,12 +11,10 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from distill.config import parse_config
 from distill.estimate import (
     BYTES_PER_FLOAT,
-    MIN_LENGTH,
     OPTIMIZER_COPIES,
     RUNTIME_BYTES,
     STUDENT_ACTIVATION_FLOATS,
     TEACHER_ACTIVATION_FLOATS,
-    apply_changes,
     available_memory_bytes,
     config_from_architecture,
     estimate,
@@ -24,12 +22,11 @@ from distill.estimate import (
     format_duration,
     model_parameters,
     non_embedding_parameters,
-    suggest_fixes,
 )
 from distill.lora import apply_lora, trainable_parameters
 from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config
-from distill.teachers import Architecture, count_parameters_from_config, describe, load_config
+from distill.teachers import Architecture, count_parameters_from_config, describe
 from distill.trainer import total_steps
 
 
@@ -46,12 +43,6 @@ def config(kind: str = "kd_feature", student: dict | None = None, **sections) ->
     if kind != "teacher_finetune":
         raw["student"] = student or {"layers": 3}
     return parse_config(raw)
-
-
-@pytest.fixture
-def tiny(assets):
-    t_config = load_config(str(assets["teacher"]))
-    return t_config, describe(t_config)
 
 
 def test_it_reproduces_the_calibration_step():
@@ -134,7 +125,7 @@ def test_it_scales_time_with_accumulation_and_length(tiny):
     accum = estimate(config(optim={"grad_accum": 2}), arch, 1000)
     assert accum.flops_per_step == pytest.approx(2 * base.flops_per_step)
     assert accum.total_steps == base.total_steps // 2 + base.total_steps % 2
-    assert accum.total_seconds == pytest.approx(accum.seconds_per_step * accum.total_steps)
+    assert accum.training_seconds == pytest.approx(accum.seconds_per_step * accum.total_steps)
     short = estimate(config(data={"source": "d", "max_length": 64}), arch, 1000)
     assert short.seconds_per_step == pytest.approx(base.seconds_per_step / 2)
     assert short.activation_bytes == base.activation_bytes // 2
@@ -241,74 +232,6 @@ def test_it_estimates_lora_on_a_causal_lm_without_a_head():
     assert est.trained_params == 4 * (4 * (32 + 32) + 4 * (32 + 16))
 
 
-def test_it_suggests_nothing_when_the_run_fits(tiny):
-    t_config, arch = tiny
-    cfg = config()
-    est = estimate(cfg, arch, 100, teacher_config=t_config)
-    assert suggest_fixes(cfg, arch, 100, est.peak_bytes, teacher_config=t_config) == []
-
-
-def test_it_suggests_each_applicable_fix_cheapest_first(tiny):
-    t_config, arch = tiny
-    cfg = config()  # kd_feature with the attention term, fp32 teacher, batch 32 x 128
-    base = estimate(cfg, arch, 100, teacher_config=t_config)
-    fixes = suggest_fixes(cfg, arch, 100, base.peak_bytes - 1, teacher_config=t_config)
-    assert [f.changes for f in fixes] == [
-        {"optim.batch_size": 16, "optim.grad_accum": 2},  # the mildest setting of each kind that fits
-        {"teacher.dtype": "bfloat16"},
-        {"loss.attention": 0.0},
-        {"data.max_length": 64},
-    ]
-    assert fixes[0].title == "Batch 16 with 2 accumulation steps (same effective batch of 32)"
-    for fix in fixes:  # each really re-estimated, and under the budget
-        assert fix.estimate == estimate(apply_changes(cfg, fix.changes), arch, 100, teacher_config=t_config)
-        assert fix.estimate.peak_bytes < base.peak_bytes
-    assert fixes[0].estimate.tokens_per_step == base.tokens_per_step
-
-
-def test_it_offers_only_the_fixes_a_run_can_use(tiny):
-    t_config, arch = tiny
-
-    def kinds(cfg) -> list[set[str]]:
-        budget = estimate(cfg, arch, 100, teacher_config=t_config).peak_bytes - 1
-        return [set(f.changes) for f in suggest_fixes(cfg, arch, 100, budget, teacher_config=t_config)]
-
-    batch, length = {"optim.batch_size", "optim.grad_accum"}, {"data.max_length"}
-    assert kinds(config("teacher_finetune")) == [batch, length]  # no frozen teacher, no attention term
-    assert kinds(config("kd_logits")) == [batch, {"teacher.dtype"}, length]
-    assert kinds(config(teacher={"source": "t", "dtype": "bfloat16"}, loss={"attention": 0})) == [batch, length]
-    single = config(optim={"batch_size": 1}, data={"source": "d", "max_length": 16})
-    assert kinds(single) == [{"teacher.dtype"}, {"loss.attention"}]
-    # without the attention term, a features_first schedule would have nothing to start with
-    first = config(loss={"feature": 0, "schedule": "features_first"})
-    assert {"loss.attention"} not in kinds(first)
-
-
-def test_it_picks_the_mildest_setting_that_fits(tiny):
-    _, arch = tiny
-    cfg = config()
-    by_batch = {b: estimate(apply_changes(cfg, {"optim.batch_size": b}), arch, 100).peak_bytes for b in (16, 8)}
-    fixes = suggest_fixes(cfg, arch, 100, (by_batch[16] + by_batch[8]) // 2)
-    assert fixes[0].changes == {"optim.batch_size": 8, "optim.grad_accum": 4}
-
-
-def test_it_goes_as_far_as_it_can_when_nothing_fits(tiny):
-    t_config, arch = tiny
-    cfg = config()
-    fixes = suggest_fixes(cfg, arch, 100, RUNTIME_BYTES, teacher_config=t_config)  # below any run
-    strongest = [f.changes for f in fixes[:-1]]
-    assert strongest == [
-        {"optim.batch_size": 1, "optim.grad_accum": 32},
-        {"teacher.dtype": "bfloat16"},
-        {"loss.attention": 0.0},
-        {"data.max_length": MIN_LENGTH},
-    ]
-    together = fixes[-1]
-    assert together.title.startswith("All of these: Batch 1 with 32")
-    assert together.changes == {k: v for c in strongest for k, v in c.items()}
-    assert together.estimate.peak_bytes < min(f.estimate.peak_bytes for f in fixes[:-1])
-
-
 def test_it_reports_the_memory_available_here():
     available = available_memory_bytes()
     assert (
@@ -320,3 +243,30 @@ def test_it_reports_the_memory_available_here():
             else psutil.virtual_memory().total
         )
     )
+
+
+def test_it_adds_the_finish_to_the_time(tiny):
+    """Evaluation grows with the held-out set, latency measurement with its repeats; both are in the total."""
+    _, arch = tiny
+    small = estimate(config(), arch, 1000, eval_size=100)
+    large = estimate(config(), arch, 1000, eval_size=1000)
+    repeats = estimate(config(latency_repeats=100), arch, 1000, eval_size=100)
+    assert large.finish_seconds["evaluating"] == pytest.approx(10 * small.finish_seconds["evaluating"])
+    assert large.finish_seconds["measuring"] == small.finish_seconds["measuring"]
+    assert repeats.finish_seconds["measuring"] > 5 * small.finish_seconds["measuring"]
+    assert small.finish_seconds["exporting"] > 0
+    assert small.total_seconds == pytest.approx(small.training_seconds + sum(small.finish_seconds.values()))
+
+
+def test_a_step_carries_its_share_of_the_validations(tiny):
+    """A validation every ``eval_every`` steps (and at the last) costs a forward pass per validation example."""
+    _, arch = tiny
+    plain = estimate(config(optim={"max_steps": 10}), arch, 1000)
+    assert estimate(config(optim={"max_steps": 10}), arch, 1000, val_size=0) == plain
+    twice = estimate(config(optim={"max_steps": 10}, eval_every=5), arch, 1000, val_size=100)
+    every = estimate(config(optim={"max_steps": 10}, eval_every=1), arch, 1000, val_size=100)
+    larger = estimate(config(optim={"max_steps": 10}, eval_every=5), arch, 1000, val_size=200)
+    added = twice.seconds_per_step - plain.seconds_per_step
+    assert added > 0 and twice.flops_per_step == plain.flops_per_step  # the step itself is unchanged
+    assert every.seconds_per_step - plain.seconds_per_step == pytest.approx(5 * added)  # 10 validations, not 2
+    assert larger.seconds_per_step - plain.seconds_per_step == pytest.approx(2 * added)

@@ -124,6 +124,37 @@ def test_a_stop_in_the_finish_stops_it_and_a_resume_redoes_only_the_finish(base_
     assert [r for r in phases.reports if r[0] == MEASURING][-1] == (MEASURING, 212, 212)
 
 
+class EtaIn(Callback):
+    """Records ``(phase, done, total, eta_s)`` at every phase report and ``(step, eta_s)`` at every step end."""
+
+    def __init__(self):
+        self.reports, self.steps = [], []
+
+    def on_phase(self, state, control, phase, done, total):
+        self.reports.append((phase, done, total, state.eta_s))
+
+    def on_step_end(self, state, control, logs):
+        self.steps.append((state.step, state.eta_s))
+
+
+def test_the_eta_counts_the_finish_down_to_the_export(base_config):
+    base_config["latency_repeats"] = 50
+    eta = EtaIn()
+    result = train(parse_config(base_config), [eta])
+    last_step, eta_at_last_step = eta.steps[-1]
+    assert last_step == 6 and eta_at_last_step > 0  # training done, the finish still ahead: no "ETA 0 s"
+    finish = [r for r in eta.reports if r[0] in (EVALUATING, MEASURING, EXPORTING)]
+    assert all(r[3] is not None and r[3] >= 0 for r in finish)
+    measuring = [r[3] for r in finish if r[0] == MEASURING]
+    assert measuring[1] > measuring[-1]  # it counts down through the 212 timed passes
+    first_of = {phase: next(r[3] for r in finish if r[0] == phase) for phase in (EVALUATING, MEASURING, EXPORTING)}
+    assert first_of[EVALUATING] > first_of[EXPORTING]
+    for part in ("measured", "analytic"):  # what a worker records to calibrate later estimates
+        assert set(result.timings[part]) == {"step_s", EVALUATING, MEASURING, EXPORTING}
+        assert all(seconds > 0 for seconds in result.timings[part].values())
+    assert json.loads((Path(base_config["output_dir"]) / "results.json").read_text())["timings"] == result.timings
+
+
 def test_it_reports_validation_as_a_phase_of_training(base_config):
     base_config["eval_every"] = 3
     phases = StopIn(VALIDATING, 0)  # a stop asked during training's validation waits for the step's end

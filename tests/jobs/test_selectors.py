@@ -9,8 +9,9 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
+from distill.config import parse_config
 from jobs import selectors, services
-from jobs.models import Invitation, LogLine, MetricPoint, Run, ShareLink, Study
+from jobs.models import Invitation, LogLine, MetricPoint, Run, ShareLink, StepTime, Study
 from tests.jobs.conftest import KD_SECTIONS
 
 
@@ -109,3 +110,52 @@ def test_live_queues_add_the_queues_of_runs_heartbeating_now(queued_run, tiny_te
         assert selectors.live_queues() == ["gpu"]  # a stale heartbeat: that worker is gone
     finally:
         cache.delete(selectors.LIVE_QUEUES_KEY)
+
+
+def timed_run(base: Run, queue: str, **record) -> StepTime:
+    """A finished copy of ``base`` on ``queue`` with its measured times (``record`` overrides the fields)."""
+    run = Run.objects.get(pk=base.pk)
+    run.pk, run.queue, run.status = None, queue, Run.Status.SUCCEEDED
+    run.save()
+    fields = {
+        "teacher": base.teacher,
+        "task": "classification",
+        "kind": "kd_feature",
+        "student_layers": 2,
+        "student_hidden": base.teacher.architecture["hidden_size"],
+        "batch_size": 8,
+        "max_length": 24,
+        "host": f"celery@{queue}",
+        "queue": queue,
+        "measured": {"step_s": 2.0, "measuring": 30.0},
+        "analytic": {"step_s": 1.0, "measuring": 10.0},
+    }
+    return StepTime.objects.create(run=run, **(fields | record))
+
+
+def test_the_nearest_step_time_is_the_closest_shape_kind_and_queue(queued_run):
+    cfg = parse_config(queued_run.config)  # kd_feature, 2 blocks, batch 8 x 24 (KD_SECTIONS)
+    assert selectors.step_time_nearest(queued_run.teacher, cfg, "cpu") is None  # nothing measured yet: analytic
+    far = timed_run(queued_run, "cpu", batch_size=64, max_length=128)
+    assert selectors.step_time_nearest(queued_run.teacher, cfg, "cpu") == far  # the only one, however far
+    other_kind = timed_run(queued_run, "cpu", kind="no_kd")
+    assert selectors.step_time_nearest(queued_run.teacher, cfg, "cpu") == other_kind
+    other_queue = timed_run(queued_run, "gpu")
+    same = timed_run(queued_run, "cpu", student_layers=3)  # log(3/2) = 0.41 < the other queue's 0.5
+    assert selectors.step_time_nearest(queued_run.teacher, cfg, "cpu") == same
+    assert selectors.step_time_nearest(queued_run.teacher, cfg, "gpu") == other_queue
+    assert same.ratios() == {"step_s": 2.0, "measuring": 3.0}
+    assert selectors.step_time_nearest(queued_run.teacher, cfg.model_copy(update={"task": "causal_lm"}), "cpu") is None
+
+
+def test_queue_workers_count_the_workers_that_answer_and_those_heartbeating(queued_run):
+    cache.set(selectors.QUEUE_WORKERS_KEY, {"gpu": 2, "cpu": 1}, 60)  # what workers answered a moment ago
+    try:
+        assert selectors.queue_workers("gpu") == 2
+        assert selectors.queue_workers("busy") == 0
+        Run.objects.filter(pk=queued_run.pk).update(
+            status=Run.Status.RUNNING, queue="busy", host="celery@a", heartbeat_at=timezone.now()
+        )
+        assert selectors.queue_workers("busy") == 1  # too busy training to answer, but there
+    finally:
+        cache.delete(selectors.QUEUE_WORKERS_KEY)

@@ -326,8 +326,8 @@ def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
     async def scenario():
         communicator, _, _ = await _open(live_run.pk, member, "?after=30")
         with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600, heartbeat_s=3600) as recorder:
-            for step in (31, 32):
-                state.step, state.elapsed_s = step, step * 0.5
+            for step in (31, 32):  # the trainer's ETA: the steps left at 0.5 s, then a finish of 30 s
+                state.step, state.elapsed_s, state.eta_s = step, step * 0.5, (120 - step) * 0.5 + 30
                 recorder.on_step_end(state, Control(), {"loss/task": 1 / step, "loss/total": float("nan")})
             await sync_to_async(recorder.flush)(state)
             messages = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
@@ -349,7 +349,7 @@ def test_it_publishes_what_the_trainer_callback_stores(member, live_run):
         "run_id": live_run.pk,
         "status": "running",
         "progress": 32 / 120,
-        "eta_s": 16.0 / 32 * 88,
+        "eta_s": 16.0 / 32 * 88 + 30,
         "step": 32,
         "total_steps": 120,
         "cancel_requested": False,

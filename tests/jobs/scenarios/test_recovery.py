@@ -5,7 +5,9 @@ stored exactly once, and a run that had to stop resumes from its checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,12 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.db import connection
+from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from jobs import services
 from jobs.models import MetricPoint, Run
 from tests.jobs.conftest import REPO, WorkerProcess, daphne, new_queue, process_env, start_worker, stop_worker
+from tests.jobs.wsclient import WebSocket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,6 +133,28 @@ def kdweb(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+def finish_status_events(server: str, run: Run, user, seconds: float) -> list[dict]:
+    """The status events a page of ``run`` receives within ``seconds``, after its greeting."""
+    client = Client()
+    client.force_login(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    @async_to_sync
+    async def listen() -> list[dict]:
+        socket = await WebSocket.connect(server, f"/ws/runs/{run.pk}/", cookie)
+        received: list[dict] = []
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    received.append(await socket.receive())
+        except TimeoutError:
+            return [m for m in received[2:] if m["type"] == "status"]  # past the backfill and the status
+        finally:
+            await socket.close()
+
+    return listen()
+
+
 # A finish of ~10-30 s (1,000 timed passes at two batch sizes for student and teacher) after 20 quick steps
 LONG_FINISH = {**SECTIONS, "latency_repeats": 1000, "optim": {"max_steps": 20, "batch_size": 8}}
 LONG_FINISH["data"] = {"max_length": 64}
@@ -140,6 +168,12 @@ def test_a_cancel_in_the_finish_stops_it_and_a_resume_redoes_only_the_finish(
         run = worker.launch(owner, tiny_teacher, tiny_dataset, LONG_FINISH, name="long finish")
         run = worker.wait_for(run, until=lambda r: r.phase == "measuring" or r.is_finished)
         assert run.status == Run.Status.RUNNING and run.step == 20, run.status
+        # the finish reports its phase, share and the time it still takes, stored and sent live
+        assert run.progress == 1 and run.eta_s > 0, (run.progress, run.eta_s)
+        seen = finish_status_events(url, run, owner, seconds=3)
+        assert len(seen) >= 2 and all(e["phase"] == "measuring" and e["eta_s"] > 0 for e in seen), seen
+        shares = [e["phase_progress"] for e in seen]
+        assert shares == sorted(shares) and shares[0] < shares[-1] < 1, shares
         cancelled = kdweb("cancel", str(run.pk), env=env)
         assert cancelled.returncode == 0, cancelled.stderr
         assert f"run {run.pk}: cancel requested; it is running" in cancelled.stderr
@@ -155,6 +189,7 @@ def test_a_cancel_in_the_finish_stops_it_and_a_resume_redoes_only_the_finish(
 
         resumed = kdweb("resume", str(run.pk), "--watch", env=env)  # the worker is free for it
         assert resumed.returncode == 0, f"{resumed.stderr}\n{worker.log()}"
+        assert re.search(r"running · measuring \d+% · ETA \d\d:\d\d", resumed.stderr), resumed.stderr
         assert f"run {run.pk} succeeded at step 20 / 20" in resumed.stderr
     run.refresh_from_db()
     assert run.attempts == 2 and run.artifacts.count() == 1

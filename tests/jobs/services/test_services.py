@@ -20,7 +20,7 @@ from distill.callbacks import TrainState
 from distill.layer_map import OUT_OF_RANGE
 from jobs import services
 from jobs.live.events import status_event
-from jobs.models import DatasetSpec, MetricPoint, Run, Teacher
+from jobs.models import DatasetSpec, MetricPoint, Run, StepTime, Teacher
 from jobs.worker.tasks import run_execute
 from tests.jobs.conftest import KD_SECTIONS, enqueued, forget_queue, new_queue, reviews_dataset
 
@@ -478,6 +478,28 @@ def test_the_worker_stores_the_phase_of_its_run(queued_run):
     services.run_heartbeat(run.pk)  # without a phase: the stored one stays
     run.refresh_from_db()
     assert run.phase == "training"
+    # in the finish the ETA comes with the phase: what evaluation, latency and export still take
+    services.run_heartbeat(run.pk, services.Phase("evaluating", 0.5), eta_s=42.0)
+    run.refresh_from_db()
+    assert (run.phase, run.eta_s, status_event(run)["eta_s"]) == ("evaluating", 42.0, 42.0)
+
+
+def test_a_succeeded_run_keeps_its_measured_times_once(queued_run):
+    run = running(queued_run)
+    timings = {"measured": {"step_s": 0.5, "evaluating": 3.0}, "analytic": {"step_s": 0.25, "evaluating": 1.0}}
+    record = services.step_time_record(run.pk, timings)
+    assert (record.kind, record.task, record.student_layers, record.batch_size, record.max_length) == (
+        "kd_feature",
+        "classification",
+        2,
+        8,
+        24,
+    )
+    assert record.student_hidden == run.teacher.architecture["hidden_size"] and record.queue == run.queue
+    assert record.ratios() == {"step_s": 2.0, "evaluating": 3.0}
+    services.step_time_record(run.pk, {**timings, "measured": {"step_s": 1.0}})  # a resumed run's last attempt
+    assert StepTime.objects.get().measured == {"step_s": 1.0}
+    assert services.step_time_record(run.pk, {"measured": {"evaluating": 3.0}, "analytic": {}}) is None
 
 
 def test_a_run_without_a_recent_heartbeat_is_interrupted(queued_run, owner, tiny_teacher, tiny_dataset):

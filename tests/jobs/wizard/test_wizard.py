@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from django.urls import reverse
 
 from distill.config import StudentConfig
@@ -443,3 +444,34 @@ def test_it_forbids_viewers_to_launch(login, owner, viewer, tiny_teacher, tiny_d
     session["wizard"] = {"teacher": tiny_teacher.pk, "config": {"kind": "kd_feature"}, "done": list(BY_SLUG)}
     session.save()
     assert client.post(url("review"), {"name": "wiz-nope"}).status_code == 403
+
+
+def test_the_review_scales_its_times_by_the_nearest_measured_run_and_counts_the_study(
+    wiz_client, queued_run, tiny_teacher, tiny_dataset
+):
+    walk(wiz_client, tiny_teacher, tiny_dataset)
+    cache.set(selectors.QUEUE_WORKERS_KEY, {settings.CELERY_TASK_DEFAULT_QUEUE: 3}, 60)  # as workers answered
+    try:
+        analytic = wiz_client.get(url("review")).context
+        assert analytic["calibrated_by"] is None and analytic["estimate"].finish_seconds["measuring"] > 0
+        # a run of this teacher measured 4x the analytic step time and twice the evaluation on a worker
+        Run.objects.filter(pk=queued_run.pk).update(status=Run.Status.SUCCEEDED, host="celery@cpu-1")
+        parts = ("step_s", "evaluating", "measuring", "exporting")
+        timings = {
+            "analytic": dict.fromkeys(parts, 1.0),
+            "measured": dict(zip(parts, (4.0, 2.0, 1.0, 1.0), strict=True)),
+        }
+        record = services.step_time_record(queued_run.pk, timings)
+        response = wiz_client.get(url("review"))
+    finally:
+        cache.delete(selectors.QUEUE_WORKERS_KEY)
+    est, before = response.context["estimate"], analytic["estimate"]
+    assert response.context["calibrated_by"] == record
+    assert est.seconds_per_step == pytest.approx(4 * before.seconds_per_step)
+    assert est.finish_seconds["evaluating"] == pytest.approx(2 * before.finish_seconds["evaluating"])
+    assert est.finish_seconds["measuring"] == pytest.approx(before.finish_seconds["measuring"])
+    page = response.content.decode()
+    assert "measured on celery@cpu-1" in page and "Evaluation, latency, export" in page
+    study = response.context["study_time"]  # the full method and its two baselines, on three workers
+    assert study["runs"] == 3 and study["workers"] == 3
+    assert "3 runs" in page and "3 workers serve the queue" in page

@@ -64,6 +64,11 @@ def test_a_kd_feature_run_trains_evaluates_and_exports(
     assert 0 < student.params < teacher.params == tiny_teacher.architecture["params"]
     assert student.latency and set(student.latency) == set(teacher.latency)
     assert student.bytes > 0 and teacher.bytes > student.bytes
+    # what the worker measured, for the estimates of later runs of this teacher (selectors.step_time_nearest)
+    record = run.step_time
+    assert (record.host, record.queue, record.kind, record.batch_size) == (worker.node, worker.queue, "kd_feature", 8)
+    assert set(record.measured) == set(record.analytic) == {"step_s", "evaluating", "measuring", "exporting"}
+    assert all(seconds > 0 for seconds in record.measured.values())
 
     artifact = Artifact.objects.get(run=run)
     assert artifact.kind == Artifact.Kind.STUDENT
