@@ -7,7 +7,9 @@ to a temporary folder and renamed into place, so a crash mid-write never leaves 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from distill.callbacks import TrainState
@@ -84,8 +87,16 @@ def save_checkpoint(
     final, tmp = output_dir / NAME, output_dir / f"{NAME}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(module, str(tmp / "model.safetensors"))  # handles tied weights
-    _save_state_dict(optimizer.state_dict(), tmp, "optimizer")
+    try:
+        save_model(module, str(tmp / "model.safetensors"))  # handles tied weights
+        _save_state_dict(optimizer.state_dict(), tmp, "optimizer")
+    except SafetensorError as exc:
+        if tmp.is_dir():
+            raise
+        # the run folder went away mid-write: safetensors says so in its own words; report it as the file
+        # system does (an OSError naming the folder), so the caller can tell the user which folder to fix
+        code = errno.ENOTDIR if output_dir.exists() else errno.ENOENT
+        raise OSError(code, os.strerror(code), str(tmp)) from exc
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     _save_state_dict(_rng_state(), tmp, "rng")
     state.save(tmp / "state.json")

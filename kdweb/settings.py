@@ -199,9 +199,6 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # one training job at a time per worker process
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True  # results live in the database, not the broker
-# ...except a preview the review step waits for (jobs.services.balance): its reply comes back through Redis
-CELERY_RESULT_BACKEND = CELERY_BROKER_URL
-CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # The REST API (jobs/api/, /api/v1/): a token (the CLI client) or the browser's session; JSON only.

@@ -4,7 +4,7 @@ May import the models, permissions, selectors, scorecard and jobs.live.events; n
 worker packages. The public names are re-exported here, so callers write ``services.run_create(...)``.
 """
 
-from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview
+from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview, balance_reply
 from jobs.services.catalog import (
     IN_DATA_DIR,
     NO_IMPORT_ROOTS,
@@ -113,6 +113,7 @@ __all__ = [
     "Phase",
     "Stored",
     "balance_preview",
+    "balance_reply",
     "checked_queue",
     "config_errors",
     "config_task",

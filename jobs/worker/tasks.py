@@ -90,15 +90,16 @@ def measure_models_side_by_side(self, measurement_id: int) -> None:
         retrying(services.measurement_fail, measurement.pk, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
 
 
-@shared_task(name=services.BALANCE_PREVIEW, ignore_result=False)
-def balance_preview(config: dict) -> dict:
-    """The first-batch loss terms of a run config, for the wizard's review (``services.balance_preview``):
-    ``{"terms": ...}``, or ``{"error": ...}`` when the engine cannot build the run here."""
+@shared_task(name=services.BALANCE_PREVIEW)
+def balance_preview(config: dict, reply_key: str) -> None:
+    """The first-batch loss terms of a run config, for the wizard's review (``services.balance_preview``),
+    pushed to ``reply_key``: ``{"terms": ...}``, or ``{"error": ...}`` when the engine cannot build the run here."""
     try:
-        return {"terms": first_batch_terms(parse_config(config))}
+        answer = {"terms": first_batch_terms(parse_config(config))}
     except Exception as exc:  # the review shows the reason in place of the preview
         log.exception("balance preview failed")
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        answer = {"error": f"{type(exc).__name__}: {exc}"}
+    services.balance_reply(reply_key, answer)
 
 
 def failure(exc: Exception, output_dir: Path) -> str:

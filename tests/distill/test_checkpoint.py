@@ -1,0 +1,36 @@
+"""Checkpoints: a run folder that goes away while one is written is reported as that folder, as the file system
+reports it, so the run's error can say which folder to fix."""
+
+import shutil
+
+import pytest
+import torch
+
+from distill.callbacks import TrainState
+from distill.checkpoint import has_checkpoint, save_checkpoint
+
+
+def parts() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    return module, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def test_it_writes_a_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "run", *parts(), TrainState(total_steps=1))
+    assert has_checkpoint(tmp_path / "run")
+
+
+def test_a_folder_replaced_by_a_file_mid_write_is_reported_as_the_folder(tmp_path):
+    folder = tmp_path / "run"
+    module, optimizer, scheduler = parts()
+
+    def vanish(*args, **kwargs):  # the disk goes away while the weights are being written
+        shutil.rmtree(folder)
+        folder.write_text("not a folder")
+
+    module.register_state_dict_pre_hook(vanish)
+    with pytest.raises(NotADirectoryError) as raised:
+        save_checkpoint(folder, module, optimizer, scheduler, TrainState(total_steps=1))
+    assert raised.value.filename == str(folder / "checkpoint.tmp")
+    assert raised.value.strerror == "Not a directory"
