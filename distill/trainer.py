@@ -433,14 +433,20 @@ def evaluate_final(
     return metrics
 
 
-def run_eta(cfg: RunConfig, m: Models, steps: int, epoch_steps: int, val_examples: int, eval_examples: int) -> Eta:
-    """The ETA of this run: its step's FLOPs (with its share of the validations) and its finish's work, from the
-    models as built."""
+def run_step_flops(cfg: RunConfig, m: Models) -> tuple[float, int, int]:
+    """The analytic FLOPs of one optimizer step of this run (validations aside), from the models as built, with
+    the non-embedding parameters of the trained model and of the teacher (0 without one)."""
     lm = cfg.task == "causal_lm"
     trained = non_embedding_count(m.distiller.student, lm)
     teacher = non_embedding_count(m.teacher, lm) if m.teacher is not None else 0
     tokens = cfg.optim.batch_size * cfg.data.max_length * cfg.optim.grad_accum
-    flops = step_flops(tokens, trained, teacher if cfg.kind in KD_KINDS else 0)
+    return step_flops(tokens, trained, teacher if cfg.kind in KD_KINDS else 0), trained, teacher
+
+
+def run_eta(cfg: RunConfig, m: Models, steps: int, epoch_steps: int, val_examples: int, eval_examples: int) -> Eta:
+    """The ETA of this run: its step's FLOPs (with its share of the validations) and its finish's work, from the
+    models as built."""
+    flops, trained, teacher = run_step_flops(cfg, m)
     flops = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_examples, trained)
     weights = sum(p.numel() for p in m.distiller.student.parameters())
     work = finish_work(cfg, eval_examples, [trained, *([teacher] if teacher else [])], weights)

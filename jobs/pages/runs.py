@@ -103,7 +103,10 @@ def runs(request: HttpRequest) -> HttpResponse:
 
 
 RUN_ACTIONS = {
-    "cancel": (services.run_cancel, "Cancel requested: the run stops at its next step, with a checkpoint."),
+    "cancel": (
+        services.run_cancel,
+        "Cancel requested: the run stops at its next step (in its finish, at the next batch), keeping its checkpoint.",
+    ),
     "resume": (services.run_resume, "Resumed: the run continues from its last checkpoint when a worker is free."),
 }
 

@@ -1,4 +1,5 @@
-"""The loss balance of a run on its first batch, computed before launch by a worker of the run's queue.
+"""The loss balance of a run on its first batch and the time of its first steps, computed before launch by a
+worker of the run's queue.
 
 The worker loads the teacher and the data, so the web process never does: the review sends the config as a
 task (``jobs.worker.tasks.balance_preview``) and waits for the reply a bounded time. A broker that does not
@@ -37,20 +38,24 @@ NO_REPLY = (
 
 @dataclass(frozen=True)
 class BalancePreview:
-    """Each term's ``{"value", "weight", "share"}`` (``distill.balance.first_batch_terms``) and the warnings
-    about them; or, with no terms, why the preview is unavailable."""
+    """Each term's ``{"value", "weight", "share"}`` and the warnings about them, the measured and the analytic
+    seconds per optimizer step (``distill.balance.FirstSteps``); or, with no terms, why the preview is
+    unavailable."""
 
     terms: dict[str, dict[str, float | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     unavailable: str = ""
+    step_s: float | None = None
+    analytic_step_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def balance_preview(cfg: RunConfig, queue: str, timeout: float) -> BalancePreview:
-    """Ask a worker of ``queue`` for the first-batch loss terms of ``cfg``; wait at most ``timeout`` seconds
-    for the reply (the message expires then, so a worker that frees up later does not compute it)."""
+    """Ask a worker of ``queue`` for the first-batch loss terms of ``cfg`` and the time of its first steps; wait
+    at most ``timeout`` seconds for the reply (the message expires then, so a worker that frees up later does not
+    compute it)."""
     reply_key = REPLY_KEY.format(id=uuid.uuid4().hex)
     try:
         app.send_task(
@@ -66,7 +71,8 @@ def balance_preview(cfg: RunConfig, queue: str, timeout: float) -> BalancePrevie
     if not isinstance(answer, dict) or "error" in answer:
         reason = answer["error"] if isinstance(answer, dict) else repr(answer)
         return BalancePreview(unavailable=f"the worker could not compute it: {reason}")
-    return BalancePreview(answer["terms"], balance_warnings(answer["terms"]))
+    terms = answer["terms"]
+    return BalancePreview(terms, balance_warnings(terms), "", answer.get("step_s"), answer.get("analytic_step_s"))
 
 
 def balance_reply(reply_key: str, answer: dict[str, Any]) -> None:

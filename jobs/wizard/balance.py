@@ -1,5 +1,6 @@
-"""The review's loss-balance preview: each term's value and weighted share on one real batch, computed by a
-worker of the chosen queue (``services.balance_preview``) when the user asks, and kept for that config only.
+"""The review's first-steps preview: each loss term's value and weighted share on one real batch, and the
+time of a few real training steps, computed by a worker of the chosen queue (``services.balance_preview``)
+when the user asks, and kept for that config only (the cost panel calibrates its estimate with the steps).
 """
 
 from __future__ import annotations
@@ -41,14 +42,24 @@ def _text(value: float | None, share: bool = False) -> str:
     return f"{value:.1%}" if share else f"{value:.4g}"
 
 
-def balance_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
-    """The review's preview panel: offered for distillation runs; its rows once computed for this config."""
-    if wiz.kind not in KD_KINDS:
-        return {}
+def stored_preview(wiz: Wizard, cfg: RunConfig) -> dict[str, Any] | None:
+    """The preview computed for this very config (``services.BalancePreview`` as a dict), if any."""
     stored = wiz.state.get(STATE_KEY) or {}
-    preview = stored.get("preview") if stored.get("digest") == config_digest(cfg) else None
-    context: dict[str, Any] = {"balance_offered": True, "balance_queue": queue_of(wiz), "balance": preview}
-    if preview and preview["terms"]:
+    return stored.get("preview") if stored.get("digest") == config_digest(cfg) else None
+
+
+def balance_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
+    """The review's preview panel: the measured step time for every run, the terms' rows for distillation runs,
+    once computed for this config."""
+    preview = stored_preview(wiz, cfg)
+    context: dict[str, Any] = {
+        "balance_queue": queue_of(wiz),
+        "balance": preview,
+        "balance_terms": wiz.kind in KD_KINDS,
+    }
+    if preview and preview.get("step_s"):
+        context["balance_step_text"] = f"{preview['step_s']:.3g} s"
+    if preview and preview["terms"] and wiz.kind in KD_KINDS:
         context["balance_rows"] = [
             {
                 "term": name,
@@ -66,7 +77,7 @@ def balance_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
 @login_required
 @require_POST
 def balance(request: HttpRequest) -> HttpResponse:
-    """The review's "Check the balance" button: a worker of the queue computes the preview (viewers get 403);
+    """The review's "Try the first steps" button: a worker of the queue computes the preview (viewers get 403);
     it is stored for this config and the review shows it."""
     wiz = Wizard(request)
     teacher = get_object_or_404(selectors.teacher_list(request.user), pk=wiz.state.get("teacher") or 0)

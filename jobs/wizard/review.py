@@ -7,7 +7,6 @@ goes back to the step and field that edit its config path (``jobs.wizard.state.e
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
@@ -21,22 +20,14 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from distill.config import ABLATIONS, KIND_TERMS, ConfigError, DataConfig, RunConfig, StudentConfig
-from distill.estimate import (
-    Estimate,
-    available_memory_bytes,
-    estimate,
-    format_bytes,
-    format_duration,
-)
-from distill.fixes import suggest_fixes
+from distill.config import ABLATIONS, KIND_TERMS, DataConfig, StudentConfig
 from distill.layer_map import resolve_layer_map
 from distill.students import student_shape
 from jobs import safejson, scorecard, selectors, services
-from jobs.models import StepTime
 from jobs.permissions import require_write
 from jobs.wizard.balance import balance_context
 from jobs.wizard.checks import FINETUNE
+from jobs.wizard.estimate import estimate_context
 from jobs.wizard.forms import FULL_METHOD, lora_default_targets
 from jobs.wizard.labels import KINDS, LABELS, TASKS
 from jobs.wizard.state import BY_SLUG, SESSION_KEY, Wizard, error_step, shape
@@ -142,110 +133,6 @@ def summary(wiz: Wizard) -> list[dict[str, Any]]:
         for s in wiz.steps
         if s.slug != "review"
     ]
-
-
-def memory_budget() -> int:
-    """The memory a run may use on a worker: ``KDWEB_WORKER_MEMORY_BYTES``, else what this host has free."""
-    return settings.KDWEB_WORKER_MEMORY_BYTES or available_memory_bytes()
-
-
-def split_sizes(wiz: Wizard, cfg: RunConfig) -> tuple[int, int, int]:
-    """(train, validation, held-out) examples of the run: texts, capped as the config caps them; for a causal LM
-    token windows, several per text (the other splits at the train split's windows per text)."""
-    sizes = wiz.dataset.sizes if wiz.dataset else {}
-    train_size = sizes.get("train") or 0
-    if cfg.data.max_train_samples:
-        train_size = min(train_size, cfg.data.max_train_samples) if train_size else cfg.data.max_train_samples
-    held = [sizes.get(name) or 0 for name in ("validation", cfg.data.eval_split)]
-    if cfg.data.max_eval_samples:
-        held = [min(n, cfg.data.max_eval_samples) for n in held]
-    if cfg.task == "causal_lm" and train_size:  # an LM trains on token windows, several per text
-        windows = selectors.lm_train_windows(cfg)
-        if windows:
-            held = [round(n * windows / train_size) for n in held]
-            train_size = windows
-    return train_size, held[0], held[1]
-
-
-def run_estimate(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> tuple[Estimate, StepTime | None]:
-    """The run's cost on splits of ``sizes`` (``split_sizes``), its times calibrated by the nearest measured run
-    on its queue when there is one."""
-    train_size, val_size, eval_size = sizes
-    teacher_config = selectors.teacher_hf_config(wiz.teacher)
-    est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config, eval_size=eval_size, val_size=val_size)
-    record = selectors.step_time_nearest(wiz.teacher, cfg, wiz_queue(wiz))
-    return (est.calibrated(record.ratios()), record) if record is not None else (est, None)
-
-
-def wiz_queue(wiz: Wizard) -> str:
-    return wiz.state.get("queue") or settings.CELERY_TASK_DEFAULT_QUEUE
-
-
-def study_time(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> dict[str, Any] | None:
-    """What the study the review would launch takes: every run's time (variants × seeds), and the wall time
-    on the queue's workers, each running one job at a time. None when the review launches a single run."""
-    options = wiz.study_options()
-    if wiz.kind == FINETUNE or not options.get("baselines"):
-        return None
-    try:
-        variants = services.study_variants(options.get("ablations") or [])
-    except ValidationError:
-        return None
-    seeds = max(1, len([s for s in str(options.get("seeds") or "").split(",") if s.strip()]))
-    by_kind = {kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes)[0] for _, kind, _ in variants}
-    runs = len(variants) * seeds
-    work = seeds * sum(by_kind[kind].total_seconds for _, kind, _ in variants)
-    workers = selectors.queue_workers(wiz_queue(wiz))
-    wall = work / min(workers, runs) if workers else work
-    return {"runs": runs, "work_text": format_duration(work), "wall_text": format_duration(wall), "workers": workers}
-
-
-def estimate_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
-    sizes = split_sizes(wiz, cfg)
-    train_size = sizes[0]
-    teacher_config = selectors.teacher_hf_config(wiz.teacher)
-    try:
-        est, record = run_estimate(wiz, cfg, sizes)
-        budget = memory_budget()
-        fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
-        study = study_time(wiz, cfg, sizes)
-    except (ConfigError, ValueError, KeyError, OSError):
-        return {"estimate": None}
-    return {
-        "calibrated_by": record,
-        "study_time": study,
-        "finish_parts": [(phase, format_duration(seconds)) for phase, seconds in est.finish_seconds.items()],
-        "budget_text": format_bytes(budget),
-        "over_budget": est.peak_bytes > budget,
-        "fixes": [
-            {
-                "title": fix.title,
-                "peak_text": format_bytes(fix.estimate.peak_bytes),
-                "fits": fix.estimate.peak_bytes <= budget,
-                "changes": json.dumps(fix.changes),
-            }
-            for fix in fixes
-        ],
-        "estimate": est,
-        "student_params_text": f"{est.student_params:,}" if est.student_params else None,
-        "teacher_params_text": f"{est.teacher_params:,}",
-        "peak_text": format_bytes(est.peak_bytes),
-        "step_text": f"{est.seconds_per_step:.2g} s"
-        if est.seconds_per_step < 10
-        else format_duration(est.seconds_per_step),
-        "total_text": format_duration(est.total_seconds) if train_size or cfg.optim.max_steps else None,
-        "training_text": format_duration(est.training_seconds),
-        "finish_text": format_duration(sum(est.finish_seconds.values())),
-        "train_size": train_size,
-        "memory_parts": [
-            ("weights", format_bytes(est.weights_bytes)),
-            ("gradients and AdamW state", format_bytes(est.optimizer_bytes)),
-            ("activations", format_bytes(est.activation_bytes)),
-            ("attention maps", format_bytes(est.attention_bytes)),
-            ("logits (causal LMs, in chunks)", format_bytes(est.logits_bytes)),
-            ("Python, torch and data", format_bytes(est.runtime_bytes)),
-        ],
-    }
 
 
 def review_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import connections
 
-from distill.balance import first_batch_terms
+from distill.balance import first_steps
 from distill.config import parse_config
 from distill.side_by_side import measure_side_by_side
 from distill.trainer import train
@@ -92,10 +92,11 @@ def measure_models_side_by_side(self, measurement_id: int) -> None:
 
 @shared_task(name=services.BALANCE_PREVIEW)
 def balance_preview(config: dict, reply_key: str) -> None:
-    """The first-batch loss terms of a run config, for the wizard's review (``services.balance_preview``),
-    pushed to ``reply_key``: ``{"terms": ...}``, or ``{"error": ...}`` when the engine cannot build the run here."""
+    """The first-batch loss terms of a run config and the time of its first steps, for the wizard's review
+    (``services.balance_preview``), pushed to ``reply_key``: ``distill.balance.FirstSteps`` as a dict, or
+    ``{"error": ...}`` when the engine cannot build the run here."""
     try:
-        answer = {"terms": first_batch_terms(parse_config(config))}
+        answer = first_steps(parse_config(config)).as_dict()
     except Exception as exc:  # the review shows the reason in place of the preview
         log.exception("balance preview failed")
         answer = {"error": f"{type(exc).__name__}: {exc}"}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from distill.balance import DOMINANCE_LIMIT, balance_warnings, first_batch_terms, shares
+from distill.balance import DOMINANCE_LIMIT, balance_warnings, first_batch_terms, first_steps, shares
 from distill.config import LossConfig, parse_config
 from distill.features import tap
 from distill.losses import feature_loss
@@ -128,3 +128,11 @@ def test_the_packaged_smollm2_starts_balanced_and_the_plain_mse_did_not(monkeypa
     assert_balanced(first_batch_terms(parse_config(kd)))
     plain = first_batch_terms(parse_config(kd | {"loss": {"feature_variant": "mse"}}))
     assert plain["feature"]["share"] > DOMINANCE_LIMIT
+
+
+def test_it_times_real_training_steps_after_the_terms(base_config):
+    cfg = parse_config(base_config)
+    first = first_steps(cfg, timed_steps=2)
+    assert first.terms == first_batch_terms(cfg)  # timing comes after the terms and leaves them alone
+    assert first.step_s > 0 and first.analytic_step_s > 0
+    assert first_steps(cfg, timed_steps=0).step_s is None

@@ -17,7 +17,7 @@
 // attributes of #charts (charts.js) and #run-log (data-lines).
 
 import { startLogTail } from "./logtail.js";
-import { FINISHED, ReconnectingSocket, phaseText, setBadge, setProgress } from "./status_ui.js";
+import { FINISHED, ReconnectingSocket, cancellingText, phaseText, setBadge, setProgress } from "./status_ui.js";
 
 class LiveRun {
   constructor(stateEl, charts, log) {
@@ -35,6 +35,7 @@ class LiveRun {
     }
     const block = document.getElementById("run-status");
     this.status = block ? block.dataset.status : undefined;
+    this.phase = block ? block.dataset.phase : undefined;
     this.cancelling = Boolean(document.querySelector('#run-status [data-live="cancelling"]'));
     this.lastStatus = null;
     this.watchCancelForm();
@@ -127,14 +128,15 @@ class LiveRun {
       button.disabled = true;
       button.textContent = "Cancelling…";
     }
-    if (!block.querySelector('[data-live="cancelling"]')) {
-      const note = document.createElement("p");
+    let note = block.querySelector('[data-live="cancelling"]');
+    if (!note) {
+      note = document.createElement("p");
       note.className = "note cancelling";
       note.dataset.live = "cancelling";
-      note.textContent = "Cancelling… the run stops at its next step, with a checkpoint.";
       const actions = block.querySelector(".run-actions");
       block.insertBefore(note, actions || block.querySelector(".run-error"));
     }
+    note.textContent = cancellingText(this.phase);
   }
 
   afterSwap() {
@@ -155,6 +157,7 @@ class LiveRun {
     const stepEl = block.querySelector('[data-live="step"]');
     if (stepEl && step !== undefined) stepEl.textContent = total ? `${step} / ${total}` : String(step);
     const phaseEl = block.querySelector('[data-live="phase"]');
+    if (message.phase !== undefined) this.phase = message.phase;
     if (phaseEl && message.phase !== undefined) phaseEl.textContent = phaseText(message);
     if (status !== "queued") block.querySelector('[data-live="queued"]')?.remove();
     if (this.cancelling && status === "running") this.showCancelling();

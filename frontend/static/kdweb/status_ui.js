@@ -36,6 +36,13 @@ export function phaseText({ phase, phase_progress: share = 0 }) {
   return phase === "training" ? phase : `${phase} ${Math.round(share * 100)} %`;
 }
 
+/** What a run asked to cancel does next: training stops at a step, the finish (evaluation, latency, export)
+ * at its next unit of work, keeping the final checkpoint. Same words as partials/run_status.html. */
+export function cancellingText(phase) {
+  if (!phase || phase === "training") return "Cancelling… the run stops at its next step, with a checkpoint.";
+  return `Cancelling… ${phase} stops at its next batch; the trained model stays in the final checkpoint (a resume redoes only the finish).`;
+}
+
 /** The progress cell inside `root` (bar, percentage, ETA while running). */
 export function setProgress(root, { status, progress, eta_s: eta }) {
   const pct = Math.round(Math.min(Math.max(progress, 0), 1) * 100);

@@ -272,6 +272,10 @@ def test_it_polls_the_status_of_a_live_run_and_reloads_when_it_ends(login, membe
     status = _html(client.get(url, {"partial": "status"}))
     assert '<dd data-live="phase">measuring 40 %</dd>' in status
     assert '<span class="pct">100%</span> <span class="eta">ETA 1 min 20 s</span>' in status
+    # a cancel there stops the finish, not a training step that is long over
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    status = _html(client.get(url, {"partial": "status"}))
+    assert "Cancelling… measuring stops at its next batch" in status and "next step" not in status
 
     Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED, error="CUDA out of memory")
     partial = client.get(url, {"partial": "status"}, HTTP_HX_REQUEST="true")

@@ -251,7 +251,8 @@ def test_a_run_is_cancelled_and_resumed_from_its_page(
 
             s.click(page.locator('button[data-action="cancel"]'))
             expect(page.locator("p.flash")).to_have_text(
-                "Cancel requested: the run stops at its next step, with a checkpoint."
+                "Cancel requested: the run stops at its next step (in its finish, at the next batch), "
+                "keeping its checkpoint."
             )
             # "cancelling…", unless the worker was quicker than the page
             s.shot("cancel-requested", page.locator("#run-status"))
