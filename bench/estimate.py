@@ -6,7 +6,9 @@ For each case the review's two estimates are compared with the time ``train()`` 
   any run of that teacher finished on a worker), training plus the finish (evaluation, latency, export);
 - *calibrated*: the same, scaled by the measured / analytic ratios of a smaller run of the same teacher and
   kind (fewer steps, a quarter of the held-out set, fewer latency repeats): what a worker's record of an
-  earlier run gives the review (``jobs.models.StepTime``, ``selectors.step_time_nearest``).
+  earlier run gives the review (``jobs.models.StepTime``, ``selectors.step_time_nearest``);
+- *first steps*: the analytic estimate with its step time scaled by a few timed training steps of the run
+  itself (``distill.balance.first_steps``): what the review shows when no run of that teacher has finished.
 
 The fine-tune's export is the teacher of the 3×384 student (as in the demo). Target: the calibrated estimate
 within ±30% of the measured time on a quiet machine.
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.output import host_facts, write_results  # noqa: E402
+from distill.balance import first_steps  # noqa: E402
 from distill.config import RunConfig, parse_config  # noqa: E402
 from distill.estimate import estimate, format_duration  # noqa: E402
 from distill.teachers import describe, load_config  # noqa: E402
@@ -117,6 +120,8 @@ def bench_case(case: str, teacher: str, tmp: Path, steps: int, calibration_steps
     _, record = timed_train(calibration)
     est = analytic(target)
     calibrated = est.calibrated(ratios(record.timings["measured"], record.timings["analytic"]))
+    first = first_steps(target)
+    by_steps = est.calibrated({"step_s": first.step_s / first.analytic_step_s})
     wall, result = timed_train(target)
     measured = result.timings["measured"]
     return {
@@ -129,6 +134,8 @@ def bench_case(case: str, teacher: str, tmp: Path, steps: int, calibration_steps
         "analytic_parts_s": {"training": est.training_seconds, **est.finish_seconds},
         "calibrated_s": calibrated.total_seconds,
         "calibrated_parts_s": {"training": calibrated.training_seconds, **calibrated.finish_seconds},
+        "first_steps_s": by_steps.total_seconds,
+        "first_steps_parts_s": {"training": by_steps.training_seconds, **by_steps.finish_seconds},
         "export_dir": str(result.export_dir),
     }
 
@@ -140,27 +147,34 @@ def report(results: dict[str, Any], smoke: bool) -> str:
         "",
         f"Host: {results['host']}. Command: `{results['command']}`.",
         "",
-        "| run | steps | measured | analytic | ratio | calibrated | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| run | steps | measured | analytic | ratio | calibrated | ratio | first steps | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, r in results["cases"].items():
         m = r["measured_s"]
         lines.append(
             f"| {case} | {r['steps']} | {format_duration(m)} | {format_duration(r['analytic_s'])} | "
-            f"{r['analytic_s'] / m:.2f} | {format_duration(r['calibrated_s'])} | {r['calibrated_s'] / m:.2f} |"
+            f"{r['analytic_s'] / m:.2f} | {format_duration(r['calibrated_s'])} | {r['calibrated_s'] / m:.2f} | "
+            f"{format_duration(r['first_steps_s'])} | {r['first_steps_s'] / m:.2f} |"
         )
-    lines += ["", "Parts (seconds: training, evaluating, measuring, exporting), measured / analytic / calibrated:", ""]
+    lines += [
+        "",
+        "Parts (seconds: training, evaluating, measuring, exporting), measured / analytic / calibrated / first steps:",
+        "",
+    ]
+    kinds = ("measured_parts_s", "analytic_parts_s", "calibrated_parts_s", "first_steps_parts_s")
     for case, r in results["cases"].items():
         parts = [
-            " / ".join(f"{r[k][p]:.0f}" for k in ("measured_parts_s", "analytic_parts_s", "calibrated_parts_s"))
-            for p in ("training", "evaluating", "measuring", "exporting")
+            " / ".join(f"{r[k][p]:.0f}" for k in kinds) for p in ("training", "evaluating", "measuring", "exporting")
         ]
         lines.append(f"- {case}: " + " · ".join(parts))
     lines += [
         "",
         "Measured: `train()`'s wall time, loading the data and models included. Calibrated: the analytic estimate "
         f"scaled by the ratios of a run of {results['calibration_steps']} steps with a quarter of the held-out set "
-        f"and {CALIBRATION_REPEATS} latency repeats (a worker's record of an earlier, smaller run).",
+        f"and {CALIBRATION_REPEATS} latency repeats (a worker's record of an earlier, smaller run). First steps: the "
+        "analytic estimate with the step time of a few real training steps of the run itself (the review's "
+        "preview), the finish analytic.",
     ]
     return "\n".join(lines) + "\n"
 
