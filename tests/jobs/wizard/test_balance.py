@@ -68,9 +68,7 @@ def test_the_review_shows_each_terms_share_from_the_queues_worker(
     assert "term-task" not in client.get(url("review")).content.decode()
 
 
-def test_a_fine_tune_gets_its_step_time_without_terms(
-    celery_worker_process, login, owner, tiny_backbone, tiny_dataset
-):
+def test_a_fine_tune_gets_its_step_time_without_terms(celery_worker_process, login, owner, tiny_backbone, tiny_dataset):
     client = login(owner)
     walk(client, tiny_backbone, tiny_dataset, kind="teacher_finetune")
     choose_queue(client, celery_worker_process.queue)
