@@ -22,9 +22,9 @@ from distill.teachers import Architecture
 from jobs.live.events import status_send_on_commit
 from jobs.models import DatasetSpec, Run, Teacher
 from jobs.permissions import require_write
-from jobs.selectors import live_queues, teacher_hf_config
+from jobs.selectors import live_queues, run_output_dir, teacher_hf_config
 from jobs.services.catalog import config_errors
-from jobs.services.worker import run_log, run_output_dir
+from jobs.services.worker import run_log
 from kdweb.celery import app
 
 log = logging.getLogger(__name__)
