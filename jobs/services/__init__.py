@@ -51,6 +51,7 @@ from jobs.services.measurements import (
     study_measure_when_done,
 )
 from jobs.services.runs import (
+    ARCHIVED,
     BROKER_DOWN_KEY,
     BROKER_DOWN_S,
     QUEUE_NOT_LIVE,
@@ -101,6 +102,7 @@ from jobs.services.worker import (
 )
 
 __all__ = [
+    "ARCHIVED",
     "BALANCE_PREVIEW",
     "BROKER_DOWN_KEY",
     "BROKER_DOWN_S",

@@ -74,6 +74,8 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
     return cfg
 
 
+ARCHIVED = "{name} is archived: an owner can bring it back (unarchive) before a new run uses it."
+
 QUEUE_NOT_LIVE = (
     "No worker consumes the queue “{queue}”: a run there would wait forever. Live queues: {live}; or the default "
     "queue “{default}”, where a run waits for a worker."
@@ -102,6 +104,9 @@ def run_create(
     require_write(user, team)
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "The data set belongs to another team."})
+    for field, chosen in (("teacher", teacher), ("dataset", dataset)):
+        if chosen.archived:
+            raise ValidationError({field: ARCHIVED.format(name=chosen.name)})
     cfg = run_config_build(kind=kind, teacher=teacher, dataset=dataset, name=name, sections=sections)
     queue = checked_queue(queue)
     run = Run.objects.create(
