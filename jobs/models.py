@@ -101,6 +101,7 @@ class DatasetSpec(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_dataset_name")]
+        verbose_name = "data set"
 
     def __str__(self) -> str:
         return self.name

@@ -25,7 +25,6 @@ from jobs.services.catalog import (
 )
 from jobs.services.manage import (
     IN_USE,
-    KINDS,
     NAME_REQUIRED,
     NAME_TAKEN,
     NAME_TOO_LONG,
@@ -110,7 +109,6 @@ __all__ = [
     "INVITATION_SUBJECT",
     "IN_DATA_DIR",
     "IN_USE",
-    "KINDS",
     "LAST_OWNER",
     "MAX_STUDY_SEEDS",
     "MEASURE_SIDE_BY_SIDE",

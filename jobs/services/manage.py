@@ -16,7 +16,6 @@ from typing import NamedTuple
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Model
 
 from jobs.live.events import status_send_on_commit
 from jobs.models import DatasetSpec, Run, Study, Teacher
@@ -24,8 +23,6 @@ from jobs.permissions import OWNERS_DELETE, require_owner, require_write
 from jobs.selectors import owned_path, run_output_dir
 
 Managed = Run | Study | Teacher | DatasetSpec
-# what the pages, the API and the messages call each model
-KINDS: dict[type[Model], str] = {Run: "run", Study: "study", Teacher: "teacher", DatasetSpec: "data set"}
 
 NAME_REQUIRED = "Give a name."
 NAME_TOO_LONG = "A name has at most {limit} characters; this one has {length}."
@@ -57,7 +54,7 @@ def name_check(obj: Managed, name: str) -> str:
         raise ValidationError({"name": NAME_TOO_LONG.format(limit=limit, length=len(name))})
     others = type(obj).objects.filter(team_id=obj.team_id, name=name).exclude(pk=obj.pk)
     if isinstance(obj, Teacher | DatasetSpec) and others.exists():
-        raise ValidationError({"name": NAME_TAKEN.format(kind=KINDS[type(obj)], name=name)})
+        raise ValidationError({"name": NAME_TAKEN.format(kind=obj._meta.verbose_name, name=name)})
     return name
 
 
@@ -100,7 +97,7 @@ def object_delete(*, user, obj: Managed, with_runs: bool = False) -> Deleted:
         files = _teacher_files(obj) if isinstance(obj, Teacher) else _upload_of(obj)
         obj.delete()
         transaction.on_commit(lambda: _remove(files))
-    return Deleted(True, f"Deleted {KINDS[type(obj)]} {obj.name}.")
+    return Deleted(True, f"Deleted {obj._meta.verbose_name} {obj.name}.")
 
 
 def _run_delete(run: Run) -> None:
