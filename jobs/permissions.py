@@ -1,7 +1,8 @@
 """The one place that decides who may see and change what. Pages, APIs and websockets all call it.
 
-An object is visible to the members of its team (any role); changing it needs the owner or member role.
-Objects of other teams answer 404, so their existence does not leak.
+An object is visible to the members of its team (any role); changing it needs the owner or member role, and
+archiving or deleting it (or managing the team's members) the owner role. Objects of other teams answer 404, so
+their existence does not leak.
 """
 
 from __future__ import annotations
