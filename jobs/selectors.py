@@ -423,6 +423,7 @@ class _Walk:
 
     def size(self, path: Path, skip: tuple[Path, ...] = ()) -> int:
         """Bytes of a file, or of the files under a folder except those under ``skip``; 0 when missing."""
+        path = path.resolve()  # as ``skip`` is: the teachers' folders are found however the roots are spelled
         if path.is_file():
             return path.stat().st_size
         total = 0

@@ -86,6 +86,8 @@ def test_a_fine_tuning_run_keeps_the_export_its_teacher_reads(owner, team, djang
     teacher = Teacher.objects.create(
         team=team, name="fine-tuned", source=str(folder / "export"), architecture={}, from_run=run
     )
+    sizes = {label: size for label, size, _ in selectors.team_storage(team)["rows"]}
+    assert sizes["run folders (checkpoints)"] == 4096 + 2 and sizes["teachers' model files"] == 2048  # not twice
     delete(django_capture_on_commit_callbacks, user=owner, obj=run)
     assert not (folder / "checkpoint").exists()
     assert (folder / "export" / "model.safetensors").is_file()
