@@ -83,3 +83,12 @@ def test_the_team_page_shows_storage_per_kind(login, owner, team):
     for kind in ("run folders (checkpoints)", "exported models (artifacts)", "uploaded data sets", "teachers"):
         assert kind in html
     assert 'data-bytes="6146"' in html  # the checkpoint (4096 + 2) and export (2048) of the run's folder
+
+
+def test_the_wizard_offers_no_archived_teacher(login, owner, team):
+    run = a_run(team)
+    client = login(owner)
+    offered = f'name="teacher" value="{run.teacher_id}"'
+    assert offered in client.get("/runs/new/teacher/").content.decode()
+    client.post(f"/manage/teacher/{run.teacher_id}/archive/")
+    assert offered not in client.get("/runs/new/teacher/").content.decode()
