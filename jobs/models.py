@@ -67,6 +67,7 @@ class Teacher(models.Model):
         help_text="its transformers config as read at registration, so pages never open the source again",
     )
     from_run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    archived = models.BooleanField(default=False, help_text="hidden from the default lists; its URL still reads")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -93,12 +94,14 @@ class DatasetSpec(models.Model):
     labels = models.JSONField(default=list)
     sizes = models.JSONField(default=dict, help_text="rows per split")
     preview = models.JSONField(default=list, help_text="the first rows, for the page")
+    archived = models.BooleanField(default=False, help_text="hidden from the default lists; its URL still reads")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="unique_dataset_name")]
+        verbose_name = "data set"
 
     def __str__(self) -> str:
         return self.name
@@ -115,6 +118,7 @@ class Study(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="studies")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
+    archived = models.BooleanField(default=False, help_text="hidden from the default lists; its URL still reads")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -147,6 +151,7 @@ class Run(models.Model):
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    archived = models.BooleanField(default=False, help_text="hidden from the default lists; its URL still reads")
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     teacher = models.ForeignKey(Teacher, on_delete=models.PROTECT, related_name="runs")

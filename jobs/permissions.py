@@ -1,7 +1,8 @@
 """The one place that decides who may see and change what. Pages, APIs and websockets all call it.
 
-An object is visible to the members of its team (any role); changing it needs the owner or member role.
-Objects of other teams answer 404, so their existence does not leak.
+An object is visible to the members of its team (any role); changing it needs the owner or member role, and
+archiving or deleting it (or managing the team's members) the owner role. Objects of other teams answer 404, so
+their existence does not leak.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ M = TypeVar("M", bound=Model)
 
 READ_ONLY = "Viewers can look but not change anything in this team."
 OWNERS_ONLY = "Only the team's owners can manage its members."
+OWNERS_DELETE = "Only the team's owners can delete or archive its runs, studies, teachers and data sets."
 
 
 def teams_for_user(user, *, write: bool = False) -> QuerySet[Team]:
@@ -79,12 +81,17 @@ def team_for_user(user, pk: int) -> tuple[Team, str]:
     return membership.team, membership.role
 
 
-def require_owner(user, team: Team) -> None:
-    """Raise 403 unless the user is an owner of ``team``."""
-    if not (
-        user.is_authenticated and Membership.objects.filter(team=team, user=user, role=Membership.Role.OWNER).exists()
-    ):
-        raise PermissionDenied(OWNERS_ONLY)
+def role_in(user, team_id: int) -> str | None:
+    """The user's role in a team (owner, member, viewer), or None when not a member."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(team_id=team_id, user=user).values_list("role", flat=True).first()
+
+
+def require_owner(user, team: Team, message: str = OWNERS_ONLY) -> None:
+    """Raise 403 (saying ``message``) unless the user is an owner of ``team``."""
+    if role_in(user, team.pk) != Membership.Role.OWNER:
+        raise PermissionDenied(message)
 
 
 def shared_object(token: str) -> ShareLink:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import time
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.cache import cache
+from django.core.files.storage import default_storage
 from django.db import connection
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
@@ -25,6 +29,7 @@ from distill.estimate import config_from_architecture
 from distill.teachers import Architecture, resolve_source
 from jobs.downsample import DEFAULT_MAX_POINTS, lttb_indices
 from jobs.models import (
+    Artifact,
     DatasetSpec,
     Evaluation,
     Invitation,
@@ -44,17 +49,28 @@ from jobs.permissions import teams_for_user
 # read here as selectors.X by the run-config forms, API and wizard (reworked apart): their home is jobs.scorecard
 
 
-def teacher_list(user) -> QuerySet[Teacher]:
-    return Teacher.objects.filter(team__in=teams_for_user(user)).select_related("team")
+def _unless_archived(queryset: QuerySet, archived: bool) -> QuerySet:
+    """All of ``queryset`` with ``archived``, else only what is not archived (the default lists)."""
+    return queryset if archived else queryset.filter(archived=False)
 
 
-def dataset_list(user) -> QuerySet[DatasetSpec]:
-    return DatasetSpec.objects.filter(team__in=teams_for_user(user)).select_related("team")
+def teacher_list(user, *, archived: bool = False) -> QuerySet[Teacher]:
+    """The user's teachers (with ``archived``, the archived ones too)."""
+    return _unless_archived(Teacher.objects.filter(team__in=teams_for_user(user)).select_related("team"), archived)
 
 
-def run_list(user, *, status: str = "", kind: str = "", teacher: str = "", team: str = "") -> QuerySet[Run]:
-    """The user's runs, newest first, with what the list shows; empty filters are ignored."""
+def dataset_list(user, *, archived: bool = False) -> QuerySet[DatasetSpec]:
+    """The user's data sets (with ``archived``, the archived ones too)."""
+    return _unless_archived(DatasetSpec.objects.filter(team__in=teams_for_user(user)).select_related("team"), archived)
+
+
+def run_list(
+    user, *, status: str = "", kind: str = "", teacher: str = "", team: str = "", archived: bool = False
+) -> QuerySet[Run]:
+    """The user's runs, newest first, with what the list shows; empty filters are ignored; archived runs only
+    with ``archived``."""
     runs = Run.objects.filter(team__in=teams_for_user(user)).select_related("team", "teacher", "dataset")
+    runs = _unless_archived(runs, archived)
     filters = {"status": status, "kind": kind, "teacher_id": teacher, "team_id": team}
     runs = runs.filter(**{k: v for k, v in filters.items() if v})
     return runs.prefetch_related(
@@ -173,6 +189,11 @@ def lm_train_windows(cfg: RunConfig) -> int | None:
         return None
 
 
+def run_output_dir(run: Run) -> Path:
+    """The run's working folder (checkpoints, the export) on the worker's host."""
+    return Path(settings.RUNS_DIR) / f"run-{run.pk}"
+
+
 LOG_TAIL_LINES = 200
 
 
@@ -268,10 +289,12 @@ def step_time_nearest(teacher: Teacher, cfg: RunConfig, queue: str) -> StepTime 
 # --- studies: the runs a scorecard reads, and the curves of its plots ------------------------------------------
 
 
-def study_list(user) -> QuerySet[Study]:
-    """The user's studies, newest first, with how many runs each has and how many finished."""
+def study_list(user, *, archived: bool = False) -> QuerySet[Study]:
+    """The user's studies, newest first, with how many runs each has and how many finished (archived ones only
+    with ``archived``)."""
     finished = Count("runs", filter=Q(runs__status__in=Run.FINISHED))
     studies = Study.objects.filter(team__in=teams_for_user(user)).select_related("team", "created_by")
+    studies = _unless_archived(studies, archived)
     return studies.annotate(run_count=Count("runs"), finished_count=finished)
 
 
@@ -375,3 +398,63 @@ def share_links_active(target: Run | Study) -> QuerySet[ShareLink]:
 def shared_runs(link: ShareLink) -> QuerySet[Run]:
     """The runs a share link shows: its run, or the runs of its study."""
     return Run.objects.filter(pk=link.run_id) if link.run_id else Run.objects.filter(study_id=link.study_id)
+
+
+# --- storage: what a team's files take ------------------------------------------------------------------------
+
+STORAGE_SCAN_S = 2.0  # a team page waits no longer for the sizes: beyond it, they are marked "at least"
+
+
+def owned_path(path: str | Path) -> Path | None:
+    """``path`` resolved, if it lies in one of kdweb's own folders (run folders, the media storage of uploads
+    and exports) without being one of them; else None: files elsewhere are the operator's."""
+    resolved = Path(path).resolve()
+    roots = (Path(settings.RUNS_DIR).resolve(), Path(settings.MEDIA_ROOT).resolve())
+    return resolved if any(resolved != root and resolved.is_relative_to(root) for root in roots) else None
+
+
+class _Walk:
+    """Sizes of files and folders, bounded in time: after ``deadline`` what is left counts 0 and ``partial``
+    says so."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.partial = False
+
+    def size(self, path: Path, skip: tuple[Path, ...] = ()) -> int:
+        """Bytes of a file, or of the files under a folder except those under ``skip``; 0 when missing."""
+        path = path.resolve()  # as ``skip`` is: the teachers' folders are found however the roots are spelled
+        if path.is_file():
+            return path.stat().st_size
+        total = 0
+        for folder, dirs, files in os.walk(path):
+            if time.monotonic() > self.deadline:
+                self.partial = True
+                break
+            dirs[:] = [d for d in dirs if Path(folder, d) not in skip]
+            total += sum(Path(folder, f).stat().st_size for f in files if Path(folder, f).is_file())
+        return total
+
+
+def _stored(names: Iterable[str]) -> list[Path]:
+    return [Path(default_storage.path(name)) for name in names]
+
+
+def team_storage(team: Team, seconds: float = STORAGE_SCAN_S) -> dict[str, Any]:
+    """What the team's files take on disk, read from the files themselves: ``rows`` of ``(kind, bytes,
+    count)`` (run folders without the teachers' exports in them, stored artifacts, uploaded data sets, the
+    teachers' model folders kdweb wrote), their ``total``, and ``partial`` when the walk ran out of time."""
+    walk = _Walk(seconds)
+    teacher_dirs = [p for t in Teacher.objects.filter(team=team) if (p := owned_path(t.source))]
+    runs = Run.objects.filter(team=team).only("pk")
+    folders = [d for run in runs if (d := run_output_dir(run)).is_dir()]
+    artifacts = Artifact.objects.filter(run__team=team).values_list("path", flat=True)
+    uploads = DatasetSpec.objects.filter(team=team).exclude(upload="").values_list("upload", flat=True)
+    kinds = [
+        ("run folders (checkpoints)", folders, tuple(teacher_dirs)),
+        ("exported models (artifacts)", _stored(artifacts), ()),
+        ("uploaded data sets", _stored(uploads), ()),
+        ("teachers' model files", teacher_dirs, ()),
+    ]
+    rows = [(label, sum(walk.size(p, skip) for p in paths if p.exists()), len(paths)) for label, paths, skip in kinds]
+    return {"rows": rows, "total": sum(r[1] for r in rows), "partial": walk.partial}

@@ -21,6 +21,8 @@ ERRORS = {
     "401": "No or a wrong token (Authorization: Token <key>).",
     "403": "Not allowed: viewers cannot change anything in their team.",
     "404": "No such object, or one of another team.",
+    "409": "Refused in the object's state: a run queued or running (cancel it first), or a teacher or data set "
+    "that runs use (archived instead of deleted); the detail says which.",
     "413": "The request body is larger than the API takes (KDWEB_API_MAX_BODY_BYTES).",
 }
 
@@ -38,6 +40,8 @@ def document_errors(result: dict, generator: Any, request: Any, public: bool) ->
                 codes.append("413")
             if "{" in path:
                 codes.append("404")
+            if method == "delete":
+                codes.append("409")
             responses = operation.setdefault("responses", {})
             for code in codes:
                 responses.setdefault(

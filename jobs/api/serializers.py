@@ -42,7 +42,8 @@ class TeacherSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Teacher
-        fields = ["id", "team", "name", "source", "architecture", "task", "labels", "from_run", "created_at"]
+        fields = ["id", "team", "name", "source", "architecture", "task", "labels", "from_run", "archived"]
+        fields += ["created_at"]
 
 
 class TeacherCreateSerializer(serializers.Serializer):
@@ -55,7 +56,7 @@ class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetSpec
         fields = ["id", "team", "name", "source", "text_column", "label_column", "labels", "sizes", "preview"]
-        fields += ["created_at"]
+        fields += ["archived", "created_at"]
 
 
 class DatasetCreateSerializer(serializers.Serializer):
@@ -102,7 +103,7 @@ class RunSerializer(serializers.ModelSerializer):
         model = Run
         fields = ["id", "team", "study", "name", "kind", "status", "teacher", "dataset", "queue", "progress"]
         fields += ["step", "total_steps", "eta_s", "phase", "phase_progress", "attempts", "created_at"]
-        fields += ["started_at", "finished_at", "waiting_for_broker"]
+        fields += ["started_at", "finished_at", "waiting_for_broker", "archived"]
 
 
 class RunDetailSerializer(RunSerializer):
@@ -160,7 +161,7 @@ class StudySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Study
-        fields = ["id", "team", "name", "description", "created_at", "run_count", "finished_count"]
+        fields = ["id", "team", "name", "description", "archived", "created_at", "run_count", "finished_count"]
 
 
 class MeasurementSerializer(serializers.ModelSerializer):
@@ -220,7 +221,32 @@ class StudyCreateSerializer(serializers.Serializer):
         return attrs
 
 
-class RunFilterSerializer(serializers.Serializer):
+class ManageSerializer(serializers.Serializer):
+    """A PATCH of a run, study, teacher or data set: a new name (owners and members), archived or not (owners)."""
+
+    # the service checks the name (empty, too long, taken), so the API and the pages say the same
+    name = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    archived = serializers.BooleanField(
+        required=False, help_text="Archived objects leave the default lists (?archived=1 lists them too)."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Give a name, or archived: true or false.")
+        return attrs
+
+
+class ArchivedQuerySerializer(serializers.Serializer):
+    archived = serializers.BooleanField(default=False, help_text="List the archived ones too.")
+
+
+class StudyDeleteQuerySerializer(serializers.Serializer):
+    with_runs = serializers.BooleanField(
+        default=False, help_text="Delete the study's runs too (with their files); else they stay, in no study."
+    )
+
+
+class RunFilterSerializer(ArchivedQuerySerializer):
     status = serializers.ChoiceField(choices=Run.Status.choices, required=False)
     kind = serializers.ChoiceField(choices=Run.Kind.choices, required=False)
     teacher = _id_field(required=False)

@@ -16,6 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -33,8 +34,10 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs import selectors, services
 from jobs.api.serializers import (
+    ArchivedQuerySerializer,
     DatasetCreateSerializer,
     DatasetSerializer,
+    ManageSerializer,
     RunCreateSerializer,
     RunDetailSerializer,
     RunFilterSerializer,
@@ -42,6 +45,7 @@ from jobs.api.serializers import (
     SeriesQuerySerializer,
     SeriesSerializer,
     StudyCreateSerializer,
+    StudyDeleteQuerySerializer,
     StudyDetailSerializer,
     StudySerializer,
     TeacherCreateSerializer,
@@ -59,7 +63,10 @@ NON_FIELD = "non_field_errors"  # DRF's key for errors of no one field
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus the services' Django ``ValidationError``: 400 ``{"field": ["message"]}``, keyed by
-    the service's field (a config path for the engine's errors), ``non_field_errors`` for the others."""
+    the service's field (a config path for the engine's errors), ``non_field_errors`` for the others; and their
+    ``Conflict`` (a run queued or running cannot be deleted): 409 ``{"detail": "message"}``."""
+    if isinstance(exc, services.Conflict):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             data = {(NON_FIELD if key == "__all__" else key): messages for key, messages in exc.message_dict.items()}
@@ -143,14 +150,53 @@ class TeamViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 
 class TeamObjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """List and get objects of the user's teams; one object through ``get_for_user`` (404 for other teams)."""
+    """List and get objects of the user's teams; one object through ``get_for_user`` (404 for other teams).
+    Rename or archive one (PATCH), delete it (DELETE): ``services.object_rename``, ``object_archive`` and
+    ``object_delete`` decide who may."""
 
     pagination_class = Pages
     lookup_value_regex = "[0-9]+"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]  # no PUT: names and flags only
 
     def get_object(self):
         obj, _ = get_for_user(self.get_queryset(), self.request.user, self.kwargs["pk"])
         return obj
+
+    def delete_options(self) -> dict[str, Any]:
+        """What ``services.object_delete`` takes beside the object, from the query (studies: ``with_runs``)."""
+        return {}
+
+    def with_archived(self) -> bool:
+        """Whether the queryset keeps archived objects: always for one object (its URL still reads), for a
+        list with ``?archived=1``."""
+        return self.action != "list" or _checked(ArchivedQuerySerializer, self.request.query_params)["archived"]
+
+    @extend_schema(request=ManageSerializer)
+    def partial_update(self, request: Request, pk: str) -> Response:
+        """Rename (owners and members) or archive and unarchive (owners); 400 at ``name`` for an empty, too
+        long or (teachers, data sets) taken name."""
+        data = _checked(ManageSerializer, request.data)
+        obj = self.get_object()
+        with transaction.atomic():  # both or neither: a member's rename is undone with a refused archive
+            if "name" in data:
+                services.object_rename(user=request.user, obj=obj, name=data["name"])
+            if "archived" in data:
+                services.object_archive(user=request.user, obj=obj, archived=data["archived"])
+        return Response(self.get_serializer(self.get_object()).data)
+
+    @extend_schema(parameters=[ArchivedQuerySerializer])
+    def list(self, request: Request) -> Response:
+        """The objects of your teams (archived ones too with ``?archived=1``)."""
+        return super().list(request)
+
+    @extend_schema(request=None, responses={204: None})
+    def destroy(self, request: Request, pk: str) -> Response:
+        """Delete (owners), with the files it holds. A teacher or data set that runs use is archived instead,
+        and a run queued or running is refused: 409 with the reason."""
+        done = services.object_delete(user=request.user, obj=self.get_object(), **self.delete_options())
+        if not done.deleted:
+            return Response({"detail": done.message}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TeacherViewSet(TeamObjectViewSet):
@@ -160,7 +206,7 @@ class TeacherViewSet(TeamObjectViewSet):
     queryset = Teacher.objects.none()
 
     def get_queryset(self) -> QuerySet[Teacher]:
-        return selectors.teacher_list(self.request.user)
+        return selectors.teacher_list(self.request.user, archived=self.with_archived())
 
     @extend_schema(request=TeacherCreateSerializer, responses={201: TeacherSerializer})
     def create(self, request: Request) -> Response:
@@ -178,7 +224,7 @@ class DatasetViewSet(TeamObjectViewSet):
     queryset = DatasetSpec.objects.none()
 
     def get_queryset(self) -> QuerySet[DatasetSpec]:
-        return selectors.dataset_list(self.request.user)
+        return selectors.dataset_list(self.request.user, archived=self.with_archived())
 
     @extend_schema(request=DatasetCreateSerializer, responses={201: DatasetSerializer})
     def create(self, request: Request) -> Response:
@@ -200,23 +246,23 @@ class RunViewSet(TeamObjectViewSet):
     def get_queryset(self) -> QuerySet[Run]:
         if self.action == "list":
             filters = _checked(RunFilterSerializer, self.request.query_params)
-            study = filters.pop("study", None)
-            runs = selectors.run_list(self.request.user, **{k: str(v) for k, v in filters.items()})
+            study, archived = filters.pop("study", None), filters.pop("archived")
+            runs = selectors.run_list(self.request.user, archived=archived, **{k: str(v) for k, v in filters.items()})
             return runs.filter(study_id=study) if study else runs
         evaluations = Prefetch("evaluations", queryset=Evaluation.objects.order_by("split", "-role"))
         return Run.objects.select_related("team").prefetch_related(evaluations, "artifacts")
 
     @extend_schema(parameters=[RunFilterSerializer])
     def list(self, request: Request) -> Response:
-        """Your runs, newest first; filter by status, kind, teacher, team or study."""
+        """Your runs, newest first; filter by status, kind, teacher, team or study (archived ones: ``?archived=1``)."""
         return super().list(request)
 
     @extend_schema(request=RunCreateSerializer, responses={201: RunDetailSerializer})
     def create(self, request: Request) -> Response:
         """Validate a run as the wizard does (``services.run_create``) and queue it."""
         data = _checked(RunCreateSerializer, request.data)
-        teacher = _visible(selectors.teacher_list(request.user), data["teacher"], "teacher")
-        dataset = _visible(selectors.dataset_list(request.user), data["dataset"], "dataset")
+        teacher = _visible(selectors.teacher_list(request.user, archived=True), data["teacher"], "teacher")
+        dataset = _visible(selectors.dataset_list(request.user, archived=True), data["dataset"], "dataset")
         run = services.run_create(
             user=request.user,
             teacher=teacher,
@@ -279,14 +325,22 @@ class StudyViewSet(TeamObjectViewSet):
         return StudySerializer if self.action == "list" else StudyDetailSerializer
 
     def get_queryset(self) -> QuerySet[Study]:
-        return selectors.study_list(self.request.user)
+        return selectors.study_list(self.request.user, archived=self.with_archived())
+
+    def delete_options(self) -> dict[str, Any]:
+        return _checked(StudyDeleteQuerySerializer, self.request.query_params)
+
+    @extend_schema(parameters=[StudyDeleteQuerySerializer], request=None, responses={204: None})
+    def destroy(self, request: Request, pk: str) -> Response:
+        """Delete the study (owners); with ``?with_runs=1`` its runs and their files too, else they stay."""
+        return super().destroy(request, pk)
 
     @extend_schema(request=StudyCreateSerializer, responses={201: StudyDetailSerializer})
     def create(self, request: Request) -> Response:
         """Launch a study (``services.study_create``): one run per variant and seed, validated as the wizard's."""
         data = _checked(StudyCreateSerializer, request.data)
-        teacher = _visible(selectors.teacher_list(request.user), data.pop("teacher"), "teacher")
-        dataset = _visible(selectors.dataset_list(request.user), data.pop("dataset"), "dataset")
+        teacher = _visible(selectors.teacher_list(request.user, archived=True), data.pop("teacher"), "teacher")
+        dataset = _visible(selectors.dataset_list(request.user, archived=True), data.pop("dataset"), "dataset")
         study = services.study_create(user=request.user, teacher=teacher, dataset=dataset, **data)
         return Response(StudyDetailSerializer(self.get_queryset().get(pk=study.pk)).data, status=201)
 

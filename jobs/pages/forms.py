@@ -40,13 +40,14 @@ class RunFilterForm(forms.Form):
     kind = forms.ChoiceField(required=False, choices=[("", "any kind"), *Run.Kind.choices])
     teacher = forms.ChoiceField(required=False)
     team = forms.ChoiceField(required=False)
+    archived = forms.BooleanField(required=False, label="with archived")
 
     def __init__(self, *args, teachers, teams, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["teacher"].choices = [("", "any teacher"), *((str(t.pk), t.name) for t in teachers)]
         self.fields["team"].choices = [("", "any team"), *((str(t.pk), t.name) for t in teams)]
 
-    def filters(self) -> dict[str, str]:
+    def filters(self) -> dict[str, str | bool]:
         """The valid filters (an invalid value is dropped rather than failing the page)."""
         self.is_valid()
         return {name: value for name, value in getattr(self, "cleaned_data", {}).items() if value}

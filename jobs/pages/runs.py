@@ -86,7 +86,7 @@ def params_text(n: int | None) -> str:
 @require_GET
 def runs(request: HttpRequest) -> HttpResponse:
     teams = teams_for_user(request.user)
-    form = RunFilterForm(request.GET or None, teachers=selectors.teacher_list(request.user), teams=teams)
+    form = RunFilterForm(request.GET or None, teachers=selectors.teacher_list(request.user, archived=True), teams=teams)
     filters = form.filters()
     run_list = list(selectors.run_list(request.user, **filters))
     for run in run_list:
@@ -213,11 +213,13 @@ def teachers(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Registered teacher {teacher.name}.")
             return redirect("teachers")
-    teacher_list = list(selectors.teacher_list(request.user).select_related("from_run"))
+    archived = bool(request.GET.get("archived"))
+    teacher_list = list(selectors.teacher_list(request.user, archived=archived).select_related("from_run"))
     for teacher in teacher_list:
         teacher.params_text = params_text(teacher.architecture.get("params"))
     context = {
         "teachers": teacher_list,
+        "archived": archived,
         "form": form,
         "can_write": writable.exists(),
     }
@@ -237,7 +239,13 @@ def datasets(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Added data set {dataset.name}.")
             return redirect("dataset_detail", dataset_id=dataset.pk)
-    context = {"datasets": selectors.dataset_list(request.user), "form": form, "can_write": writable.exists()}
+    archived = bool(request.GET.get("archived"))
+    context = {
+        "datasets": selectors.dataset_list(request.user, archived=archived),
+        "archived": archived,
+        "form": form,
+        "can_write": writable.exists(),
+    }
     return render(request, "jobs/datasets.html", context)
 
 
@@ -249,6 +257,6 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     rows = [[row.get(c, "") for c in columns] for row in dataset.preview]
     splits = sorted(dataset.sizes, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 3, s))
     sizes = [(split, dataset.sizes[split]) for split in splits]
-    runs = selectors.run_list(request.user).filter(dataset=dataset)[:20]
+    runs = selectors.run_list(request.user, archived=True).filter(dataset=dataset)[:20]
     context = {"dataset": dataset, "sizes": sizes, "columns": columns, "rows": rows, "runs": runs}
     return render(request, "jobs/dataset_detail.html", context)

@@ -75,7 +75,9 @@ def _scorecard_page(
 @login_required
 @require_GET
 def study_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "jobs/studies.html", {"studies": selectors.study_list(request.user)})
+    archived = bool(request.GET.get("archived"))
+    context = {"studies": selectors.study_list(request.user, archived=archived), "archived": archived}
+    return render(request, "jobs/studies.html", context)
 
 
 @login_required

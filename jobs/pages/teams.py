@@ -85,6 +85,7 @@ def team_detail(request: HttpRequest, team_id: int) -> HttpResponse:
         "invitations": selectors.invitations_pending(team) if is_owner else [],
         "invite_form": InviteForm(),
         "roles": Membership.Role.choices,
+        "storage": selectors.team_storage(team),
     }
     return render(request, "jobs/team_detail.html", context)
 

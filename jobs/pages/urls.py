@@ -2,7 +2,7 @@
 
 from django.urls import include, path
 
-from jobs.pages import public, runs, studies, teams
+from jobs.pages import manage, public, runs, studies, teams
 
 urlpatterns = [
     path("", runs.runs, name="runs"),
@@ -14,6 +14,8 @@ urlpatterns = [
     path("teachers/", runs.teachers, name="teachers"),
     path("datasets/", runs.datasets, name="datasets"),
     path("datasets/<int:dataset_id>/", runs.dataset_detail, name="dataset_detail"),
+    # rename, archive, delete (jobs/partials/manage.html)
+    path("manage/<str:kind>/<int:pk>/<str:action>/", manage.manage, name="manage"),
     # teams and sharing
     path("teams/", teams.teams, name="teams"),
     path("teams/<int:team_id>/", teams.team_detail, name="team_detail"),

@@ -4,6 +4,7 @@ May import the models, permissions, selectors, scorecard and jobs.live.events; n
 worker packages. The public names are re-exported here, so callers write ``services.run_create(...)``.
 """
 
+from jobs.selectors import run_output_dir  # where run folders are: read by services, worker and tests
 from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview, balance_reply
 from jobs.services.catalog import (
     IN_DATA_DIR,
@@ -22,6 +23,20 @@ from jobs.services.catalog import (
     teacher_facts,
     teacher_register,
 )
+from jobs.services.manage import (
+    IN_USE,
+    NAME_REQUIRED,
+    NAME_TAKEN,
+    NAME_TOO_LONG,
+    RUN_LIVE,
+    STUDY_RUNS_LIVE,
+    Conflict,
+    Deleted,
+    name_check,
+    object_archive,
+    object_delete,
+    object_rename,
+)
 from jobs.services.measurements import (
     MEASURE_SIDE_BY_SIDE,
     NOTHING_TO_MEASURE,
@@ -35,6 +50,7 @@ from jobs.services.measurements import (
     study_measure_when_done,
 )
 from jobs.services.runs import (
+    ARCHIVED,
     BROKER_DOWN_KEY,
     BROKER_DOWN_S,
     QUEUE_NOT_LIVE,
@@ -77,7 +93,6 @@ from jobs.services.worker import (
     run_fail,
     run_heartbeat,
     run_log,
-    run_output_dir,
     run_progress,
     run_stopped,
     run_succeed,
@@ -86,22 +101,29 @@ from jobs.services.worker import (
 )
 
 __all__ = [
+    "ARCHIVED",
     "BALANCE_PREVIEW",
     "BROKER_DOWN_KEY",
     "BROKER_DOWN_S",
     "INVITATION_BODY",
     "INVITATION_SUBJECT",
     "IN_DATA_DIR",
+    "IN_USE",
     "LAST_OWNER",
     "MAX_STUDY_SEEDS",
     "MEASURE_SIDE_BY_SIDE",
+    "NAME_REQUIRED",
+    "NAME_TAKEN",
+    "NAME_TOO_LONG",
     "NOTHING_TO_MEASURE",
     "NO_IMPORT_ROOTS",
     "OUTSIDE_IMPORT_ROOTS",
     "QUEUE_NOT_LIVE",
     "REMOTE_PREFIXES",
     "RUN_EXECUTE",
+    "RUN_LIVE",
     "SEND_GRACE_S",
+    "STUDY_RUNS_LIVE",
     "TASK_MISMATCH",
     "TEACHERS_DIFFER",
     "UPLOAD_BAD_TYPE",
@@ -110,6 +132,8 @@ __all__ = [
     "WAITING_FOR_BROKER",
     "BalancePreview",
     "BrokerError",
+    "Conflict",
+    "Deleted",
     "Phase",
     "Stored",
     "balance_preview",
@@ -133,6 +157,10 @@ __all__ = [
     "member_invite",
     "member_remove",
     "member_set_role",
+    "name_check",
+    "object_archive",
+    "object_delete",
+    "object_rename",
     "run_cancel",
     "run_claim",
     "run_config_build",

@@ -22,9 +22,9 @@ from distill.teachers import Architecture
 from jobs.live.events import status_send_on_commit
 from jobs.models import DatasetSpec, Run, Teacher
 from jobs.permissions import require_write
-from jobs.selectors import live_queues, teacher_hf_config
+from jobs.selectors import live_queues, run_output_dir, teacher_hf_config
 from jobs.services.catalog import config_errors
-from jobs.services.worker import run_log, run_output_dir
+from jobs.services.worker import run_log
 from kdweb.celery import app
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
     return cfg
 
 
+ARCHIVED = "{name} is archived: an owner can bring it back (unarchive) before a new run uses it."
+
 QUEUE_NOT_LIVE = (
     "No worker consumes the queue “{queue}”: a run there would wait forever. Live queues: {live}; or the default "
     "queue “{default}”, where a run waits for a worker."
@@ -102,6 +104,9 @@ def run_create(
     require_write(user, team)
     if dataset.team_id != team.id:
         raise ValidationError({"dataset": "The data set belongs to another team."})
+    for field, chosen in (("teacher", teacher), ("dataset", dataset)):
+        if chosen.archived:
+            raise ValidationError({field: ARCHIVED.format(name=chosen.name)})
     cfg = run_config_build(kind=kind, teacher=teacher, dataset=dataset, name=name, sections=sections)
     queue = checked_queue(queue)
     run = Run.objects.create(

@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -130,10 +129,6 @@ def runs_interrupt(
             status_send_on_commit(run)
         marked.append(run_id)
     return marked
-
-
-def run_output_dir(run: Run) -> Path:
-    return Path(settings.RUNS_DIR) / f"run-{run.pk}"
 
 
 class Stored(NamedTuple):

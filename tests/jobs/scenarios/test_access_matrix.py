@@ -9,10 +9,14 @@ that page gave it). Each cell is the status code as designed:
   public URLs of links that are dead, or files a link does not share;
 - websockets: ``ok`` (accepted, and kept open), or the close code: 4403 not logged in, 4404 not visible.
 
-The API (``/api/v1/``) is being built separately: its rows go in ``API_ROWS``, in the same shape.
+The API (``/api/v1/``) rows are in ``API_ROWS``, in the same shape: rename and archive (PATCH) and delete
+(DELETE) answer 200/204, 403 to viewers (and to members for owners' business), 404 across teams, 401 anonymous,
+409 for a teacher or data set in use.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -23,8 +27,10 @@ from django.test import Client
 from jobs import services
 from jobs.models import DatasetSpec, Membership, Study, Teacher
 from kdweb.asgi import application
+from tests.jobs.conftest import teacher_row
 from tests.jobs.live.test_consumers import LOCAL_ORIGIN, TIMEOUT, _cookie, live_layer  # noqa: F401 (an autouse fixture)
 from tests.jobs.pages.test_public import finished_run
+from tests.jobs.pages.test_runs import ARCH
 
 PERSONAS = ("owner", "member", "viewer", "outsider", "anonymous", "link")
 
@@ -51,6 +57,18 @@ PAGES = [
     row("GET",  "/datasets/{dataset}/",                           200, 200, 200, 404, 302, 302),
     row("GET",  "/studies/",                                      200, 200, 200, 200, 302, 302),
     row("GET",  "/studies/{study}/",                              200, 200, 200, 404, 302, 302),
+    # rename (owners and members), archive and delete (owners); a teacher or data set in use is archived instead
+    row("POST", "/manage/run/{run}/rename/",                      302, 302, 403, 404, 302, 302, data={"name": "r2"}),
+    row("POST", "/manage/run/{run}/archive/",                     302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/run/{run}/delete/",                      302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/study/{study}/rename/",                  302, 302, 403, 404, 302, 302, data={"name": "s2"}),
+    row("POST", "/manage/study/{study}/delete/",                  302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/teacher/{teacher}/rename/",              302, 302, 403, 404, 302, 302, data={"name": "t2"}),
+    row("POST", "/manage/teacher/{teacher}/unarchive/",           302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/teacher/{teacher}/delete/",              302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/teacher/{spare_teacher}/delete/",        302, 403, 403, 404, 302, 302),
+    row("POST", "/manage/dataset/{dataset}/rename/",              302, 302, 403, 404, 302, 302, data={"name": "d2"}),
+    row("POST", "/manage/dataset/{dataset}/delete/",              302, 403, 403, 404, 302, 302),
     row("GET",  "/teams/",                                        200, 200, 200, 200, 302, 302),
     row("POST", "/teams/",                                        302, 302, 302, 302, 302, 302, data={"name": "gamma"}),
     row("GET",  "/teams/{team}/",                                 200, 200, 200, 404, 302, 302),
@@ -72,11 +90,21 @@ PAGES = [
     row("GET",  "/p/{revoked_token}/artifacts/{artifact}/",       404, 404, 404, 404, 404, 404),
 ]
 
-# The REST API (/api/v1/), being built separately: add its rows here, in the shape of PAGES, e.g.
-#   row("GET", "/api/v1/runs/{run}/", 200, 200, 200, 404, 401, 401),
-# (the placeholders are the keys of the ``world`` fixture below; an API answers 401/403 to anonymous
-# callers where pages redirect to the login page).
-API_ROWS: list = []
+# The REST API (/api/v1/): an API answers 401 to anonymous callers where pages redirect to the login page.
+API_ROWS = [
+    #                                                            owner member viewer outsider anon link
+    row("PATCH",  "/api/v1/runs/{run}/",                          200, 200, 403, 404, 401, 401, data={"name": "r2"}),
+    row("PATCH",  "/api/v1/runs/{run}/",                          200, 403, 403, 404, 401, 401, data={"archived": 1}),
+    row("DELETE", "/api/v1/runs/{run}/",                          204, 403, 403, 404, 401, 401),
+    row("PATCH",  "/api/v1/studies/{study}/",                     200, 200, 403, 404, 401, 401, data={"name": "s2"}),
+    row("DELETE", "/api/v1/studies/{study}/",                     204, 403, 403, 404, 401, 401),
+    row("PATCH",  "/api/v1/teachers/{teacher}/",                  200, 200, 403, 404, 401, 401, data={"name": "t2"}),
+    row("DELETE", "/api/v1/teachers/{teacher}/",                  409, 403, 403, 404, 401, 401),  # in use
+    row("DELETE", "/api/v1/teachers/{spare_teacher}/",            204, 403, 403, 404, 401, 401),
+    row("PATCH",  "/api/v1/datasets/{dataset}/",                  200, 200, 403, 404, 401, 401, data={"name": "d2"}),
+    row("DELETE", "/api/v1/datasets/{dataset}/",                  409, 403, 403, 404, 401, 401),  # in use
+    row("GET",    "/api/v1/teachers/{teacher}/",                  200, 200, 200, 404, 401, 401),  # archived, still read
+]
 
 SOCKETS = [
     #                                          owner member viewer outsider anon  link
@@ -98,11 +126,15 @@ def world(owner, member, viewer, outsider, team) -> dict[str, object]:
     revoked = services.share_link_create(user=owner, target=run)
     services.share_link_revoke(user=owner, link=revoked)
     invite = services.member_invite(user=owner, team=team, who="nora@example.org")
+    services.object_archive(user=owner, obj=run.teacher)
+    spare = teacher_row(team, "spare", ARCH)  # used by no run: deleted
     return {
         "run": run.pk,
         "artifact": run.artifacts.get().pk,
         "hidden_artifact": hidden.artifacts.get().pk,
         "dataset": run.dataset_id,
+        "teacher": run.teacher_id,
+        "spare_teacher": spare.pk,
         "study": study.pk,
         "team": team.pk,
         "membership": Membership.objects.get(user=viewer).pk,
@@ -135,7 +167,10 @@ def client_of(request, persona: str, world: dict) -> Client:
 def test_pages(request, world, persona, method, path, data, expected):
     client = client_of(request, persona, world)
     url = path.format(**world)
-    response = client.post(url, data) if method == "POST" else client.get(url)
+    if method in ("PATCH", "DELETE"):
+        response = getattr(client, method.lower())(url, json.dumps(data), content_type="application/json")
+    else:
+        response = client.post(url, data) if method == "POST" else client.get(url)
     assert response.status_code == expected[persona], (persona, url)
     if response.status_code == 302 and persona in ("anonymous", "link"):
         assert response["Location"].startswith("/login/?next="), response["Location"]
