@@ -246,6 +246,8 @@ def test_the_open_sign_up_makes_an_account_without_a_team(settings, client, owne
     assert "You are in no team yet" in page
     assert get_user_model().objects.get(username="nora").email == "nora@example.org"
     assert client.get("/signup/")["Location"] == "/teams/"  # logged in already
+    runs = client.get("/").content.decode()
+    assert "You are in no team yet:" in runs and 'href="/teams/">create one</a>' in runs
 
 
 # --- the admin -----------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ SMTP backend aimed at a local port where nothing listens.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -15,7 +18,7 @@ from django.utils import timezone
 
 from jobs import selectors, services
 from jobs.models import Invitation, Membership
-from tests.jobs.conftest import FILE_BACKEND, mails
+from tests.jobs.conftest import FILE_BACKEND, REPO, mails
 
 pytestmark = pytest.mark.django_db
 
@@ -128,3 +131,31 @@ def test_a_mail_folder_that_cannot_be_made_is_reported_not_raised(settings, tmp_
     (tmp_path / "a-file").write_text("")
     settings.EMAIL_BACKEND, settings.EMAIL_FILE_PATH = FILE_BACKEND, tmp_path / "a-file" / "mail"
     assert services.invitation_send(invitation) is False
+
+
+# --- which backend, from the environment ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "backend"),
+    [
+        ({}, "console"),  # the local demo: `make up` prints every mail
+        ({"KDWEB_DEBUG": "False", "DJANGO_SECRET_KEY": "s" * 50}, "filebased"),  # kept in KDWEB_DATA_DIR/mail
+        ({"EMAIL_HOST": "smtp.example.org"}, "smtp"),
+        ({"EMAIL_HOST": "smtp.example.org", "KDWEB_EMAIL_BACKEND": "file"}, "filebased"),
+        ({"KDWEB_EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend"}, "locmem"),
+    ],
+)
+def test_the_mail_backend_comes_from_the_environment(tmp_path, env, backend):
+    """Settings are read once per process: each case is a process of its own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EMAIL_", "KDWEB_"))}
+    script = "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.EMAIL_FILE_PATH, s.EMAIL_TIMEOUT)"
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**clean, "DJANGO_SETTINGS_MODULE": "kdweb.settings", "KDWEB_DATA_DIR": str(tmp_path), **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [f"django.core.mail.backends.{backend}.EmailBackend", str(tmp_path / "mail"), "10.0"]
