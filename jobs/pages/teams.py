@@ -101,7 +101,7 @@ def team_invite(request: HttpRequest, team_id: int) -> HttpResponse:
         return redirect("team_detail", team_id=team.pk)
     site = f"{request.scheme}://{request.get_host()}"
     try:
-        added = services.member_invite(user=request.user, team=team, site=site, **form.cleaned_data)
+        added = services.member_invite(user=request.user, team=team, **form.cleaned_data)
     except ValidationError as exc:
         _flash_errors(request, exc)
     else:

@@ -45,9 +45,7 @@ def invitation_url(invitation: Invitation, site: str = "") -> str:
 
 
 @transaction.atomic
-def member_invite(
-    *, user, team: Team, who: str, role: str = Membership.Role.MEMBER, site: str = ""
-) -> Membership | Invitation:
+def member_invite(*, user, team: Team, who: str, role: str = Membership.Role.MEMBER) -> Membership | Invitation:
     """Add someone to ``team`` (owners only), by username or e-mail address.
 
     A known username or e-mail address becomes a membership at once; an unknown address gets an

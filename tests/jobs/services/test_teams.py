@@ -58,7 +58,7 @@ def test_a_users_email_address_joins_at_once(owner, team):
 
 
 def test_an_unknown_address_gets_an_invitation_by_mail(owner, team):
-    invitation = services.member_invite(user=owner, team=team, who="new@example.org", site="http://kd.test")
+    invitation = services.member_invite(user=owner, team=team, who="new@example.org")
     assert isinstance(invitation, Invitation)
     assert (invitation.email, invitation.role, invitation.invited_by) == ("new@example.org", Role.MEMBER, owner)
     assert len(invitation.token) >= 43  # 256 random bits, URL-safe
