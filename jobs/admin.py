@@ -27,6 +27,7 @@ class MembershipInline(admin.TabularInline):
     extra = 1
 
 
+admin.site.site_header = admin.site.site_title = "kdweb administration"
 admin.site.unregister(get_user_model())
 
 

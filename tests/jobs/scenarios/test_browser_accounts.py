@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
 from tests.jobs.browser import VIEWPORT, BrowserSession, chromium_session, open_as, session_cookie
@@ -70,3 +71,23 @@ def test_an_invited_address_signs_up_from_the_mail_and_sees_the_teams_runs(data_
         expect(join.locator("[data-refused]")).to_contain_text("has been used already")
         assert s.watch.bad_responses == [f"410 {link}"]
         invitee.close()
+
+
+def test_the_admin_works_under_the_content_security_policy(data_dir, owner, member, team):
+    """Staff manage users in Django's admin: its pages and scripts run under kdweb's policy (no inline code)."""
+    admin = get_user_model().objects.create_user("ada", is_staff=True, is_superuser=True)
+    cookie = session_cookie(admin)
+    data_dir.mkdir(parents=True)
+    with daphne(process_env(data_dir), data_dir / "daphne.log") as base, chromium_session(prefix="admin-") as s:
+        page = open_as(s, base, cookie, "/")
+        s.click(page.locator("header").get_by_role("link", name="Admin"))
+        s.click(page.get_by_role("link", name="Users"))
+        s.click(page.get_by_role("link", name="mateo"))
+        expect(page.locator("#memberships-group")).to_contain_text("alpha")
+        page.get_by_label("Staff status").check()
+        s.click(page.get_by_role("button", name="Save", exact=True))
+        expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
+        s.shot("users")
+        expect_clean(s)
+    member.refresh_from_db()
+    assert member.is_staff
