@@ -9,7 +9,6 @@ and a password set from a reset mail lifts that username's lockout.
 from __future__ import annotations
 
 from axes.utils import reset as axes_reset
-from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -33,13 +32,6 @@ class SignupForm(UserCreationForm):
 
     class Meta(UserCreationForm.Meta):
         fields = ("username",)
-
-
-class OpenSignupForm(SignupForm):
-    email = forms.EmailField(required=False, help_text="Optional: where a forgotten password can be reset.")
-
-    class Meta(SignupForm.Meta):
-        fields = ("username", "email")
 
 
 def add_service_errors(form: SignupForm, exc: ValidationError) -> None:
@@ -69,16 +61,18 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
-    """Anyone makes an account (``KDWEB_SIGNUP``), then creates a team or waits for an invitation."""
+    """Anyone makes an account (``KDWEB_SIGNUP``), then creates a team or waits for an invitation. It takes no
+    e-mail address: one nobody confirmed would let its writer claim invitations to it (an invitation to a
+    known address joins at once); an administrator sets a confirmed one."""
     if not settings.KDWEB_SIGNUP:
         raise Http404(SIGNUP_CLOSED)
     if request.user.is_authenticated:
         return redirect("teams")
-    form = OpenSignupForm(request.POST or None)
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user = services.account_create(username=data["username"], password=data["password1"], email=data["email"])
+            user = services.account_create(username=data["username"], password=data["password1"])
         except ValidationError as exc:
             add_service_errors(form, exc)
         else:
