@@ -7,6 +7,7 @@ A run's configuration is the engine's own config (``distill.config.RunConfig``) 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -304,8 +305,8 @@ class Measurement(models.Model):
 
 class Invitation(models.Model):
     """An invitation into a team, by e-mail, for someone who may not have an account yet: the link
-    ``/invites/<token>/`` is the secret (mailed to the address, shown to the inviter); the first logged-in
-    user who opens it joins with ``role``, once."""
+    ``/invites/<token>/`` is the secret (mailed to the address, shown to the inviter); the first one to use it
+    (logged in, or signing up on its page) joins with ``role``, once, within ``KDWEB_INVITATION_DAYS``."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
@@ -317,6 +318,11 @@ class Invitation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     accepted_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def expires_at(self) -> datetime:
+        """The link works until then: ``KDWEB_INVITATION_DAYS`` after it was made."""
+        return self.created_at + timedelta(days=settings.KDWEB_INVITATION_DAYS)
 
 
 class ShareLink(models.Model):

@@ -382,7 +382,11 @@ def team_members(team: Team) -> list[Membership]:
 
 
 def invitations_pending(team: Team) -> QuerySet[Invitation]:
-    return Invitation.objects.filter(team=team, accepted_at__isnull=True).order_by("-created_at")
+    """The team's invitations whose links still work (unused, unexpired), newest first."""
+    made_after = timezone.now() - timedelta(days=settings.KDWEB_INVITATION_DAYS)
+    return Invitation.objects.filter(team=team, accepted_at__isnull=True, created_at__gt=made_after).order_by(
+        "-created_at"
+    )
 
 
 def share_links_active(target: Run | Study) -> QuerySet[ShareLink]:

@@ -20,6 +20,13 @@ KDWEB_DB_RETRY_S       how long a worker retries a write over a lost database co
 KDWEB_MEASURE_CAP_S    seconds a side-by-side measurement of a study's models may take (default 120).
 KDWEB_WORKER_MEMORY_BYTES the memory a run may use on the workers, for the wizard's estimate (default: what
                this host has available, which is right when web and worker share a machine).
+KDWEB_EMAIL_BACKEND    how mail (invitations, password resets) leaves: console (printed; the default with
+               KDWEB_DEBUG), file (one file per mail in KDWEB_MAIL_DIR, default KDWEB_DATA_DIR/mail; the default
+               otherwise), smtp (the default when EMAIL_HOST is set: EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER,
+               EMAIL_HOST_PASSWORD, EMAIL_USE_TLS, EMAIL_USE_SSL, EMAIL_TIMEOUT), or a backend's dotted path.
+               DEFAULT_FROM_EMAIL is the sender.
+KDWEB_INVITATION_DAYS  days an invitation link stays valid (default 7).
+KDWEB_SIGNUP   "1" opens /signup/ to anyone (default 0: accounts come by invitation or from an administrator).
 """
 
 import os
@@ -116,7 +123,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs"
 LOGOUT_REDIRECT_URL = "login"
-AUTH_PASSWORD_VALIDATORS = [{"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"}]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
+]
+# Accounts come from an invitation's link (jobs.pages.teams), an administrator (/admin/), or, with
+# KDWEB_SIGNUP, /signup/ (jobs.pages.accounts). An invitation link is valid KDWEB_INVITATION_DAYS days.
+KDWEB_SIGNUP = envbool("KDWEB_SIGNUP", "0")
+KDWEB_INVITATION_DAYS = float(os.environ.get("KDWEB_INVITATION_DAYS", 7))
+PASSWORD_RESET_TIMEOUT = 3 * 24 * 3600  # a reset link works for three days
 # django-axes: after KDWEB_LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair's
 # logins answer 429 (registration/locked.html) for KDWEB_LOGIN_LOCKOUT_MIN minutes. The address is REMOTE_ADDR:
 # behind a proxy, daphne's --proxy-headers sets it from the proxy's X-Forwarded-For (README, "Deployment").
@@ -144,6 +164,26 @@ if KDWEB_SECURE:
     SECURE_SSL_REDIRECT = True
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = int(os.environ.get("KDWEB_HSTS_SECONDS", 365 * 24 * 3600))
+
+# E-mail through Django's backends (KDWEB_EMAIL_BACKEND, above). A send that fails is logged and told to the
+# user, never an error page: EMAIL_TIMEOUT bounds how long an unreachable SMTP server holds a request.
+EMAIL_BACKENDS = {
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+}
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+_email_backend = os.environ.get("KDWEB_EMAIL_BACKEND") or ("smtp" if EMAIL_HOST else "console" if DEBUG else "file")
+EMAIL_BACKEND = EMAIL_BACKENDS.get(_email_backend, _email_backend)
+EMAIL_FILE_PATH = Path(os.environ.get("KDWEB_MAIL_DIR", DATA_DIR / "mail"))
+EMAIL_HOST = EMAIL_HOST or "localhost"
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", 25))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "False")
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", "False")
+EMAIL_TIMEOUT = float(os.environ.get("EMAIL_TIMEOUT", 10))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "kdweb <kdweb@localhost>")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

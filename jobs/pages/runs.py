@@ -98,6 +98,7 @@ def runs(request: HttpRequest) -> HttpResponse:
         "form": form,
         "filtered": bool(filters),
         "can_launch": teams_for_user(request.user, write=True).exists(),
+        "in_a_team": teams_for_user(request.user).exists(),
     }
     return render(request, "jobs/runs.html", context)
 

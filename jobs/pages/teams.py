@@ -23,6 +23,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from jobs import selectors, services
 from jobs.models import Invitation, Membership, Run, ShareLink, Study
+from jobs.pages.accounts import SignupForm, add_service_errors, log_in
 from jobs.permissions import get_writable, require_owner, team_for_user
 
 SHARE_TARGETS: dict[str, type[Run] | type[Study]] = {"run": Run, "study": Study}
@@ -101,13 +102,20 @@ def team_invite(request: HttpRequest, team_id: int) -> HttpResponse:
         return redirect("team_detail", team_id=team.pk)
     site = f"{request.scheme}://{request.get_host()}"
     try:
-        added = services.member_invite(user=request.user, team=team, site=site, **form.cleaned_data)
+        added = services.member_invite(user=request.user, team=team, **form.cleaned_data)
     except ValidationError as exc:
         _flash_errors(request, exc)
     else:
         if isinstance(added, Invitation):
             url = services.invitation_url(added, site)
-            messages.success(request, f"Invitation mailed to {added.email}; you can also pass on its link: {url}")
+            if services.invitation_send(added, site):
+                messages.success(request, f"Invitation mailed to {added.email}; you can also pass on its link: {url}")
+            else:
+                messages.warning(
+                    request,
+                    f"The invitation is saved, but the mail to {added.email} could not be sent: "
+                    f"pass on its link yourself: {url}",
+                )
         else:
             messages.success(request, f"{added.user.get_username()} joined {team.name} as {added.role}.")
     return redirect("team_detail", team_id=team.pk)
@@ -138,14 +146,42 @@ def member_change(request: HttpRequest, team_id: int, membership_id: int, action
     return redirect("team_detail", team_id=team.pk)
 
 
-@login_required
+def _invitation_refused(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """Why a link does not open: 404 for a token that never was, 410 for a used or expired one."""
+    status = 404 if exc.code == "unknown" else 410
+    return render(request, "jobs/invitation.html", {"refused": exc.messages[0]}, status=status)
+
+
 @require_http_methods(["GET", "POST"])
 def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
-    """The page an invitation's link opens: who invites to which team, and a button to join (once)."""
-    invitation = get_object_or_404(
-        Invitation.objects.select_related("team", "invited_by"), token=token, accepted_at__isnull=True
-    )
-    if request.method == "POST":
+    """The page an invitation's link opens: who invites to which team as what; logged in, a button to join;
+    otherwise a form that makes the account and joins at once (or a link to log in first). Once, in time."""
+    try:
+        invitation = services.invitation_open(token)
+    except ValidationError as exc:
+        return _invitation_refused(request, exc)
+    form = None
+    if not request.user.is_authenticated:
+        form = SignupForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                membership = services.invitation_signup(
+                    token=token, username=data["username"], password=data["password1"]
+                )
+            except ValidationError as exc:
+                if not hasattr(exc, "error_dict"):  # the link was used or expired meanwhile
+                    return _invitation_refused(request, exc)
+                add_service_errors(form, exc)
+            else:
+                log_in(request, membership.user)
+                messages.success(
+                    request,
+                    f"Welcome, {membership.user.get_username()}: you joined "
+                    f"{membership.team.name} as {membership.role}.",
+                )
+                return redirect("team_detail", team_id=membership.team_id)
+    elif request.method == "POST":
         try:
             membership = services.invitation_accept(user=request.user, token=token)
         except ValidationError as exc:
@@ -153,7 +189,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
             return redirect("teams")
         messages.success(request, f"You joined {membership.team.name} as {membership.role}.")
         return redirect("team_detail", team_id=membership.team_id)
-    return render(request, "jobs/invitation.html", {"invitation": invitation})
+    return render(request, "jobs/invitation.html", {"invitation": invitation, "form": form})
 
 
 # --- share links ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ worker packages. The public names are re-exported here, so callers write ``servi
 """
 
 from jobs.selectors import run_output_dir  # where run folders are: read by services, worker and tests
+from jobs.services.accounts import USERNAME_TAKEN, account_create, mail_send
 from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview, balance_reply
 from jobs.services.catalog import (
     IN_DATA_DIR,
@@ -74,9 +75,13 @@ from jobs.services.studies import (
 )
 from jobs.services.teams import (
     INVITATION_BODY,
+    INVITATION_REFUSED,
     INVITATION_SUBJECT,
     LAST_OWNER,
     invitation_accept,
+    invitation_open,
+    invitation_send,
+    invitation_signup,
     invitation_url,
     member_invite,
     member_remove,
@@ -106,6 +111,7 @@ __all__ = [
     "BROKER_DOWN_KEY",
     "BROKER_DOWN_S",
     "INVITATION_BODY",
+    "INVITATION_REFUSED",
     "INVITATION_SUBJECT",
     "IN_DATA_DIR",
     "IN_USE",
@@ -129,6 +135,7 @@ __all__ = [
     "UPLOAD_BAD_TYPE",
     "UPLOAD_SUFFIXES",
     "UPLOAD_TOO_LARGE",
+    "USERNAME_TAKEN",
     "WAITING_FOR_BROKER",
     "BalancePreview",
     "BrokerError",
@@ -136,6 +143,7 @@ __all__ = [
     "Deleted",
     "Phase",
     "Stored",
+    "account_create",
     "balance_preview",
     "balance_reply",
     "checked_queue",
@@ -146,8 +154,12 @@ __all__ = [
     "export_config",
     "import_path_check",
     "invitation_accept",
+    "invitation_open",
+    "invitation_send",
+    "invitation_signup",
     "invitation_url",
     "local_path",
+    "mail_send",
     "measured_runs",
     "measurement_claim",
     "measurement_fail",

@@ -358,3 +358,28 @@ def asgi_server(celery_worker_process: WorkerProcess) -> Iterator[str]:
     data_dir = celery_worker_process.data_dir
     with daphne(process_env(data_dir), data_dir / "daphne.log") as url:
         yield url
+
+
+# --- mail: Django's real backends ----------------------------------------------------------------------------
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+FILE_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+
+
+@pytest.fixture
+def smtp_down(settings) -> None:
+    """The SMTP backend, aimed at a local port where nothing listens (as a fresh host's localhost:25)."""
+    settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT = SMTP_BACKEND, "127.0.0.1", free_port()
+
+
+@pytest.fixture
+def mail_dir(settings, tmp_path) -> Path:
+    """The file backend: each connection writes one ``.log`` file of its mails into this folder."""
+    settings.EMAIL_BACKEND, settings.EMAIL_FILE_PATH = FILE_BACKEND, tmp_path / "mail"
+    return settings.EMAIL_FILE_PATH
+
+
+def mails(folder: Path) -> list[str]:
+    """The mails the file backend wrote into ``folder``, oldest first."""
+    files = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
+    return [p.read_text() for p in files]

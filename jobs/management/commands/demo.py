@@ -6,7 +6,8 @@ safetensors folder in the engine's model cache (``KDWEB_MODEL_CACHE``, about 20 
 afterwards); pages never touch the file, as the Teacher row keeps its config.
 
 The password is a fixed local-demo default (``demo-kdweb``) unless ``KDWEB_DEMO_PASSWORD`` is set; it is
-set again on every run, so the login printed is always the one that works.
+set again on every run, so the login printed is always the one that works. The demo user is also a staff
+superuser: it administers users and teams at `/admin/`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Command(BaseCommand):
             team, _ = Team.objects.get_or_create(name=TEAM)
             user, created = get_user_model().objects.get_or_create(username=USER)
             user.set_password(password)
+            user.is_staff = user.is_superuser = True  # the local demo's administrator too (/admin/)
             user.save()
             Membership.objects.update_or_create(team=team, user=user, defaults={"role": Membership.Role.OWNER})
         self.stdout.write(f"demo user {'created' if created else 'exists'}; team {team.name!r}")

@@ -75,7 +75,9 @@ PAGES = [
     row("POST", "/teams/{team}/invite/",                          302, 403, 403, 404, 302, 302, data={"who": "nora"}),
     row("POST", "/teams/{team}/members/{membership}/role/",       302, 403, 403, 404, 302, 302, data={"role": "owner"}),
     row("POST", "/teams/{team}/members/{membership}/remove/",     302, 403, 403, 404, 302, 302),
-    row("GET",  "/invites/{invite}/",                             200, 200, 200, 200, 302, 302),
+    row("GET",  "/invites/{invite}/",                             200, 200, 200, 200, 200, 200),
+    row("GET",  "/account/password/",                             200, 200, 200, 200, 302, 302),
+    row("GET",  "/signup/",                                       404, 404, 404, 404, 404, 404),  # KDWEB_SIGNUP off
     row("POST", "/share/run/{run}/",                              302, 302, 403, 404, 302, 302),
     row("POST", "/share/study/{study}/",                          302, 302, 403, 404, 302, 302),
     row("POST", "/share/links/{link}/revoke/",                    302, 302, 403, 404, 302, 302),

@@ -268,7 +268,19 @@ def test_restart_reuses_the_data_and_stops_on_sigint(launched):
     assert "demo user exists" in up.log(tail=10_000)
     with urllib.request.urlopen(f"{up.url}/login/", timeout=60) as response:
         assert response.status == 200
-    session(up)
+    client = session(up)
+    with client.open(f"{up.url}/admin/auth/user/", timeout=60) as response:  # the demo user administers users
+        assert response.status == 200 and urllib.parse.urlparse(response.url).path == "/admin/auth/user/"
+    # the local demo prints its mail: an invitation appears in make up's output
+    with client.open(f"{up.url}/teams/", timeout=60) as response:
+        team_page = re.search(r'href="(/teams/\d+/)">demo</a>', response.read().decode()).group(1)
+    with client.open(f"{up.url}{team_page}", timeout=60) as response:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode()).group(1)
+    form = {"who": "newcomer@example.org", "role": "member", "csrfmiddlewaretoken": token}
+    with client.open(f"{up.url}{team_page}invite/", data=urllib.parse.urlencode(form).encode(), timeout=60) as response:
+        assert "Invitation mailed to newcomer@example.org" in response.read().decode()
+    printed = up.log(tail=10_000)
+    assert "Subject: You are invited to the team demo on kdweb" in printed and "To: newcomer@example.org" in printed
     status = up.stop(signal.SIGINT)
     assert status == 0, f"exit status {status} after SIGINT\n{up.log()}"
 
