@@ -48,14 +48,22 @@ def teacher_list(user) -> QuerySet[Teacher]:
     return Teacher.objects.filter(team__in=teams_for_user(user)).select_related("team")
 
 
+def registered_teacher(run: Run) -> Teacher | None:
+    """The teacher a fine-tuning run registered from its export, if any."""
+    return Teacher.objects.filter(from_run=run).first()
+
+
 def dataset_list(user) -> QuerySet[DatasetSpec]:
     return DatasetSpec.objects.filter(team__in=teams_for_user(user)).select_related("team")
 
 
-def run_list(user, *, status: str = "", kind: str = "", teacher: str = "", team: str = "") -> QuerySet[Run]:
-    """The user's runs, newest first, with what the list shows; empty filters are ignored."""
-    runs = Run.objects.filter(team__in=teams_for_user(user)).select_related("team", "teacher", "dataset")
-    filters = {"status": status, "kind": kind, "teacher_id": teacher, "team_id": team}
+def run_list(
+    user, *, q: str = "", status: str = "", kind: str = "", teacher: str = "", team: str = ""
+) -> QuerySet[Run]:
+    """The user's runs, newest first, with what the list shows; ``q`` keeps the runs whose name contains it
+    (any case); empty filters are ignored."""
+    runs = Run.objects.filter(team__in=teams_for_user(user)).select_related("team", "teacher", "dataset", "study")
+    filters = {"name__icontains": q, "status": status, "kind": kind, "teacher_id": teacher, "team_id": team}
     runs = runs.filter(**{k: v for k, v in filters.items() if v})
     return runs.prefetch_related(
         Prefetch("evaluations", queryset=Evaluation.objects.order_by("role"), to_attr="final_evaluations")
