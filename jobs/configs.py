@@ -35,7 +35,7 @@ def in_field_order(config: Any, model: type[BaseModel] = RunConfig) -> Any:
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """``{"loss": {"task": 1}}`` -> ``{"loss.task": 1}``; lists stay whole (a layer map is one value)."""
-    if not isinstance(value, dict) or (prefix and not value):
+    if not isinstance(value, dict):
         return {prefix: value}
     flat: dict[str, Any] = {}
     for key, item in value.items():
