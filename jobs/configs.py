@@ -48,10 +48,15 @@ def applicable_settings(config: dict[str, Any]) -> dict[str, Any]:
     return flatten(in_field_order(applicable_config(config)))
 
 
-def _pair_text(pair: dict[str, Any]) -> str:
-    text = f"{pair.get('student')}→{pair.get('teacher')}"
-    weights = [pair.get(w, 1.0) for w in ("feature_weight", "attention_weight")]
-    return text if weights == [1.0, 1.0] else f"{text} ({number(weights[0])}, {number(weights[1])})"
+PAIR_KEYS = ("student", "teacher", "feature_weight", "attention_weight")
+
+
+def _pair_text(pair: dict[str, Any] | list[Any]) -> str:
+    """A layer pair (stored as a mapping, or the YAML shorthand list) as ``s→t``, with its weights when not 1."""
+    p = pair if isinstance(pair, dict) else dict(zip(PAIR_KEYS, pair, strict=False))
+    text = f"{p.get('student')}→{p.get('teacher')}"
+    weights = [p.get(w, 1.0) for w in PAIR_KEYS[2:]]
+    return text if weights == [1.0, 1.0] else f"{text} ({weights[0]:g}, {weights[1]:g})"
 
 
 def setting_text(value: Any) -> str:
@@ -62,7 +67,7 @@ def setting_text(value: Any) -> str:
     if isinstance(value, int | float):
         return number(value) if isinstance(value, int) else f"{value:g}"
     if isinstance(value, list | tuple):
-        return ", ".join(_pair_text(v) if isinstance(v, dict) else setting_text(v) for v in value) or "none"
+        return ", ".join(_pair_text(v) if isinstance(v, dict | list) else setting_text(v) for v in value) or "none"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {setting_text(v)}" for k, v in value.items())
     return "—" if value is None else str(value)
