@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from distill.config import RunConfig, applicable_config
-from jobs.templatetags.numbers import number
+from jobs.formatting import number
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:

@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from distill.config import applies
 from jobs.configs import config_rows, setting_text
+from jobs.formatting import compact, number
 from jobs.models import Run, Study, Teacher
-from jobs.templatetags.numbers import compact, number
 from tests.jobs.conftest import teacher_row
 from tests.jobs.pages.test_runs import ARCH, _run
 
