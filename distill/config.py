@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -322,6 +322,60 @@ class RunConfig(_Frozen):
     @property
     def needs_features(self) -> bool:
         return self.kind == "kd_feature" and (self.loss.feature > 0 or self.loss.attention > 0)
+
+
+# Settings only some kinds or tasks read (a path and everything under it). A config shown or compared leaves the
+# others out: every run stores every section, with defaults where the wizard asked nothing.
+PAIR_TERMS: tuple[str, ...] = ("feature", "attention")
+PAIRED_KINDS: tuple[str, ...] = tuple(k for k, terms in KIND_TERMS.items() if set(PAIR_TERMS) & set(terms))
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "student": tuple(k for k in KIND_TERMS if k != "teacher_finetune"),
+    "student.layer_map": PAIRED_KINDS,  # the pairs the feature and attention terms align
+    "student.map_embeddings": PAIRED_KINDS,
+    "lora": ("teacher_finetune",),
+    "teacher.dtype": tuple(k for k in KIND_TERMS if k != "teacher_finetune"),  # a fine-tuned teacher trains in float32
+}
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "data.label_column": ("classification",),
+    "data.labels": ("classification",),
+    "generation": ("causal_lm",),
+}
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def applies(path: str, kind: str, task: str) -> bool:
+    """Whether the setting at ``path`` (``loss.feature``, ``generation.samples``) means anything to a run of this
+    kind and task: loss terms and settings by :data:`KIND_TERMS` and :data:`KIND_LOSS_SETTINGS`, the rest by
+    :data:`KIND_FIELDS` and :data:`TASK_FIELDS`. An unknown kind or task keeps every setting."""
+    section, _, rest = path.partition(".")
+    if section == "loss" and rest and kind in KIND_TERMS:
+        name = rest.split(".")[0]
+        return name in KIND_TERMS[kind] or name in KIND_LOSS_SETTINGS[kind]
+    for rules, value, known in ((KIND_FIELDS, kind, KIND_TERMS), (TASK_FIELDS, task, get_args(Task))):
+        for prefix, allowed in rules.items():
+            if _under(path, prefix) and value in known and value not in allowed:
+                return False
+    return True
+
+
+def applicable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (plain dict) without the settings its kind and task do not read (:func:`applies`)."""
+    kind, task = data.get("kind"), data.get("task", "classification")
+
+    def prune(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        kept = {}
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if applies(path, kind, task):
+                kept[key] = prune(value, path)
+        return kept
+
+    return prune(data, "")
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:

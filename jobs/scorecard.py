@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.config import ABLATIONS, BASELINES, FULL_METHOD, LM_METRICS
 from distill.metrics import compression, retention, speedup
+from jobs.configs import applicable_settings
 from jobs.models import Artifact, Run
 
 if TYPE_CHECKING:
@@ -322,23 +323,14 @@ def study_scorecard(runs: Iterable[Run], side_by_side: dict[str, Any] | None = N
     }
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"loss": {"task": 1}}`` -> ``{"loss.task": 1}``; lists stay whole (a layer map is one value)."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def config_diff(runs: list[Run]) -> list[dict[str, Any]]:
-    """The flattened config keys whose values differ between the runs: ``[{"key", "values": [per run]}]``
-    (a key a run lacks has the value None there). Nothing for fewer than two runs."""
+    """The settings whose values differ between the runs: ``[{"key", "values": [per run]}]``, in the engine's
+    field order; only settings the run's kind and task read count (``configs.applicable_settings``), so a run
+    that lacks or does not use a key has None there. Nothing for fewer than two runs."""
     if len(runs) < 2:
         return []
-    flat = [_flatten(run.config) for run in runs]
-    keys = sorted({key for f in flat for key in f} - DIFF_IGNORED)
+    flat = [applicable_settings(run.config) for run in runs]
+    keys = [key for key in dict.fromkeys(key for f in flat for key in f) if key not in DIFF_IGNORED]
     diff = []
     for key in keys:
         values = [f.get(key) for f in flat]

@@ -59,19 +59,24 @@ def teacher_list(user, *, archived: bool = False) -> QuerySet[Teacher]:
     return _unless_archived(Teacher.objects.filter(team__in=teams_for_user(user)).select_related("team"), archived)
 
 
+def registered_teacher(run: Run) -> Teacher | None:
+    """The teacher a fine-tuning run registered from its export, if any."""
+    return Teacher.objects.filter(from_run=run).first()
+
+
 def dataset_list(user, *, archived: bool = False) -> QuerySet[DatasetSpec]:
     """The user's data sets (with ``archived``, the archived ones too)."""
     return _unless_archived(DatasetSpec.objects.filter(team__in=teams_for_user(user)).select_related("team"), archived)
 
 
 def run_list(
-    user, *, status: str = "", kind: str = "", teacher: str = "", team: str = "", archived: bool = False
+    user, *, q: str = "", status: str = "", kind: str = "", teacher: str = "", team: str = "", archived: bool = False
 ) -> QuerySet[Run]:
-    """The user's runs, newest first, with what the list shows; empty filters are ignored; archived runs only
-    with ``archived``."""
-    runs = Run.objects.filter(team__in=teams_for_user(user)).select_related("team", "teacher", "dataset")
+    """The user's runs, newest first, with what the list shows; ``q`` keeps the runs whose name contains it
+    (any case); empty filters are ignored; archived runs only with ``archived``."""
+    runs = Run.objects.filter(team__in=teams_for_user(user)).select_related("team", "teacher", "dataset", "study")
     runs = _unless_archived(runs, archived)
-    filters = {"status": status, "kind": kind, "teacher_id": teacher, "team_id": team}
+    filters = {"name__icontains": q, "status": status, "kind": kind, "teacher_id": teacher, "team_id": team}
     runs = runs.filter(**{k: v for k, v in filters.items() if v})
     return runs.prefetch_related(
         Prefetch("evaluations", queryset=Evaluation.objects.order_by("role"), to_attr="final_evaluations")

@@ -36,6 +36,13 @@ def add_service_errors(form: forms.Form, exc: ValidationError, aliases: dict[str
 class RunFilterForm(forms.Form):
     """GET filters of the runs list; choices are limited to what the user can see."""
 
+    q = forms.CharField(
+        required=False,
+        max_length=100,
+        strip=True,
+        label="Name",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "search by name", "size": 16}),
+    )
     status = forms.ChoiceField(required=False, choices=[("", "any status"), *Run.Status.choices])
     kind = forms.ChoiceField(required=False, choices=[("", "any kind"), *Run.Kind.choices])
     teacher = forms.ChoiceField(required=False)

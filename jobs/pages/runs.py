@@ -7,11 +7,9 @@ on writes. The new-run wizard lives in ``jobs.wizard``.
 
 from __future__ import annotations
 
-import typing
 from pathlib import PurePosixPath
 from typing import Any
 
-import yaml
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -20,11 +18,10 @@ from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from pydantic import BaseModel
 
-from distill.config import RunConfig
 from jobs import scorecard, selectors, services
-from jobs.models import Artifact, DatasetSpec, Run
+from jobs.configs import config_rows
+from jobs.models import Artifact, DatasetSpec, Run, Teacher
 from jobs.pages.forms import DatasetCreateForm, RunFilterForm, TeacherRegisterForm, add_service_errors
 from jobs.pages.teams import share_panel
 from jobs.permissions import READ_ONLY, get_for_user, teams_for_user
@@ -46,37 +43,6 @@ def eta_text(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s} s"
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def in_field_order(config: Any, model: type[BaseModel] = RunConfig) -> Any:
-    """The stored config with its keys in the engine's field order (the database keeps JSON keys sorted)."""
-    if not isinstance(config, dict):
-        return config
-    fields = model.model_fields
-    rank = {name: i for i, name in enumerate(fields)}
-    ordered = {}
-    for key in sorted(config, key=lambda k: (rank.get(k, len(rank)), k)):
-        section = _section_model(fields[key].annotation) if key in fields else None
-        ordered[key] = in_field_order(config[key], section) if section else config[key]
-    return ordered
-
-
-def params_text(n: int | None) -> str:
-    """``22.7 M``, ``410.5 k``, ``950``."""
-    if n is None:
-        return "—"
-    if n >= 1_000_000:
-        return f"{n / 1e6:.1f} M"
-    if n >= 1_000:
-        return f"{n / 1e3:.1f} k"
-    return str(n)
 
 
 # --- runs -----------------------------------------------------------------------------------------------
@@ -139,12 +105,10 @@ def run_page(request: HttpRequest, run: Run, template: str, config: dict, **extr
             response["HX-Refresh"] = "true"
         return response
     results = scorecard.evaluation_table(list(run.evaluations.order_by("split", "-role")))
-    for row in results["rows"]:
-        row["params_text"] = params_text(row["params"])
     backfill = selectors.run_backfill(run)  # what the websocket would send first: live.js asks for what follows
     context = {
         **status_context,
-        "config_yaml": yaml.safe_dump(in_field_order(config), sort_keys=False, allow_unicode=True, width=100),
+        "config_rows": config_rows(config),
         "evaluations": results["rows"],
         "comparisons": results["comparisons"],
         "metric_columns": results["metrics"],
@@ -170,6 +134,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         run.config,
         can_write=can_write,
         artifacts=run.artifacts.order_by("kind", "created_at"),
+        registered=selectors.registered_teacher(run),
         **share_panel(run, can_write),
     )
 
@@ -215,16 +180,40 @@ def teachers(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Registered teacher {teacher.name}.")
             return redirect("teachers")
     archived = bool(request.GET.get("archived"))
-    teacher_list = list(selectors.teacher_list(request.user, archived=archived).select_related("from_run"))
-    for teacher in teacher_list:
-        teacher.params_text = params_text(teacher.architecture.get("params"))
     context = {
-        "teachers": teacher_list,
+        "teachers": selectors.teacher_list(request.user, archived=archived).select_related("from_run"),
         "archived": archived,
         "form": form,
         "can_write": writable.exists(),
     }
     return render(request, "jobs/teachers.html", context)
+
+
+def teacher_origin(teacher: Teacher) -> str:
+    """Where a teacher came from, in words: fine-tuned by a run, a Python package, a model folder or a hub id."""
+    if teacher.from_run_id:
+        return "fine-tuned by a run of this workbench"
+    if teacher.source.startswith("package:"):
+        return "a Python package"
+    if services.local_path(teacher.source, hub_ids=True) is None:
+        return "a model hub id"
+    return "a model folder on the server"
+
+
+@login_required
+@require_GET
+def teacher_detail(request: HttpRequest, teacher_id: int) -> HttpResponse:
+    """A teacher: its architecture, where it came from, the runs that used it, and "distil this"."""
+    teacher, can_write = get_for_user(
+        Teacher.objects.select_related("team", "from_run__teacher", "created_by"), request.user, teacher_id
+    )
+    context = {
+        "teacher": teacher,
+        "origin": teacher_origin(teacher),
+        "runs": selectors.run_list(request.user, archived=True).filter(teacher=teacher)[:50],
+        "can_write": can_write,
+    }
+    return render(request, "jobs/teacher_detail.html", context)
 
 
 @login_required

@@ -15,6 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
@@ -61,7 +62,7 @@ def _scorecard_page(
         "measuring": found["latest"] if found["latest"] and found["latest"].status != "succeeded" else None,
         "measure_url": measure_url if can_write else "",
         "study": study,
-        "title": study.name if study else f"Comparison of {len(runs)} runs",
+        "title": study.name if study else f"Comparison of {len(runs)} run{pluralize(len(runs))}",
         "card": card,
         "plots": selectors.scorecard_plots(card),
         "csv_url": csv_url,

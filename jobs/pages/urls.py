@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", runs.run_action, {"action": "resume"}, name="run_resume"),
     path("runs/<int:run_id>/artifacts/<int:artifact_id>/", runs.artifact_download, name="artifact_download"),
     path("teachers/", runs.teachers, name="teachers"),
+    path("teachers/<int:teacher_id>/", runs.teacher_detail, name="teacher_detail"),
     path("datasets/", runs.datasets, name="datasets"),
     path("datasets/<int:dataset_id>/", runs.dataset_detail, name="dataset_detail"),
     # rename, archive, delete (jobs/partials/manage.html)

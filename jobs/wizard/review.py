@@ -35,6 +35,8 @@ from jobs.wizard.steps import render_step, step_form
 
 # the config sections a memory fix may change (as ``section.field``), besides the teacher's dtype
 FIXABLE = ("optim", "loss", "data", "generation")
+# the tag of the launch message: the run page's live view removes it once the run leaves the queue (live.js)
+QUEUED_NOTICE = "queued-notice"
 BAD_FIX = "That change cannot be applied here: go to its step and change it there."
 
 
@@ -207,9 +209,13 @@ def launch(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Study “{study.name}”: {study.runs.count()} runs are queued.")
         return redirect("study_detail", study_id=study.pk)
     if run.waiting_for_broker:
-        messages.warning(request, f"“{run.name}” is queued; the broker does not answer: it is sent once it does.")
+        messages.warning(
+            request,
+            f"“{run.name}” is queued; the broker does not answer: it is sent once it does.",
+            extra_tags=QUEUED_NOTICE,
+        )
     else:
-        messages.success(request, f"“{run.name}” is queued on {run.queue}.")
+        messages.success(request, f"“{run.name}” is queued on {run.queue}.", extra_tags=QUEUED_NOTICE)
     return redirect("run_detail", run_id=run.pk)
 
 

@@ -113,7 +113,11 @@ class BrowserSession:
     def shot(self, name: str, target: Locator | None = None) -> Path:
         """A full-page screenshot (or one of ``target`` only, quicker), ``<prefix>NN-name.png`` in the order
         taken."""
-        path = ARTIFACTS / f"{self.prefix}{self.first_shot + len(self.shots):02d}-{name}.png"
+        return self.shot_as(f"{self.prefix}{self.first_shot + len(self.shots):02d}-{name}", target)
+
+    def shot_as(self, name: str, target: Locator | None = None) -> Path:
+        """A screenshot as :meth:`shot` takes it, named exactly ``name.png`` (a later run replaces it)."""
+        path = ARTIFACTS / f"{name}.png"
         for attempt in (1, 2):
             try:
                 if target is not None:

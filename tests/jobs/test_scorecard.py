@@ -201,11 +201,22 @@ def test_the_config_diff_names_the_keys_that_differ():
 
     assert diff == [
         {"key": "kind", "values": ["kd_feature", "kd_feature", "kd_logits"]},
+        {"key": "seed", "values": [1, 0, 0]},
         {"key": "loss.attention", "values": [None, 0, None]},
         {"key": "lr", "values": [None, None, 0.1]},
-        {"key": "seed", "values": [1, 0, 0]},
-    ]  # the names differ too, but always do
+    ]  # in the engine's field order (unknown keys last); the names differ too, but always do
     assert scorecard.config_diff(runs[:1]) == []
+
+
+def test_the_config_diff_leaves_out_what_a_runs_kind_and_task_do_not_read():
+    feature = run(1, "kd_feature", [], loss={"attention": 1.0, "temperature": 2.0}, generation={"samples": 8})
+    logits = run(2, "kd_logits", [], loss={"attention": 0.0, "temperature": 4.0}, generation={"samples": 32})
+
+    diff = {d["key"]: d["values"] for d in scorecard.config_diff([feature, logits])}
+
+    # kd_logits has no attention term: its 0 is not a difference worth a row, its temperature is
+    assert diff["loss.attention"] == [1.0, None] and diff["loss.temperature"] == [2.0, 4.0]
+    assert "generation.samples" not in diff  # classification runs generate nothing
 
 
 # --- speed: only from one side-by-side measurement -------------------------------------------------------

@@ -38,6 +38,7 @@ class LiveRun {
     this.phase = block ? block.dataset.phase : undefined;
     this.cancelling = Boolean(document.querySelector('#run-status [data-live="cancelling"]'));
     this.lastStatus = null;
+    dropQueuedNotice(this.status);
     this.watchCancelForm();
     document.body.addEventListener("htmx:afterSettle", () => this.afterSwap());
     this.socket = new ReconnectingSocket({
@@ -142,6 +143,7 @@ class LiveRun {
   afterSwap() {
     // the status block came again from the server (htmx): what the socket said since may be newer
     const block = document.getElementById("run-status");
+    if (block) dropQueuedNotice(block.dataset.status);
     if (!block || !this.lastStatus || this.lastStatus.status !== block.dataset.status) return;
     const rendered = parseInt(block.querySelector('[data-live="step"]')?.textContent || "0", 10) || 0;
     if ((this.lastStatus.step ?? 0) > rendered) this.applyStatus(this.lastStatus);
@@ -160,6 +162,7 @@ class LiveRun {
     if (message.phase !== undefined) this.phase = message.phase;
     if (phaseEl && message.phase !== undefined) phaseEl.textContent = phaseText(message);
     if (status !== "queued") block.querySelector('[data-live="queued"]')?.remove();
+    dropQueuedNotice(status);
     if (this.cancelling && status === "running") this.showCancelling();
   }
 
@@ -188,6 +191,12 @@ class LiveRun {
       refreshing = false;
     }
   }
+}
+
+/** The launch message ("… is queued on default", jobs/wizard/review.py QUEUED_NOTICE) says nothing true once
+ * the run has left the queue. */
+function dropQueuedNotice(status) {
+  if (status && status !== "queued") for (const flash of document.querySelectorAll(".flash.queued-notice")) flash.remove();
 }
 
 let refreshing = false; // a refresh of the status block that LiveRun asks for: never cancelled

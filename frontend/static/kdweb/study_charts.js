@@ -47,18 +47,41 @@ function draw(div, traces, plotLayout) {
   div.dataset.traces = String(traces.length);
 }
 
+// Runs of one size and score (seeds that agree, a baseline that matches) would hide each other under one marker:
+// the markers of such a group sit side by side, 3 % of the axis' width apart (log scale), centred on the true
+// size; the hover keeps the exact size.
+const NUDGE_SHARE = 0.03;
+
+function nudged(points, teacher) {
+  const sizes = [...points.map((p) => p.params), ...(teacher ? [teacher.params] : [])].filter((x) => x > 0);
+  const span = sizes.length ? Math.max(...sizes) / Math.min(...sizes) : 1;
+  const step = Math.max(span, 10) ** NUDGE_SHARE;
+  const groups = new Map();
+  for (const p of points) {
+    const key = `${p.params}|${p.value}`;
+    groups.set(key, [...(groups.get(key) || []), p]);
+  }
+  const x = new Map();
+  for (const group of groups.values()) {
+    group.forEach((p, i) => x.set(p, p.params * step ** (i - (group.length - 1) / 2)));
+  }
+  return points.map((p) => ({ ...p, x: x.get(p) }));
+}
+
 function sizePlot(div, data) {
-  const variants = [...new Set(data.points.map((p) => p.variant))];
+  const all = nudged(data.points, data.teacher);
+  const variants = [...new Set(all.map((p) => p.variant))];
   const traces = variants.map((variant) => {
-    const points = data.points.filter((p) => p.variant === variant);
+    const points = all.filter((p) => p.variant === variant);
     return {
       type: "scatter",
       mode: "markers",
       name: plain(variant),
-      x: points.map((p) => p.params),
+      x: points.map((p) => p.x),
       y: points.map((p) => p.value),
       text: points.map((p) => `${plain(p.name)}${p.best ? " (best)" : ""}`),
-      hovertemplate: `%{text}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
+      customdata: points.map((p) => p.params),
+      hovertemplate: `%{text}<br>%{customdata:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: {
         size: points.map((p) => (p.best ? 15 : 10)),
         color: colorOf(variant),
@@ -75,7 +98,9 @@ function sizePlot(div, data) {
       y: [data.teacher.value],
       text: ["teacher"],
       customdata: [plain(data.teacher.name)], // a template would read "%{...}" in a name as its own fields
-      textposition: "top center",
+      // the teacher is the largest model, at the right edge: its label goes left, and may leave the axes
+      textposition: "middle left",
+      cliponaxis: false,
       hovertemplate: `%{customdata}<br>%{x:,} parameters<br>${data.label} %{y:.4f}<extra></extra>`,
       marker: { symbol: "star", size: 16, color: "#c0392b" },
     });

@@ -150,9 +150,9 @@ def test_the_public_page_shows_the_results_and_nothing_else(client, owner, team,
     html = response.content.decode()
     # the results: status, final metrics, student vs teacher, curves, the (public) config
     assert "shared-run" in html and "Succeeded" in html
-    assert '<table class="data metrics">' in html and '<table class="data compare">' in html
+    assert '<table class="data metrics sticky-first">' in html and '<table class="data compare sticky-first">' in html
     assert 'id="run-series"' in html and '"loss/total": [[1, 1.0], [2, 0.5]' in html and 'id="charts"' in html
-    assert "max_length: 24" in html
+    assert re.search(r'data-key="data.max_length">.*?<td class="value">24</td>', html)
     assert "teacher tiny-teacher · data reviews" in html  # what was distilled, by name (not by source)
     # nothing else: no team, no other run, no paths, no queue or host, no log, no files, no links out
     for hidden in ("alpha", "hidden-run", "olivia", "cancel requested", *SECRETS, "gpu-secret-queue", "node-secret"):

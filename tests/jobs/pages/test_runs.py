@@ -227,8 +227,9 @@ def test_it_shows_a_runs_metrics_curves_config_and_artifacts(login, member, page
     assert "95%" in html  # retention 0.76 / 0.80
     assert "4.0×" in html  # 4 M / 1 M parameters, and 8 ms / 2 ms at batch size 1
     assert "1.0 M" in html and "4.0 M" in html
-    # the config as YAML, and the download link
-    assert "student:\n  layers: 2" in html
+    # the config as a table of the settings its kind reads, and the download link
+    assert '<tr data-key="student.layers"><td class="muted">student</td><td><code>layers</code></td>' in html
+    assert {"section": "optim", "name": "lr", "key": "optim.lr", "value": "5e-05"} in response.context["config_rows"]
     assert reverse("artifact_download", args=[pages_run.pk, artifact.pk]) in html
     # finished: no polling, no live socket
     assert "hx-trigger=" not in html
@@ -438,7 +439,7 @@ def test_it_creates_the_packaged_rotten_tomatoes_set(login, member, team):
     assert dataset.sizes == {"train": 10_201, "validation": 1_275, "test": 1_276}
     detail = _html(client.get(response["Location"]))
     assert "Added data set rt." in detail and "fresh" in detail and len(dataset.preview) == 5
-    assert "10201" in detail
+    assert "10,201" in detail
 
 
 @pytest.mark.django_db

@@ -52,6 +52,7 @@ PAGES = [
     row("GET",  "/runs/new/teacher/",                             200, 200, 200, 200, 302, 302),
     row("GET",  "/teachers/",                                     200, 200, 200, 200, 302, 302),
     row("POST", "/teachers/",                                     200, 200, 403, 200, 302, 302),
+    row("GET",  "/teachers/{teacher}/",                           200, 200, 200, 404, 302, 302),
     row("GET",  "/datasets/",                                     200, 200, 200, 200, 302, 302),
     row("POST", "/datasets/",                                     200, 200, 403, 200, 302, 302),
     row("GET",  "/datasets/{dataset}/",                           200, 200, 200, 404, 302, 302),

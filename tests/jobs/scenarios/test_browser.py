@@ -332,7 +332,12 @@ def test_a_user_uploads_data_walks_the_wizard_and_watches_the_run_succeed(
             launched_after = s.needed_clicks
 
             expect(page).to_have_url(re.compile(r"/runs/\d+/$"))
-            expect(page.locator("p.flash")).to_contain_text(f"is queued on {worker.queue}")
+            # the launch message says where the run waits; live.js drops it once the run has left the queue
+            launched = page.locator(
+                f'p.flash.queued-notice:has-text("is queued on {worker.queue}"), '
+                '#run-status:not([data-status="queued"])'
+            )
+            expect(launched.first).to_be_attached()
             page.wait_for_load_state("load")
             expect(page.locator("#charts .empty, #charts .chart").first).to_be_visible()  # charts.js ran
             s.shot("run-launched")

@@ -155,6 +155,9 @@ def test_it_launches_the_run_with_the_engine_validated_config(
     run = Run.objects.get(name="wiz-first")
     assert response.status_code == 302 and response["Location"] == reverse("run_detail", kwargs={"run_id": run.pk})
     assert enqueued(callbacks) == 1  # the Celery task, enqueued on commit (not sent here)
+    # the launch message carries the tag by which the run page's live view drops it once the run runs
+    page = wiz_client.get(response["Location"]).content.decode()
+    assert '<p class="flash queued-notice warning">“wiz-first” is queued; the broker' in page  # not sent here
     assert (run.kind, run.teacher, run.dataset, run.team) == ("kd_feature", tiny_teacher, tiny_dataset, team)
     assert run.queue == settings.CELERY_TASK_DEFAULT_QUEUE and run.status == Run.Status.QUEUED
     cfg = run.config
