@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -25,7 +26,9 @@ import torch
 from distill.config import KD_KINDS, RunConfig, load_config
 
 DOMINANCE_LIMIT = 0.9  # a term above this share of the weighted total leaves the others almost no gradient
-TIMED_STEPS = 2  # optimizer steps timed after one untimed warm-up step (allocations, kernel choice)
+TIMED_STEPS = 8  # at most this many optimizer steps are timed, after one untimed warm-up step (allocations)
+TIMED_MIN_STEPS = 2  # at least this many, however long they take
+TIMED_BUDGET_S = 10.0  # no new step is started once the timed ones took this long
 
 
 def shares(values: dict[str, float], weights: dict[str, float]) -> dict[str, dict[str, float | None]]:
@@ -53,8 +56,9 @@ class FirstSteps:
 
 def first_steps(cfg: RunConfig, timed_steps: int = TIMED_STEPS) -> FirstSteps:
     """The loss terms of ``cfg`` on the first training batch, with the weights of the first step, then the time
-    of ``timed_steps`` training steps after a warm-up one (none with 0). The terms are computed in eval mode (no
-    dropout), so the same config gives the same numbers."""
+    of up to ``timed_steps`` training steps after a warm-up one (none with 0): steps go on while they took less
+    than ``TIMED_BUDGET_S`` in all, and the median step counts (batches differ in length, a step may stall). The
+    terms are computed in eval mode (no dropout), so the same config gives the same numbers."""
     # imported here: the web process reads the shares and warnings without the training stack
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -111,10 +115,12 @@ def first_steps(cfg: RunConfig, timed_steps: int = TIMED_STEPS) -> FirstSteps:
             )
 
     step()  # warm-up
-    started = time.perf_counter()
-    for _ in range(timed_steps):
+    times: list[float] = []
+    while len(times) < timed_steps and (len(times) < TIMED_MIN_STEPS or sum(times) < TIMED_BUDGET_S):
+        started = time.perf_counter()
         step()
-    return FirstSteps(terms, (time.perf_counter() - started) / timed_steps, flops / CPU_FLOPS)
+        times.append(time.perf_counter() - started)
+    return FirstSteps(terms, statistics.median(times), flops / CPU_FLOPS)
 
 
 def first_batch_terms(cfg: RunConfig) -> dict[str, dict[str, float | None]]:

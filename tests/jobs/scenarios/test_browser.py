@@ -83,7 +83,8 @@ def upload_data_set(s: BrowserSession, csv_path) -> None:
     s.click(page.get_by_role("button", name="Add"))
 
     expect(page.locator("p.flash")).to_have_text(f"Added data set {DATASET_NAME}.")
-    expect(page.get_by_role("heading", level=1)).to_have_text(DATASET_NAME)
+    # the name, then the id the CLI takes
+    expect(page.get_by_role("heading", level=1)).to_have_text(re.compile(rf"^{DATASET_NAME} id \d+\s*$"))
     expect(page.locator("p.labels .tag")).to_have_text(["neg", "pos"])
     sizes = dict(
         zip(

@@ -57,7 +57,7 @@ def test_a_study_of_three_runs_shows_its_scorecard_and_plots(
 
     with chromium_session(prefix="study-") as s:
         page = open_as(s, asgi_server, cookie, f"/studies/{study.pk}/")
-        expect(page.locator("h1")).to_have_text("tiny study")
+        expect(page.locator("h1")).to_have_text(re.compile(r"^tiny study id \d+\s*$"))  # name, then its id
         scorecard = page.locator("#scorecard")
         expect(scorecard.locator("tr.run-row")).to_have_count(3)
         expect(scorecard.locator('tr[data-role="teacher"]')).to_have_count(1)
