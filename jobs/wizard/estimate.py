@@ -46,27 +46,30 @@ def split_sizes(wiz: Wizard, cfg: RunConfig) -> tuple[int, int, int]:
     return train_size, held[0], held[1]
 
 
-def run_estimate(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> tuple[Estimate, StepTime | None]:
+def run_estimate(
+    wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int], step_ratio: float | None = None
+) -> tuple[Estimate, StepTime | None]:
     """The run's cost on splits of ``sizes`` (``split_sizes``), its times calibrated by the nearest measured run
-    on its queue when there is one, else its step time by the steps the balance preview timed."""
+    on its queue when there is one, else its step time by ``step_ratio`` (:func:`timed_step_ratio`)."""
     train_size, val_size, eval_size = sizes
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
     est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config, eval_size=eval_size, val_size=val_size)
     record = selectors.step_time_nearest(wiz.teacher, cfg, queue_of(wiz))
     if record is not None:
         return est.calibrated(record.ratios()), record
-    ratio = timed_step_ratio(wiz, cfg)
-    return (est.calibrated({"step_s": ratio}) if ratio else est), None
+    return (est.calibrated({"step_s": step_ratio}) if step_ratio else est), None
 
 
-def timed_step_ratio(wiz: Wizard, cfg: RunConfig) -> float | None:
-    """Measured / analytic seconds of the steps the preview timed for ``cfg``; None when it timed none."""
-    preview = stored_preview(wiz, cfg) or {}
-    measured, analytic = preview.get("step_s"), preview.get("analytic_step_s")
+def timed_step_ratio(preview: dict[str, Any] | None) -> float | None:
+    """Measured / analytic seconds of the steps a stored preview timed (how fast the queue's worker is against
+    the analytic model: it holds for the study's other kinds too); None when it timed none."""
+    measured, analytic = (preview or {}).get("step_s"), (preview or {}).get("analytic_step_s")
     return measured / analytic if measured and analytic else None
 
 
-def study_time(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> dict[str, Any] | None:
+def study_time(
+    wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int], step_ratio: float | None = None
+) -> dict[str, Any] | None:
     """What the study the review would launch takes: every run's time (variants × seeds), and the wall time
     on the queue's workers, each running one job at a time. None when the review launches a single run."""
     options = wiz.study_options()
@@ -77,29 +80,38 @@ def study_time(wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int]) -> dict
     except ValidationError:
         return None
     seeds = max(1, len([s for s in str(options.get("seeds") or "").split(",") if s.strip()]))
-    by_kind = {kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes)[0] for _, kind, _ in variants}
+    by_kind = {
+        kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes, step_ratio)[0] for _, kind, _ in variants
+    }
     runs = len(variants) * seeds
     work = seeds * sum(by_kind[kind].total_seconds for _, kind, _ in variants)
     workers = selectors.queue_workers(queue_of(wiz))
     wall = work / min(workers, runs) if workers else work
-    return {"runs": runs, "work_text": format_duration(work), "wall_text": format_duration(wall), "workers": workers}
+    return {
+        "runs": runs,
+        "work_s": work,
+        "work_text": format_duration(work),
+        "wall_text": format_duration(wall),
+        "workers": workers,
+    }
 
 
 def estimate_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
     sizes = split_sizes(wiz, cfg)
     train_size = sizes[0]
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
+    preview = stored_preview(wiz, cfg)
+    step_ratio = timed_step_ratio(preview)
     try:
-        est, record = run_estimate(wiz, cfg, sizes)
+        est, record = run_estimate(wiz, cfg, sizes, step_ratio)
         budget = memory_budget()
         fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
-        study = study_time(wiz, cfg, sizes)
+        study = study_time(wiz, cfg, sizes, step_ratio)
     except (ConfigError, ValueError, KeyError, OSError):
         return {"estimate": None}
-    ratio = None if record else timed_step_ratio(wiz, cfg)
     return {
         "calibrated_by": record,
-        "timed_step_text": _seconds(stored_preview(wiz, cfg)["step_s"]) if ratio else None,
+        "timed_step_text": _seconds(preview["step_s"]) if step_ratio and not record else None,
         "study_time": study,
         "finish_parts": [(phase, format_duration(seconds)) for phase, seconds in est.finish_seconds.items()],
         "budget_text": format_bytes(budget),

@@ -61,6 +61,9 @@ def test_the_review_shows_each_terms_share_from_the_queues_worker(
         assert f"{values['value']:.4g}" in row and f"{values['share']:.1%}" in row, (row, values)
     # the steps it timed calibrate the estimate's time per step (no run of this teacher has finished)
     assert "A training step took" in page and "first steps took on a worker" in basis(page)
+    # and the study's other runs (kd_logits, no_kd) on the same worker: the study's time moves with them
+    study = client.get(url("review")).context["study_time"]
+    assert study["runs"] == 3 and study["work_s"] != before.context["study_time"]["work_s"]
 
     # any change of choice makes the preview stale: the review offers the check again
     client.post(url("training"), {**TRAINING, "temperature": 3})
