@@ -88,6 +88,12 @@ def role_in(user, team_id: int) -> str | None:
     return Membership.objects.filter(team_id=team_id, user=user).values_list("role", flat=True).first()
 
 
+def rights(user, team_id: int) -> tuple[bool, bool]:
+    """``(may change, may archive and delete)`` objects of a team: the owner or member role; the owner role."""
+    role = role_in(user, team_id)
+    return role in (Membership.Role.OWNER, Membership.Role.MEMBER), role == Membership.Role.OWNER
+
+
 def require_owner(user, team: Team, message: str = OWNERS_ONLY) -> None:
     """Raise 403 (saying ``message``) unless the user is an owner of ``team``."""
     if role_in(user, team.pk) != Membership.Role.OWNER:

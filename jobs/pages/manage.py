@@ -29,11 +29,12 @@ LISTS = {"run": "runs", "study": "studies", "teacher": "teachers", "dataset": "d
 ACTIONS = ("rename", "archive", "unarchive", "delete")
 
 
+PAGES = {"run": "run_detail", "study": "study_detail", "teacher": "teacher_detail", "dataset": "dataset_detail"}
+
+
 def _page_of(kind: str, obj: Run | Study | Teacher | DatasetSpec) -> str:
-    """The object's own page; teachers are shown in their list."""
-    if kind == "teacher":
-        return reverse("teachers")
-    return reverse({"run": "run_detail", "study": "study_detail", "dataset": "dataset_detail"}[kind], args=[obj.pk])
+    """The object's own page."""
+    return reverse(PAGES[kind], args=[obj.pk])
 
 
 def _back(request: HttpRequest, fallback: str) -> HttpResponse:

@@ -10,9 +10,9 @@ from typing import Any
 
 from django import template
 
-from jobs.models import DatasetSpec, Membership, Run, Study, Teacher
+from jobs.models import DatasetSpec, Run, Study, Teacher
 from jobs.pages.manage import MODELS
-from jobs.permissions import role_in
+from jobs.permissions import rights
 
 register = template.Library()
 
@@ -23,13 +23,13 @@ KIND = {model: word for word, model in MODELS.items()}  # the URL word of each m
 def manage_rights(obj: Run | Study | Teacher | DatasetSpec, user) -> dict[str, Any]:
     """``kind`` (URL word), ``label``, ``can_write`` (rename), ``is_owner`` (archive, delete), ``used_by`` (runs
     that use a teacher or data set, or a study's runs) and ``live`` (a run queued or running: not deletable)."""
-    role = role_in(user, obj.team_id)
+    can_write, is_owner = rights(user, obj.team_id)
     used_by = 0 if isinstance(obj, Run) else obj.runs.count()
     return {
         "kind": KIND[type(obj)],
         "label": obj._meta.verbose_name,
-        "can_write": role in (Membership.Role.OWNER, Membership.Role.MEMBER),
-        "is_owner": role == Membership.Role.OWNER,
+        "can_write": can_write,
+        "is_owner": is_owner,
         "used_by": used_by,
         "live": isinstance(obj, Run) and obj.status in (Run.Status.QUEUED, Run.Status.RUNNING),
         "max_length": type(obj)._meta.get_field("name").max_length,

@@ -90,5 +90,6 @@ def test_the_wizard_offers_no_archived_teacher(login, owner, team):
     client = login(owner)
     offered = f'name="teacher" value="{run.teacher_id}"'
     assert offered in client.get("/runs/new/teacher/").content.decode()
-    client.post(f"/manage/teacher/{run.teacher_id}/archive/")
+    response = client.post(f"/manage/teacher/{run.teacher_id}/archive/")
+    assert response["Location"] == f"/teachers/{run.teacher_id}/"  # back to the teacher's own page
     assert offered not in client.get("/runs/new/teacher/").content.decode()
