@@ -2,7 +2,8 @@
 
 A checkpoint holds the trained module (student + projections), the optimizer and scheduler state, the
 RNG states and the :class:`TrainState`, so a resumed run continues exactly where it stopped. It is written
-to a temporary folder and renamed into place, so a crash mid-write never leaves a torn checkpoint.
+to a temporary folder and renamed into place, so a crash mid-write never leaves a torn checkpoint; a crash
+between the renames, or while the previous checkpoint is removed, is settled on the next save or load.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def save_checkpoint(
     output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
 ) -> Path:
     """Write ``output_dir/checkpoint`` atomically and return its path."""
-    final, tmp = output_dir / NAME, output_dir / f"{NAME}.tmp"
+    final, tmp, old = output_dir / NAME, output_dir / f"{NAME}.tmp", output_dir / f"{NAME}.old"
+    _settle(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -100,7 +102,6 @@ def save_checkpoint(
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     _save_state_dict(_rng_state(), tmp, "rng")
     state.save(tmp / "state.json")
-    old = output_dir / f"{NAME}.old"
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -108,12 +109,23 @@ def save_checkpoint(
     return final
 
 
+def _settle(output_dir: Path) -> None:
+    """Finish a replacement a killed worker left half done, so ``checkpoint`` is the last complete one."""
+    final, old = output_dir / NAME, output_dir / f"{NAME}.old"
+    if not final.exists() and (old / "state.json").is_file():
+        old.rename(final)  # killed between the two renames: the previous checkpoint is the newest complete one
+    shutil.rmtree(old, ignore_errors=True)  # killed while removing it: a leftover would block the next rename
+
+
 def has_checkpoint(output_dir: Path) -> bool:
-    return (output_dir / NAME / "state.json").is_file()
+    """Whether a run can resume; reads only, as the web process asks while no worker holds the run."""
+    final, old = output_dir / NAME, output_dir / f"{NAME}.old"
+    return (final / "state.json").is_file() or (not final.exists() and (old / "state.json").is_file())
 
 
 def load_checkpoint(output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
     """Restore everything :func:`save_checkpoint` wrote; returns the saved state."""
+    _settle(output_dir)
     folder = output_dir / NAME
     load_model(module, str(folder / "model.safetensors"))
     optim_state = _load_state_dict(folder, "optimizer")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distill.callbacks import TrainState
-from distill.checkpoint import has_checkpoint, save_checkpoint
+from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 
 def parts() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -34,3 +34,30 @@ def test_a_folder_replaced_by_a_file_mid_write_is_reported_as_the_folder(tmp_pat
         save_checkpoint(folder, module, optimizer, scheduler, TrainState(total_steps=1))
     assert raised.value.filename == str(folder / "checkpoint.tmp")
     assert raised.value.strerror == "Not a directory"
+
+
+def saved_step(folder) -> int:
+    module, optimizer, scheduler = parts()
+    return load_checkpoint(folder, module, optimizer, scheduler).step
+
+
+def test_a_worker_killed_while_removing_the_previous_checkpoint_does_not_block_the_next(tmp_path):
+    folder = tmp_path / "run"
+    save_checkpoint(folder, *parts(), TrainState(step=1, total_steps=3))
+    shutil.copytree(folder / "checkpoint", folder / "checkpoint.old")  # rmtree cut short: files remain
+    (folder / "checkpoint.old" / "model.safetensors").unlink()
+
+    save_checkpoint(folder, *parts(), TrainState(step=2, total_steps=3))
+    assert saved_step(folder) == 2 and not (folder / "checkpoint.old").exists()
+
+
+def test_a_worker_killed_between_the_renames_resumes_from_the_previous_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    save_checkpoint(folder, *parts(), TrainState(step=1, total_steps=3))
+    (folder / "checkpoint").rename(folder / "checkpoint.old")  # the new one never made it out of .tmp
+    (folder / "checkpoint.tmp").mkdir()
+
+    assert has_checkpoint(folder) and not (folder / "checkpoint").exists()  # asking changes nothing
+    assert saved_step(folder) == 1
+    save_checkpoint(folder, *parts(), TrainState(step=2, total_steps=3))
+    assert saved_step(folder) == 2 and sorted(p.name for p in folder.iterdir()) == ["checkpoint"]
