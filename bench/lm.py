@@ -13,7 +13,8 @@ one, and a short distillation scored by held-out perplexity.
    step, once per kind (kd_feature, kd_logits, no_kd: same batches, seed, learning rate and the engine's
    default loss weights and variants), with the held-out perplexity every ``--eval-every`` steps (the
    curve) on the first ``--eval-articles`` BBC test articles (the split every run uses), the teacher's on
-   the same tokens, and each term's weighted share on the first step.
+   the same tokens, and each term's weighted share on the first step. ``--runs`` adds variants with loss
+   settings (``kd_feature+attention=0``) and ``--skip-step --name lm_screen`` keeps a short comparison apart.
 
     .venv/bin/python bench/lm.py              # writes bench/results/lm.json and lm.md (about an hour)
 """
@@ -40,6 +41,7 @@ from bench.output import host_facts, write_results  # noqa: E402
 from distill.balance import shares  # noqa: E402
 from distill.config import RunConfig, parse_config  # noqa: E402
 from distill.data import collate_lm, encode_lm, load_text_data  # noqa: E402
+from distill.layer_map import spread_blocks  # noqa: E402
 from distill.metrics import count_parameters, evaluate_lm  # noqa: E402
 from distill.teachers import prepare  # noqa: E402
 from distill.trainer import build_models, eval_loader, make_optimizer, training_step  # noqa: E402
@@ -49,8 +51,11 @@ BATCH, LENGTH, T, STUDENT_LAYERS = 8, 256, 2.0, 6
 KINDS = ("kd_feature", "kd_logits", "no_kd")
 
 
-def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1, layers: int = STUDENT_LAYERS) -> RunConfig:
-    """The engine's defaults (loss weights and variants, uniform layer map, teacher init) but for the budget."""
+def run_config(
+    kind: str, length: int, lr: float = 1e-4, steps: int = 1, layers: int = STUDENT_LAYERS, loss: dict | None = None
+) -> RunConfig:
+    """The engine's defaults (loss weights and variants, uniform layer map, teacher init) but for the budget
+    and the ``loss`` settings given."""
     return parse_config(
         {
             "kind": kind,
@@ -58,7 +63,7 @@ def run_config(kind: str, length: int, lr: float = 1e-4, steps: int = 1, layers:
             "teacher": {"source": TEACHER},
             "student": {"layers": layers},
             "data": {"source": "packaged:bbc_news", "max_length": length},
-            "loss": {"temperature": T},
+            "loss": {"temperature": T} | (loss or {}),
             "optim": {"scheduler": "constant", "warmup_ratio": 0.0, "lr": lr, "max_steps": steps},
         }
     )
@@ -131,11 +136,26 @@ class HandStep:
 VARIANTS = {"engine": EngineStep, "hand": HandStep}
 
 
-def distill_once(kind: str, args: argparse.Namespace, batches: list[dict], loader, out: dict) -> dict:
+def parse_run(name: str) -> tuple[str, dict]:
+    """``kd_feature+attention=0+feature_variant=cosine`` -> the kind and its loss settings."""
+    kind, *settings = name.split("+")
+    loss: dict = {}
+    for setting in settings:
+        key, value = setting.split("=")
+        try:
+            loss[key] = float(value)
+        except ValueError:  # a choice, e.g. feature_variant=cosine
+            loss[key] = value
+    return kind, loss
+
+
+def distill_once(name: str, args: argparse.Namespace, batches: list[dict], loader, out: dict) -> dict:
     """Train one student for ``len(batches)`` steps; its held-out perplexity every ``args.eval_every`` steps
     (and the teacher's into ``out``, once)."""
     torch.manual_seed(0)
-    step = EngineStep(run_config(kind, args.length, args.lr, len(batches), args.student_layers), batches[0])
+    kind, loss = parse_run(name)
+    cfg = run_config(kind, args.length, args.lr, len(batches), args.student_layers, loss)
+    step = EngineStep(cfg, batches[0])
     student, teacher = step.models.distiller.student, step.models.teacher
     if "teacher" not in out:
         out["teacher"] = evaluate_lm(teacher, loader) | {"params": count_parameters(teacher)}
@@ -144,10 +164,10 @@ def distill_once(kind: str, args: argparse.Namespace, batches: list[dict], loade
         start = time.perf_counter()
         losses.append(step(batch))
         train_s += time.perf_counter() - start
-        print(f"{kind} step {i}/{len(batches)}: {losses[-1]}", flush=True)
+        print(f"{name} step {i}/{len(batches)}: {losses[-1]}", flush=True)
         if i % args.eval_every == 0 or i == len(batches):
             curve.append([i, evaluate_lm(student, loader)["perplexity"]])
-            print(f"{kind} step {i}: held-out perplexity {curve[-1][1]:.2f}", flush=True)
+            print(f"{name} step {i}: held-out perplexity {curve[-1][1]:.2f}", flush=True)
     weights = step.cfg.loss_weights()
     return {
         "params": count_parameters(student),
@@ -169,25 +189,16 @@ def distillation(args: argparse.Namespace) -> dict:
     test = load_text_data(cfg.data).test[: args.eval_articles]
     loader = eval_loader(encode_lm(test, tokenizer, args.length), 16, tokenizer.pad_token_id, collate_lm)
     out: dict = {"steps": args.steps, "batch": BATCH, "length": args.length, "lr": args.lr}
-    out |= {"student_layers": args.student_layers, "eval_articles": len(test)}
+    out |= {"student_layers": args.student_layers, "eval_articles": len(test), "runs": args.runs}
     out["eval_tokens"] = sum(int((b["labels"][:, 1:] != -100).sum()) for b in loader)
-    for kind in KINDS:
-        out[kind] = distill_once(kind, args, batches, loader, out)
-        print(json.dumps({kind: out[kind]}), flush=True)
+    for name in args.runs:
+        out[name] = distill_once(name, args, batches, loader, out)
+        print(json.dumps({name: out[name]}), flush=True)
     return out
 
 
-def report(results: dict) -> str:
-    t, m, d = results["time"], results["memory"], results["distillation"]
-    lines = [
-        "# Causal-LM KD on SmolLM2-135M",
-        "",
-        f"Teacher SmolLM2-135M-Instruct (`{TEACHER}`, converted from GGUF Q4_1 to float32; 30 blocks x 576, "
-        f"9 heads / 3 kv heads, vocab 49,152); the step's student has {STUDENT_LAYERS} blocks of the same width, "
-        f"initialised from teacher blocks; CPU, {results['threads']} threads, torch {results['torch']}, load average "
-        f"{results['load_before']:.1f} before and {results['load_after']:.1f} after the run (the machine is shared). "
-        "Command: `make bench-lm` (`.venv/bin/python bench/lm.py`).",
-        "",
+def _step_report(t: dict, m: dict) -> list[str]:
+    return [
         f"## KD step (kd_logits), batch {BATCH} x {LENGTH}",
         "",
         "| step | median (s) | time ratio engine / hand (median, min-max) | step memory (MB) | memory ratio |",
@@ -200,10 +211,29 @@ def report(results: dict) -> str:
         "",
         f"{t['rounds']} alternating rounds. Target: time ratio <= 1.05, memory ratio <= 1.10.",
         "",
+    ]
+
+
+def report(results: dict) -> str:
+    d = results["distillation"]
+    blocks = ", ".join(str(b) for _, b in spread_blocks(d["student_layers"], 30))
+    lines = [
+        "# Causal-LM KD on SmolLM2-135M",
+        "",
+        f"Teacher SmolLM2-135M-Instruct (`{TEACHER}`, converted from GGUF Q4_1 to float32; 30 blocks x 576, "
+        f"9 heads / 3 kv heads, vocab 49,152); students of the same width, initialised from teacher blocks; CPU, "
+        f"{results['threads']} threads, torch {results['torch']}, load average {results['load_before']:.1f} before "
+        f"and {results['load_after']:.1f} after the run (the machine is shared). Command: `{results['command']}`.",
+        "",
+    ]
+    if "time" in results:
+        lines += _step_report(results["time"], results["memory"])
+    lines += [
         f"## Distillation: {d['student_layers']} of 30 blocks, {d['steps']} steps of {d['batch']} x {d['length']} "
         f"BBC train windows, lr {d['lr']}",
         "",
-        f"Same budget, batches and seed for each kind, the engine's default loss weights (all 1) and variants. "
+        f"The student copies teacher blocks {blocks}. Same budget, batches and seed for each run, the engine's "
+        "default loss weights and variants but for the settings after a run's kind. "
         f"Perplexity on the first {d['eval_articles']} BBC test articles ({d['eval_tokens']:,} predicted tokens, "
         f"windows of {d['length']}); gap = student / teacher perplexity.",
         "",
@@ -212,7 +242,8 @@ def report(results: dict) -> str:
         f"| teacher | {d['teacher']['params']:,} | {d['teacher']['perplexity']:.2f} | 1 | | | |",
     ]
     teacher_ppl = d["teacher"]["perplexity"]
-    for kind in KINDS:
+    runs = d.get("runs", KINDS)
+    for kind in runs:
         r = d[kind]
         terms = ", ".join(f"{t} {v['share']:.0%}" for t, v in r["first_terms"].items() if v["share"] is not None)
         lines.append(
@@ -220,11 +251,11 @@ def report(results: dict) -> str:
             f"{terms} | {r['first_task_loss']:.3f} / {r['last_task_loss']:.3f} | {r['train_s']:.0f} |"
         )
     lines += ["", "Held-out perplexity by step (the gap to the teacher in brackets):", ""]
-    lines += ["| step | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
-    for i, (at, _) in enumerate(d[KINDS[0]]["curve"]):
-        cells = [f"{d[k]['curve'][i][1]:.1f} ({d[k]['curve'][i][1] / teacher_ppl:.1f}×)" for k in KINDS]
+    lines += ["| step | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for i, (at, _) in enumerate(d[runs[0]]["curve"]):
+        cells = [f"{d[k]['curve'][i][1]:.1f} ({d[k]['curve'][i][1] / teacher_ppl:.1f}×)" for k in runs]
         lines.append(f"| {at} | " + " | ".join(cells) + " |")
-    met = all(d["kd_feature"]["perplexity"] < d[k]["perplexity"] for k in KINDS[1:])
+    met = all(d["kd_feature"]["perplexity"] < d[k]["perplexity"] for k in KINDS[1:] if k in d)
     lines += ["", f"Target: kd_feature below kd_logits and no_kd at the same budget: {'met' if met else 'not met'}."]
     lines.append("")
     return "\n".join(lines)
@@ -240,21 +271,31 @@ def main() -> None:
     p.add_argument("--length", type=int, default=128, help="distillation window length")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-articles", type=int, default=12)
+    p.add_argument(
+        "--runs",
+        type=lambda v: v.split(","),
+        default=list(KINDS),
+        help="kinds, with loss settings: "
+        "kd_feature,kd_feature+attention=0,kd_logits (the target compares the first three kinds)",
+    )
+    p.add_argument("--skip-step", action="store_true", help="distillation only (no step time and memory)")
+    p.add_argument("--name", default="lm", help="results file name (bench/results/NAME.md)")
     p.add_argument("--memory-child", metavar="VARIANT")
     args = p.parse_args()
     if args.memory_child:
         print(json.dumps(step_memory(VARIANTS[args.memory_child](), steps=2)))
         return
     prepare(TEACHER, print)  # convert the GGUF once, before anything is timed
-    results = host_facts()
+    results = host_facts() | {"command": " ".join([".venv/bin/python bench/lm.py", *sys.argv[1:]])}
     results["load_before"] = _load()
-    results["time"] = alternate({name: cls() for name, cls in VARIANTS.items()}, args.rounds, args.warmup)
-    print(json.dumps({"time": results["time"]}, indent=1), flush=True)
-    results["memory"] = memory_ratios(lambda variant: [sys.executable, __file__, "--memory-child", variant])
-    print(json.dumps({"memory": results["memory"]}, indent=1), flush=True)
+    if not args.skip_step:
+        results["time"] = alternate({name: cls() for name, cls in VARIANTS.items()}, args.rounds, args.warmup)
+        print(json.dumps({"time": results["time"]}, indent=1), flush=True)
+        results["memory"] = memory_ratios(lambda variant: [sys.executable, __file__, "--memory-child", variant])
+        print(json.dumps({"memory": results["memory"]}, indent=1), flush=True)
     results["distillation"] = distillation(args)
     results["load_after"] = _load()
-    write_results("lm", results, report(results))
+    write_results(args.name, results, report(results))
 
 
 def _load() -> float:

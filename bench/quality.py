@@ -2,7 +2,7 @@
 
 1. Fine-tune the packaged MiniLM-L6 on Rotten Tomatoes (``teacher_finetune``).
 2. Train ``no_kd``, ``kd_logits`` and ``kd_feature`` students of the same shape (3 blocks x 384, copied
-   from teacher blocks 2, 4, 6), the same data, budget and optimizer, for each seed.
+   from teacher blocks 1, 4, 6), the same data, budget and optimizer, for each seed.
 3. Evaluate all on the same test split; measure latency of teacher and student in this one process,
    alternating, at batch 1 and 32.
 
@@ -30,6 +30,7 @@ from bench.output import write_results  # noqa: E402
 from distill.cli import ProgressBar  # noqa: E402
 from distill.config import DataConfig, parse_config  # noqa: E402
 from distill.data import load_data  # noqa: E402
+from distill.layer_map import spread_blocks  # noqa: E402
 from distill.metrics import compression, measure_latency, retention, speedup  # noqa: E402
 from distill.teachers import load_classifier  # noqa: E402
 from distill.trainer import train  # noqa: E402
@@ -99,11 +100,12 @@ def mean_sd(values: list[float]) -> str:
 def report(summary: dict) -> str:
     t = summary["teacher"]
     lat = summary["latency"]
+    blocks = "/".join(str(b) for _, b in spread_blocks(3, 6))
     lines = [
         "# Distillation quality on Rotten Tomatoes",
         "",
         f"Teacher: MiniLM-L6 (6 x 384, 12 heads) fine-tuned for {summary['args']['teacher_epochs']} epochs. "
-        f"Students: 3 x 384, initialised from teacher blocks 2/4/6, {summary['args']['epochs']} epochs, "
+        f"Students: 3 x 384, initialised from teacher blocks {blocks}, {summary['args']['epochs']} epochs, "
         f"lr {summary['args']['lr']}, T = {summary['args']['temperature']}, seeds {summary['args']['seeds']}. "
         f"Test split ({t['n_test']} snippets), max length {DATA['max_length']}. "
         f"Latency: median ms per forward at length {DATA['max_length']}, {lat['threads']} CPU threads, "

@@ -109,18 +109,23 @@ def save_checkpoint(
     return final
 
 
+def _stranded(output_dir: Path) -> Path | None:
+    """The previous checkpoint, when a worker was killed between the two renames and it is the newest one."""
+    old = output_dir / f"{NAME}.old"
+    return old if not (output_dir / NAME).exists() and (old / "state.json").is_file() else None
+
+
 def _settle(output_dir: Path) -> None:
     """Finish a replacement a killed worker left half done, so ``checkpoint`` is the last complete one."""
-    final, old = output_dir / NAME, output_dir / f"{NAME}.old"
-    if not final.exists() and (old / "state.json").is_file():
-        old.rename(final)  # killed between the two renames: the previous checkpoint is the newest complete one
+    old = output_dir / f"{NAME}.old"
+    if _stranded(output_dir):
+        old.rename(output_dir / NAME)
     shutil.rmtree(old, ignore_errors=True)  # killed while removing it: a leftover would block the next rename
 
 
 def has_checkpoint(output_dir: Path) -> bool:
     """Whether a run can resume; reads only, as the web process asks while no worker holds the run."""
-    final, old = output_dir / NAME, output_dir / f"{NAME}.old"
-    return (final / "state.json").is_file() or (not final.exists() and (old / "state.json").is_file())
+    return (output_dir / NAME / "state.json").is_file() or _stranded(output_dir) is not None
 
 
 def load_checkpoint(output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:

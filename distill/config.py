@@ -145,7 +145,9 @@ class StudentConfig(_Frozen):
         None, description="defaults to 4 x hidden size"
     )
     init: Literal["teacher", "random"] = Field(
-        "teacher", description="copy the mapped teacher layers (needs the teacher's width) or random"
+        "teacher",
+        description="copy teacher blocks spread from the first to the last (with a custom map, the mapped ones; "
+        "needs the teacher's width) or random",
     )
     layer_map: Literal["uniform", "last"] | Annotated[tuple[LayerPair, ...], Field(max_length=MAX_LAYER_PAIRS)] = (
         "uniform"

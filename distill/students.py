@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from distill.config import ConfigError, LayerPair, RunConfig, StudentConfig
 from distill.features import block_prefixes
-from distill.layer_map import resolve_layer_map, uniform_pairs
+from distill.layer_map import resolve_layer_map, spread_blocks
 from distill.teachers import Architecture, count_parameters_from_config, is_causal_lm
 
 # Config keys that hold attention-probability dropout in the architectures transformers ships.
@@ -114,9 +114,10 @@ def count_student_parameters(config: PretrainedConfig) -> int:
 
 
 def _init_sources(student: StudentConfig, pairs: tuple[LayerPair, ...], teacher_layers: int) -> dict[int, int]:
-    """Student block -> teacher block to copy: the mapped one, else the uniform choice."""
-    sources = dict(uniform_pairs(student.layers, teacher_layers))
-    sources.update({p.student: p.teacher for p in pairs if p.student > 0 and p.teacher > 0})
+    """Student block -> teacher block to copy: with a custom map the mapped one, else spread evenly."""
+    sources = dict(spread_blocks(student.layers, teacher_layers))
+    if isinstance(student.layer_map, tuple):
+        sources.update({p.student: p.teacher for p in pairs if p.student > 0 and p.teacher > 0})
     return sources
 
 

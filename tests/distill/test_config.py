@@ -17,7 +17,14 @@ from distill.config import (
     load_config,
     parse_config,
 )
-from distill.layer_map import DUPLICATE_STUDENT, EMPTY_MAP, OUT_OF_RANGE, resolve_layer_map, uniform_pairs
+from distill.layer_map import (
+    DUPLICATE_STUDENT,
+    EMPTY_MAP,
+    OUT_OF_RANGE,
+    resolve_layer_map,
+    spread_blocks,
+    uniform_pairs,
+)
 from distill.students import validate_against
 from distill.teachers import Architecture
 
@@ -119,6 +126,15 @@ def test_it_maps_uniformly():
     assert uniform_pairs(3, 6) == [(1, 2), (2, 4), (3, 6)]
     assert uniform_pairs(4, 6) == [(1, 2), (2, 3), (3, 5), (4, 6)]
     assert uniform_pairs(6, 6) == [(i, i) for i in range(1, 7)]
+
+
+def test_a_copied_student_keeps_the_first_and_last_blocks_and_one_of_each_span_between():
+    assert spread_blocks(3, 6) == [(1, 1), (2, 4), (3, 6)]
+    assert spread_blocks(1, 6) == [(1, 6)]
+    assert spread_blocks(6, 6) == [(i, i) for i in range(1, 7)]
+    for student, teacher in [(3, 6), (4, 6), (20, 30), (2, 12), (5, 7)]:
+        ends = [0] + [t for _, t in uniform_pairs(student, teacher)]  # block i replaces teacher (ends[i-1], ends[i]]
+        assert all(ends[i - 1] < t <= ends[i] for i, t in spread_blocks(student, teacher)), (student, teacher)
 
 
 def test_it_resolves_strategies_with_the_embedding_pair(base_config):

@@ -55,14 +55,26 @@ def test_it_copies_embeddings_mapped_blocks_and_tied_head(lm_assets):
     config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
     student = build_student(config, cfg.student, (), teacher, attentions=False)
     s, t = student.state_dict(), teacher.state_dict()
-    # uniform 2 of 4: student block 1 <- teacher block 2, student block 2 <- teacher block 4
+    # 2 of 4, spread: student block 1 <- teacher block 1 (a causal LM cannot lose it), block 2 <- block 4
     for name in ("self_attn.k_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
-        assert torch.equal(s[f"model.layers.0.{name}"], t[f"model.layers.1.{name}"])
+        assert torch.equal(s[f"model.layers.0.{name}"], t[f"model.layers.0.{name}"])
         assert torch.equal(s[f"model.layers.1.{name}"], t[f"model.layers.3.{name}"])
     assert torch.equal(s["model.embed_tokens.weight"], t["model.embed_tokens.weight"])
     assert torch.equal(s["model.norm.weight"], t["model.norm.weight"])
     assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
     assert isinstance(student, type(teacher)) and student.dtype == torch.float32
+
+
+def test_a_custom_map_copies_the_blocks_it_maps(lm_assets):
+    cfg = lm_cfg(lm_assets, layer_map=[[1, 2], [2, 3]])
+    pairs = cfg.student.layer_map
+    t_config = load_config(cfg.teacher.source)
+    teacher = load_causal_lm(cfg.teacher.source, attentions=False)
+    config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
+    s = build_student(config, cfg.student, pairs, teacher, attentions=False).state_dict()
+    t = teacher.state_dict()
+    assert torch.equal(s["model.layers.0.mlp.down_proj.weight"], t["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(s["model.layers.1.mlp.down_proj.weight"], t["model.layers.2.mlp.down_proj.weight"])
 
 
 def test_a_bfloat16_teacher_still_gives_a_float32_student(lm_assets):

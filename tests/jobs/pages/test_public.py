@@ -303,7 +303,11 @@ def test_the_public_socket_streams_the_run_without_its_log(owner, team):
 
     (backfill, status), live, nothing_more = scenario()
     assert backfill == {
-        "type": "backfill", "series": {"loss/total": [[1, 0.5]]}, "last_step": 1, "log": [], "log_last_id": 0
+        "type": "backfill",
+        "series": {"loss/total": [[1, 0.5]]},
+        "last_step": 1,
+        "log": [],
+        "log_last_id": 0,
     }
     assert (status["type"], status["run_id"], status["step"]) == ("status", run.pk, 2)
     assert live == metrics and nothing_more  # the log line was not forwarded
