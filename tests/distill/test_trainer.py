@@ -204,12 +204,12 @@ def test_it_copies_mapped_teacher_layers_into_the_student(base_config, assets):
     cfg = parse_config(base_config)
     t_config = load_config(str(assets["teacher"]))
     teacher = load_classifier(str(assets["teacher"]), ("neg", "pos"), attentions=False)
-    pairs = ()  # no custom map: blocks are copied by the uniform choice
+    pairs = ()  # no custom map: blocks are copied spread from the first to the last
     s_config = student_config(t_config, cfg.student, describe(t_config), attentions=False)
     student = build_student(s_config, cfg.student, pairs, teacher, attentions=False)
     s, t = student.state_dict(), teacher.state_dict()
-    # uniform 2 of 4: student block 1 <- teacher block 2, student block 2 <- teacher block 4
-    assert torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+    # 2 of 4: student block 1 <- teacher block 1, student block 2 <- teacher block 4
+    assert torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.0.output.dense.weight"])
     assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
     assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
     assert torch.equal(s["classifier.weight"], t["classifier.weight"])
