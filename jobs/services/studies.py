@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from distill.config import ABLATIONS, BASELINES, FULL_METHOD
+from distill.config import ABLATIONS, BASELINES, FULL_METHOD, loss_defaults
 from jobs.models import DatasetSpec, Run, Study, Teacher
 from jobs.permissions import require_write
 from jobs.services.runs import checked_queue, run_create
@@ -15,14 +16,23 @@ from jobs.services.runs import checked_queue, run_create
 MAX_STUDY_SEEDS = 10
 
 
-def study_variants(ablations: Iterable[str]) -> list[tuple[str, str, dict[str, float]]]:
+def study_variants(ablations: Iterable[str], loss: Mapping[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
     """``(variant, kind, loss weights set to 0)`` of a study: the full method, the chosen ablations of it, then
-    the baselines, in the order the scorecard shows them."""
+    the baselines, in the order the scorecard shows them. ``loss`` is the full method's loss section (an ablation
+    of a term it already weighs 0 would repeat the full method)."""
     chosen = set(ablations)
     unknown = sorted(chosen - set(ABLATIONS))
     if unknown:
         raise ValidationError(
             {"ablations": f"Unknown ablation {', '.join(unknown)}: choose from {', '.join(ABLATIONS)}."}
+        )
+    idle = [variant for variant in ABLATIONS if variant in chosen and not loss.get(ABLATIONS[variant])]
+    if idle:
+        raise ValidationError(
+            {
+                "ablations": f"{idle[0]} switches the {ABLATIONS[idle[0]]} term off, and its weight is already 0: "
+                "the run would repeat the full method."
+            }
         )
     return [
         (FULL_METHOD, FULL_METHOD, {}),
@@ -65,7 +75,7 @@ def study_create(
     (``Evaluation`` role ``teacher``): the scorecard compares with that, so no separate teacher run is needed.
     """
     require_write(user, teacher.team)
-    variants = study_variants(ablations)
+    variants = study_variants(ablations, loss_defaults(teacher.task) | sections.get("loss", {}))
     seeds = list(dict.fromkeys(seeds))
     if not seeds:
         raise ValidationError({"seeds": "Give at least one seed."})

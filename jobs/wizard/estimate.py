@@ -76,7 +76,7 @@ def study_time(
     if wiz.kind == FINETUNE or not options.get("baselines"):
         return None
     try:
-        variants = services.study_variants(options.get("ablations") or [])
+        variants = services.study_variants(options.get("ablations") or [], cfg.loss.model_dump())
     except ValidationError:
         return None
     seeds = max(1, len([s for s in str(options.get("seeds") or "").split(",") if s.strip()]))

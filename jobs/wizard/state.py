@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from distill.config import FULL_METHOD, LossConfig, OptimConfig, StudentConfig
+from distill.config import FULL_METHOD, OptimConfig, StudentConfig, loss_defaults
 from distill.students import student_shape
 from distill.teachers import Architecture
 from jobs import selectors
@@ -181,7 +181,7 @@ class Wizard:
         return out
 
     def loss(self) -> dict[str, Any]:
-        return LossConfig().model_dump() | self.config.get("loss", {})
+        return loss_defaults(self.task) | self.config.get("loss", {})
 
     def optim(self) -> dict[str, Any]:
         return OptimConfig().model_dump() | self.config.get("optim", {})

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from distill.balance import DOMINANCE_LIMIT, balance_warnings, first_batch_terms, first_steps, shares
-from distill.config import LossConfig, parse_config
+from distill.config import loss_defaults, parse_config
 from distill.features import tap
 from distill.losses import feature_loss
 from distill.teachers import load_tokenizer
@@ -88,12 +88,10 @@ def test_it_warns_about_a_dominant_or_non_finite_term():
 
 # --- the real packaged teachers, with the wizard's default weights --------------------------------------
 
-DEFAULTS = LossConfig()
 
-
-def assert_balanced(terms: dict) -> None:
+def assert_balanced(terms: dict, task: str) -> None:
     assert set(terms) == {"task", "output", "feature", "attention"}
-    assert all(t["weight"] == getattr(DEFAULTS, name) for name, t in terms.items())
+    assert all(t["weight"] == loss_defaults(task)[name] for name, t in terms.items())
     assert balance_warnings(terms) == [], terms
 
 
@@ -111,7 +109,7 @@ def test_the_packaged_minilm_starts_balanced(tmp_path, monkeypatch):
     }
     teacher: Path = train(parse_config(finetune)).export_dir
     kd = {"kind": "kd_feature", "teacher": {"source": str(teacher)}, "student": {"layers": 3}, "data": data}
-    assert_balanced(first_batch_terms(parse_config(kd)))
+    assert_balanced(first_batch_terms(parse_config(kd)), "classification")
 
 
 @pytest.mark.slow
@@ -125,7 +123,7 @@ def test_the_packaged_smollm2_starts_balanced_and_the_plain_mse_did_not(monkeypa
         "data": {"source": "packaged:bbc_news", "max_length": 64},
         "optim": {"batch_size": 8},
     }
-    assert_balanced(first_batch_terms(parse_config(kd)))
+    assert_balanced(first_batch_terms(parse_config(kd)), "causal_lm")
     plain = first_batch_terms(parse_config(kd | {"loss": {"feature_variant": "mse"}}))
     assert plain["feature"]["share"] > DOMINANCE_LIMIT
 

@@ -11,10 +11,13 @@ from distill.config import (
     MAX_LATENCY_REPEATS,
     MAX_SEED,
     MAX_STEPS,
+    TASK_LOSS_DEFAULTS,
     TERMS,
     ConfigError,
+    LossConfig,
     format_location,
     load_config,
+    loss_defaults,
     parse_config,
 )
 from distill.layer_map import (
@@ -97,6 +100,17 @@ def test_it_switches_terms_by_kind_and_schedule(base_config):
     assert phased.loss_weights(step=4, total_steps=10)["output"] == 0.0
     assert phased.loss_weights(step=4, total_steps=10)["feature"] == 1.0
     assert phased.loss_weights(step=5, total_steps=10)["output"] == 1.0
+
+
+def test_a_causal_lm_takes_its_tasks_loss_defaults_for_the_fields_it_leaves_out(base_config):
+    lm = {**base_config, "task": "causal_lm"}
+    assert parse_config(lm).loss.model_dump() == loss_defaults("causal_lm")
+    assert loss_defaults("causal_lm")["attention"] == 0.0 != loss_defaults("classification")["attention"]
+    assert parse_config(base_config).loss == LossConfig()  # a classifier keeps the fields' own defaults
+    given = parse_config({**lm, "loss": {"attention": 2.0}}).loss
+    assert (given.attention, given.feature) == (2.0, TASK_LOSS_DEFAULTS["causal_lm"]["feature"])
+    stored = parse_config(lm).model_dump(mode="json")
+    assert parse_config(stored) == parse_config(lm)  # a stored config reads back the same
 
 
 @pytest.mark.parametrize("kind", list(KIND_TERMS))

@@ -116,6 +116,16 @@ def test_a_study_is_created_whole_or_not_at_all(make_study):
     with pytest.raises(ValidationError) as caught:
         make_study(seeds=[])
     assert "seeds" in caught.value.message_dict
+    # an ablation of a term the full method already weighs 0 would train the full method twice
+    with pytest.raises(ValidationError) as caught:
+        make_study(sections={**KD_SECTIONS, "loss": {"attention": 0.0}}, ablations=["output+feature"])
+    assert caught.value.message_dict == {
+        "ablations": [
+            "output+feature switches the attention term off, and its weight is already 0: the run would repeat "
+            "the full method."
+        ]
+    }
+    assert not Study.objects.exists() and not Run.objects.exists()
 
 
 def test_a_long_study_name_is_shortened_in_its_runs_names(make_study):
