@@ -40,6 +40,11 @@ QUEUED_NOTICE = "queued-notice"
 BAD_FIX = "That change cannot be applied here: go to its step and change it there."
 
 
+ABLATION_CHOICES = [
+    (variant, f"{variant} (feature KD without the {zeroed} term)") for variant, zeroed in ABLATIONS.items()
+]
+
+
 class ReviewStepForm(forms.Form):
     """The run's name and, for distillation runs, whether to launch it as a study with its baselines."""
 
@@ -57,9 +62,7 @@ class ReviewStepForm(forms.Form):
     ablations = forms.MultipleChoiceField(
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        choices=[
-            (variant, f"{variant} (feature KD without the {zeroed} term)") for variant, zeroed in ABLATIONS.items()
-        ],
+        choices=ABLATION_CHOICES,
         label="Ablations",
     )
     seeds = forms.CharField(
@@ -69,6 +72,11 @@ class ReviewStepForm(forms.Form):
         help_text="One or more, comma-separated (0 or 0,1,2): every run of the study is trained once per seed, and "
         "the scorecard shows each variant's mean ± spread.",
     )
+
+    def __init__(self, *args: Any, loss: dict[str, Any], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # an ablation of a term the full method weighs 0 would train the full method again
+        self.fields["ablations"].choices = [(v, text) for v, text in ABLATION_CHOICES if loss.get(ABLATIONS[v])]
 
     def clean_seeds(self) -> list[int]:
         """``"0, 1,2"`` -> ``[0, 1, 2]`` (each once); blank -> ``[]``, the seed of the training step."""
@@ -139,7 +147,7 @@ def summary(wiz: Wizard) -> list[dict[str, Any]]:
 
 def review_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
     name = wiz.config.get("name") or wiz.default_name()
-    form = step_form(wiz, "review", ReviewStepForm, {"name": name, **wiz.study_options()})
+    form = step_form(wiz, "review", ReviewStepForm, {"name": name, **wiz.study_options()}, loss=wiz.loss())
     context: dict[str, Any] = {
         "form": form,
         "summary": summary(wiz),
@@ -175,7 +183,7 @@ def launch(request: HttpRequest) -> HttpResponse:
     require_write(request.user, teacher.team)
     if wiz.teacher is None or wiz.dataset is None or wiz.first_open() != "review":
         return redirect("wizard_step", step=wiz.first_open() if wiz.teacher else "teacher")
-    form = ReviewStepForm(request.POST)
+    form = ReviewStepForm(request.POST, loss=wiz.loss())
     wiz.state["study"] = {
         "baselines": bool(request.POST.get("baselines")),
         "ablations": request.POST.getlist("ablations"),

@@ -17,7 +17,7 @@ from distill.config import StudentConfig
 from distill.students import count_student_parameters, student_config
 from distill.teachers import load_config
 from jobs import selectors, services
-from jobs.models import Membership, Run, Teacher
+from jobs.models import Membership, Run, Study, Teacher
 from jobs.wizard import forms
 from jobs.wizard.state import BY_SLUG, error_step, steps_for
 from tests.jobs.conftest import enqueued, reviews_dataset, teacher_row
@@ -178,6 +178,16 @@ def test_it_launches_the_run_with_the_engine_validated_config(
     )
     assert rebuilt.model_dump(mode="json") == cfg
     assert "wizard" not in wiz_client.session  # a fresh wizard next time
+
+
+def test_the_review_offers_only_ablations_of_terms_the_full_method_weighs(wiz_client, tiny_teacher, tiny_dataset):
+    walk(wiz_client, tiny_teacher, tiny_dataset, training={**TRAINING, "attention": 0})
+    form = wiz_client.get(url("review")).context["form"]
+    assert [v for v, _ in form.fields["ablations"].choices] == ["output+attention"]  # not output+feature
+    response = wiz_client.post(url("review"), {"name": "a", "baselines": "on", "ablations": ["output+feature"]})
+    assert_redirects_to(response, "review")
+    assert not Run.objects.exists() and not Study.objects.exists()
+    assert "output+feature" in str(wiz_client.get(url("review")).context["form"].errors["ablations"])
 
 
 def test_it_walks_a_teacher_finetune_run_without_student_steps(
