@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from distill.config import ABLATIONS, BASELINES, FULL_METHOD, LM_METRICS
+from distill.config import ABLATIONS, BASELINES, FULL_METHOD, LM_METRICS, loss_defaults
 from distill.metrics import compression, retention, speedup
 from jobs.configs import applicable_settings
 from jobs.models import Artifact, Run
@@ -144,12 +144,14 @@ def final_score(run: Run, evaluations: Iterable[Evaluation]) -> float | None:
 
 
 def run_variant(config: dict[str, Any]) -> str:
-    """What a run's config compares: its kind, or the ablation of the full method it is."""
+    """What a run's config compares: its kind, or the ablation of the full method it is (a term its task weighs
+    0 by default, as an LM's attention, switches nothing off)."""
     kind = config.get("kind", "")
     if kind == FULL_METHOD:
         loss = config.get("loss") or {}
+        defaults = loss_defaults(config.get("task", "classification"))
         for variant, zeroed in ABLATIONS.items():
-            if loss.get(zeroed) == 0:
+            if loss.get(zeroed) == 0 and defaults[zeroed]:
                 return variant
     return kind
 

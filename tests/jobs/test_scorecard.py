@@ -55,6 +55,10 @@ def test_it_names_the_variant_a_config_compares():
     assert scorecard.run_variant({"kind": "kd_feature", "loss": {"feature": 0.0}}) == "output+attention"
     assert scorecard.run_variant({"kind": "kd_feature", "loss": {"attention": 0.5}}) == "kd_feature"
     assert scorecard.run_variant({"kind": "no_kd"}) == "no_kd"
+    # an LM's full method weighs attention 0 by default: only a zero feature weight ablates it
+    lm = {"kind": "kd_feature", "task": "causal_lm"}
+    assert scorecard.run_variant({**lm, "loss": {"attention": 0.0, "feature": 0.1}}) == "kd_feature"
+    assert scorecard.run_variant({**lm, "loss": {"attention": 0.0, "feature": 0.0}}) == "output+attention"
 
 
 def test_it_ranks_by_each_tasks_primary_metric():
