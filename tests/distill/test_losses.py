@@ -437,7 +437,7 @@ def llama_pair(lm_assets):
         "teacher": {"source": str(lm_assets["teacher"])},
         "student": {"layers": 2, "hidden_size": 32, "heads": 2, "init": "random"},
         "data": {"source": str(lm_assets["corpus"]), "max_length": 16},
-        "loss": {"temperature": 2.0},
+        "loss": {"temperature": 2.0, "attention": 1.0},  # on: an LM's defaults leave the attention term off
     }
     return build_models(parse_config(cfg), ())
 

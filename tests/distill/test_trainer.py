@@ -372,6 +372,7 @@ def test_it_distils_a_gpt2_teacher_too(lm_assets, lm_config, tmp_path):
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     lm_config["teacher"] = {"source": str(folder)}
+    lm_config["loss"] = {"attention": 1.0}  # every term, GPT-2's attention maps included
     rec = Recorder()
     result = train(parse_config(lm_config), [rec])
     assert all(math.isfinite(rec.logs[-1][f"loss/{t}"]) for t in TERMS)
