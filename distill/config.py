@@ -207,9 +207,9 @@ class LossConfig(_Frozen):
     )
 
 
-# Where a task's loss defaults differ from the fields' own (measured, bench/results/lm_screen*.md): on a causal LM
-# copied from teacher blocks, the attention term and full-weight feature matching leave the student's held-out
-# perplexity behind kd_logits' at the same budget; a light feature term is ahead of it.
+# Where a task's loss defaults differ from the fields' own (measured on a SmolLM2 student copied from teacher blocks,
+# bench/lm.py): the attention term and full-weight feature matching leave its held-out perplexity far behind
+# kd_logits' at the same budget (bench/results/lm_screen.md); a light feature term without attention comes close.
 TASK_LOSS_DEFAULTS: dict[str, dict[str, float]] = {"causal_lm": {"attention": 0.0, "feature": 0.1}}
 
 
@@ -289,8 +289,9 @@ class RunConfig(_Frozen):
     data: DataConfig
     loss: LossConfig = Field(
         LossConfig(),
-        description="The loss terms' weights and settings; a field left out takes the task's default "
-        "(causal_lm: " + ", ".join(f"{k} {v:g}" for k, v in TASK_LOSS_DEFAULTS["causal_lm"].items()) + ").",
+        description="The loss terms' weights and settings; a field left out takes its task's default ("
+        + "; ".join(f"{t}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for t, d in TASK_LOSS_DEFAULTS.items())
+        + ").",
     )
     optim: OptimConfig = OptimConfig()
     lora: LoraConfig | None = Field(

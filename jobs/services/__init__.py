@@ -72,6 +72,7 @@ from jobs.services.studies import (
     study_create,
     study_run_name,
     study_variants,
+    weighted_ablations,
 )
 from jobs.services.teams import (
     INVITATION_BODY,
@@ -197,4 +198,5 @@ __all__ = [
     "teacher_facts",
     "teacher_register",
     "team_create",
+    "weighted_ablations",
 ]

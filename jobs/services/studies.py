@@ -16,6 +16,11 @@ from jobs.services.runs import checked_queue, run_create
 MAX_STUDY_SEEDS = 10
 
 
+def weighted_ablations(loss: Mapping[str, Any]) -> list[str]:
+    """The ablations that mean something for a full method with ``loss``: those of a term it weighs above 0."""
+    return [variant for variant, zeroed in ABLATIONS.items() if loss.get(zeroed)]
+
+
 def study_variants(ablations: Iterable[str], loss: Mapping[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
     """``(variant, kind, loss weights set to 0)`` of a study: the full method, the chosen ablations of it, then
     the baselines, in the order the scorecard shows them. ``loss`` is the full method's loss section (an ablation
@@ -26,7 +31,7 @@ def study_variants(ablations: Iterable[str], loss: Mapping[str, Any]) -> list[tu
         raise ValidationError(
             {"ablations": f"Unknown ablation {', '.join(unknown)}: choose from {', '.join(ABLATIONS)}."}
         )
-    idle = [variant for variant in ABLATIONS if variant in chosen and not loss.get(ABLATIONS[variant])]
+    idle = sorted(chosen - set(weighted_ablations(loss)))
     if idle:
         raise ValidationError(
             {

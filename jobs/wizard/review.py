@@ -76,7 +76,8 @@ class ReviewStepForm(forms.Form):
     def __init__(self, *args: Any, loss: dict[str, Any], **kwargs: Any):
         super().__init__(*args, **kwargs)
         # an ablation of a term the full method weighs 0 would train the full method again
-        self.fields["ablations"].choices = [(v, text) for v, text in ABLATION_CHOICES if loss.get(ABLATIONS[v])]
+        weighted = services.weighted_ablations(loss)
+        self.fields["ablations"].choices = [(v, text) for v, text in ABLATION_CHOICES if v in weighted]
 
     def clean_seeds(self) -> list[int]:
         """``"0, 1,2"`` -> ``[0, 1, 2]`` (each once); blank -> ``[]``, the seed of the training step."""
