@@ -54,8 +54,10 @@ class TrainState:
 # What the trainer is doing, as ``on_phase`` reports it.
 TRAINING, VALIDATING, EVALUATING = "training", "validating", "evaluating"
 MEASURING, EXPORTING = "measuring", "exporting"
-PHASES = (TRAINING, VALIDATING, EVALUATING, MEASURING, EXPORTING)
+CACHING = "caching"  # building the teacher-output cache, before the first step
+PHASES = (CACHING, TRAINING, VALIDATING, EVALUATING, MEASURING, EXPORTING)
 FINISH_PHASES = (EVALUATING, MEASURING, EXPORTING)  # after the last step: a stop ends them at once
+STOPPABLE_PHASES = (CACHING, *FINISH_PHASES)  # a stop ends them at once (training stops at a step's end)
 
 
 class StopRequested(Exception):
@@ -89,6 +91,10 @@ class Callback:
         """``phase`` (one of ``PHASES``) has done ``done`` of its ``total`` units (batches, timed passes,
         files); called as it starts (``done`` 0) and after each unit. A stop requested here ends a finish
         phase at once (``StopRequested``); during training the trainer stops at the step's end as usual."""
+
+    def on_teacher_cache(self, state: TrainState, control: Control, manifest: Any) -> None:
+        """The run reads its teacher's outputs from the cache ``manifest`` describes
+        (:class:`distill.teacher_cache.Manifest`), found or just built, instead of running the teacher."""
 
     def on_save(self, state: TrainState, control: Control) -> None:
         """A checkpoint of ``state.step`` is about to be written. A resumed run restarts after that step, so

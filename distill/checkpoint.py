@@ -1,7 +1,8 @@
 """Checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint holds the trained module (student + projections), the optimizer and scheduler state, the
-RNG states and the :class:`TrainState`, so a resumed run continues exactly where it stopped. It is written
+RNG states (one per process of the run: :mod:`distill.distributed`) and the :class:`TrainState`, so a resumed
+run continues exactly where it stopped. The main process writes it; every process reads it back. It is written
 to a temporary folder and renamed into place, so a crash mid-write never leaves a torn checkpoint; a crash
 between the renames, or while the previous checkpoint is removed, is settled on the next save or load.
 """
@@ -22,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from distill.callbacks import TrainState
+from distill.config import ConfigError
 
 NAME = "checkpoint"
 
@@ -60,7 +62,8 @@ def _load_state_dict(folder: Path, name: str) -> Any:
     return _join_tensors(skeleton, load_file(folder / f"{name}.safetensors"))
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's random generators (python, numpy, torch and CUDA), as a checkpoint keeps them."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
@@ -82,9 +85,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState
+    output_dir: Path,
+    module: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint`` atomically and return its path."""
+    """Write ``output_dir/checkpoint`` atomically and return its path. ``rng_states`` holds every process's
+    :func:`rng_state` in rank order (default: this process's alone)."""
     final, tmp, old = output_dir / NAME, output_dir / f"{NAME}.tmp", output_dir / f"{NAME}.old"
     _settle(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -100,7 +109,7 @@ def save_checkpoint(
         code = errno.ENOTDIR if output_dir.exists() else errno.ENOENT
         raise OSError(code, os.strerror(code), str(tmp)) from exc
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-    _save_state_dict(_rng_state(), tmp, "rng")
+    _save_state_dict({"ranks": rng_states or [rng_state()]}, tmp, "rng")
     state.save(tmp / "state.json")
     if final.exists():
         final.rename(old)
@@ -128,14 +137,28 @@ def has_checkpoint(output_dir: Path) -> bool:
     return (output_dir / NAME / "state.json").is_file() or _stranded(output_dir) is not None
 
 
-def load_checkpoint(output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
-    """Restore everything :func:`save_checkpoint` wrote; returns the saved state."""
+def load_checkpoint(
+    output_dir: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int = 0, processes: int = 1
+) -> TrainState:
+    """Restore everything :func:`save_checkpoint` wrote, with the RNG state of process ``rank`` of ``processes``;
+    returns the saved state. A checkpoint of another number of processes is refused (a ``ConfigError`` on
+    ``resources.processes``): its data order and its ranks' RNG states belong to that number."""
     _settle(output_dir)
     folder = output_dir / NAME
+    saved = _load_state_dict(folder, "rng")
+    ranks = saved.get("ranks", [saved])  # a checkpoint older than several processes holds one
+    if len(ranks) != processes:
+        step = TrainState.load(folder / "state.json").step
+        raise ConfigError.one(
+            "resources.processes",
+            f"the checkpoint at step {step} was written by {len(ranks)} process{'es' if len(ranks) > 1 else ''} and "
+            f"this run has {processes}: resume it with {len(ranks)} (the data order and each process's random "
+            "state belong to that number), or start the run again in another output folder",
+        )
     load_model(module, str(folder / "model.safetensors"))
     optim_state = _load_state_dict(folder, "optimizer")
     optim_state["state"] = {int(k): v for k, v in optim_state["state"].items()}  # JSON made the ids str
     optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
-    _set_rng_state(_load_state_dict(folder, "rng"))
+    _set_rng_state(ranks[rank])
     return TrainState.load(folder / "state.json")

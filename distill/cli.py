@@ -1,4 +1,4 @@
-"""``python -m distill``: run, inspect, layermap, evaluate and prepare from the command line.
+"""``python -m distill``: run, inspect, layermap, evaluate, prepare and cache from the command line.
 
 A bad config or input exits with status 2 and prints each ``field: reason`` on stderr.
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -94,9 +95,14 @@ def _options(model: type[Section], flags: dict[str, str], **values: Any) -> Sect
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or ())
+    from distill.distributed import end, is_main
     from distill.trainer import train  # the heavy imports, once the config is known to be valid
 
     result = train(cfg, [ProgressBar()], resume=args.resume)
+    main = is_main()
+    end()
+    if not main:  # launched on several processes: the main one reports for the run
+        return 0
     if result.stopped:
         print(f"stopped at step {result.state.step}; resume with --resume")
         return 0
@@ -268,6 +274,60 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CACHE_ROOT = "runs/teacher-cache"  # beside the default output folder (RunConfig.teacher_cache_dir)
+
+
+def cmd_cache_build(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set or ())
+    from distill.teacher_cache import build_for_config
+
+    bar = None
+
+    def start(units: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=units, desc="caching", unit="batch", dynamic_ncols=True)
+
+    def wait() -> None:
+        print("waiting for another process building this cache", file=sys.stderr, flush=True)
+
+    manifest = build_for_config(cfg, tick=lambda: bar.update(1), built_by=args.built_by, on_units=start, on_wait=wait)
+    if bar is not None:
+        bar.close()
+    if manifest is None:
+        field = "loss.teacher_cache" if cfg.loss.teacher_cache == "off" else "kind"
+        raise ConfigError.one(field, f"a {cfg.kind} run with teacher_cache {cfg.loss.teacher_cache} reads no cache")
+    print(
+        f"{manifest.key}  {manifest.bytes / 1e6:.1f} MB  {manifest.examples} examples  built by {manifest.built_by}"
+        f"  in {cfg.teacher_cache_dir}"
+    )
+    return 0
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    from distill.teacher_cache import list_caches
+
+    root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError.one("root", f"{root} is not a folder")
+    caches = list_caches(root)
+    if args.json:
+        print(json.dumps([{**asdict(m), "bytes": m.bytes} for m in caches], indent=1))
+        return 0
+    print(f"{'key':32}  {'MB':>9}  {'examples':>8}  {'created':25}  entries")
+    for m in caches:
+        print(f"{m.key:32}  {m.bytes / 1e6:9.1f}  {m.examples:8}  {m.created:25}  {' '.join(m.entries)} ({m.dtype})")
+    return 0
+
+
+def cmd_cache_rm(args: argparse.Namespace) -> int:
+    from distill.teacher_cache import remove_cache
+
+    if not remove_cache(Path(args.root), args.key):
+        raise ConfigError.one("key", f"no cache {args.key!r} in {args.root} (distill cache ls lists them)")
+    print(f"removed {args.key}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m distill", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -321,6 +381,21 @@ def parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("source", help="package:<pip-name>, a model folder or a hub id")
     pre.set_defaults(func=cmd_prepare)
+    cache = sub.add_parser("cache", help="teacher-output caches: build one for a config, list them, remove one")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    build = cache_sub.add_parser("build", help="compute a config's teacher outputs once (loss.teacher_cache)")
+    build.add_argument("config")
+    build.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    build.add_argument("--built-by", default="", help="who the listing says built it (default: this host)")
+    build.set_defaults(func=cmd_cache_build)
+    ls = cache_sub.add_parser("ls", help="the caches in a folder: key, size, examples, created")
+    ls.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_cache_ls)
+    rm = cache_sub.add_parser("rm", help="remove a cache (waits for a build of it to end)")
+    rm.add_argument("key")
+    rm.add_argument("--root", default=DEFAULT_CACHE_ROOT)
+    rm.set_defaults(func=cmd_cache_rm)
     return p
 
 

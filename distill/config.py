@@ -27,6 +27,8 @@ KIND_TERMS: dict[str, tuple[str, ...]] = {
     "no_kd": ("task",),
     "teacher_finetune": ("task",),
 }
+# the teacher-output cache's settings: every kind with a teacher reads them (top_k: causal LMs only, TASK_FIELDS)
+TEACHER_CACHE_SETTINGS: tuple[str, ...] = ("teacher_cache", "teacher_cache_dtype", "top_k")
 KIND_LOSS_SETTINGS: dict[str, tuple[str, ...]] = {
     "kd_feature": (
         "temperature",
@@ -35,8 +37,9 @@ KIND_LOSS_SETTINGS: dict[str, tuple[str, ...]] = {
         "head_mapping",
         "schedule",
         "features_first_fraction",
+        *TEACHER_CACHE_SETTINGS,
     ),
-    "kd_logits": ("temperature",),
+    "kd_logits": ("temperature", *TEACHER_CACHE_SETTINGS),
     "no_kd": (),
     "teacher_finetune": (),
 }
@@ -75,6 +78,8 @@ MAX_NAME_CHARS = 200  # names: the run, columns, labels, modules
 MAX_PATH_CHARS = 4_096  # sources and folders
 MAX_LABELS = 10_000
 MAX_TARGET_MODULES = 64
+MAX_TOP_K = 65_536  # teacher log-probabilities kept per token in an LM's output cache
+MAX_PROCESSES = 1_024  # processes training one run together
 
 Weight = Annotated[float, Field(ge=0.0, le=MAX_WEIGHT)]
 Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
@@ -205,6 +210,24 @@ class LossConfig(_Frozen):
     features_first_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.3, description="Fraction of the steps with feature terms only (features_first schedule)."
     )
+    teacher_cache: Literal["build", "use", "off"] = Field(
+        "build",
+        description="The frozen teacher's outputs on the training split, computed once and read by every epoch and "
+        "every run that needs the same ones. build: read the cache when it exists, else build it before training "
+        "when the run reads its examples more than once (shorter runs run the teacher live); use: read an existing "
+        "cache only, and fail when there is none; off: run the teacher at every step.",
+    )
+    teacher_cache_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16",
+        description="How cached teacher outputs are stored: float16 halves the disk of float32 (a loss term moves "
+        "by about 1e-5), bfloat16 keeps float32's range for very large hidden states (about 10 times less precise), "
+        "float32 is exact.",
+    )
+    top_k: Annotated[int, Field(gt=0, le=MAX_TOP_K)] = Field(
+        64,
+        description="Causal LMs with a teacher cache: the teacher's k most likely next tokens kept per position, the "
+        "rest of its probability as one bucket; the output term becomes the KL over those k + 1 buckets.",
+    )
 
 
 # Where a task's loss defaults differ from the fields' own (measured on a SmolLM2 student copied from teacher blocks,
@@ -236,7 +259,9 @@ class OptimConfig(_Frozen):
     max_steps: Steps | None = Field(
         None, description="Optimizer steps; overrides the epochs when set (handy for a short try)."
     )
-    batch_size: BatchSize = Field(32, description="Texts per forward pass; memory grows with it.")
+    batch_size: BatchSize = Field(
+        32, description="Texts per forward pass (of each process, with several); memory grows with it."
+    )
     grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = Field(
         1, description="Batches per optimizer step: an effective batch of batch size × this."
     )
@@ -277,6 +302,17 @@ class GenerationConfig(_Frozen):
     new_tokens: Tokens = Field(32, description="Tokens generated after each prompt (greedy).")
 
 
+class ResourcesConfig(_Frozen):
+    """What one run is launched on."""
+
+    processes: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        1,
+        description="Processes that train the run together, each on its share of every batch (data parallel, one "
+        "per GPU or per few CPU cores), started with torchrun --nproc_per_node <processes>. optim.batch_size is per "
+        "process: a step reads batch size × grad accum × processes texts. A checkpoint resumes with the same number.",
+    )
+
+
 class RunConfig(_Frozen):
     kind: Kind
     task: Task = Field("classification", description="classification, or causal_lm (next-token prediction)")
@@ -300,8 +336,15 @@ class RunConfig(_Frozen):
         "merged into the weights at export, so the result registers as a normal teacher (teacher_finetune only).",
     )
     generation: GenerationConfig = GenerationConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     output_dir: str = Field(
         "runs/run", max_length=MAX_PATH_CHARS, description="checkpoints, logs and the export go here"
+    )
+    cache_dir: str | None = Field(
+        None,
+        max_length=MAX_PATH_CHARS,
+        description="where teacher-output caches live; default: teacher-cache beside the output folder, so the runs "
+        "of one runs folder share them",
     )
     log_every: Steps = 10
     eval_every: Steps | None = Field(None, description="steps between evaluations; default: each epoch")
@@ -354,6 +397,11 @@ class RunConfig(_Frozen):
     def needs_features(self) -> bool:
         return self.kind == "kd_feature" and (self.loss.feature > 0 or self.loss.attention > 0)
 
+    @property
+    def teacher_cache_dir(self) -> Path:
+        """The folder of this run's teacher-output caches (:attr:`cache_dir`, or beside the output folder)."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir).parent / "teacher-cache"
+
 
 # Settings only some kinds or tasks read (a path and everything under it). A config shown or compared leaves the
 # others out: every run stores every section, with defaults where the wizard asked nothing.
@@ -370,7 +418,11 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "data.label_column": ("classification",),
     "data.labels": ("classification",),
     "generation": ("causal_lm",),
+    "loss.top_k": ("causal_lm",),  # a classifier's cache keeps its few logits whole
 }
+# RunConfig fields that name folders of the host that runs it: a front end sets them for its worker, and shows,
+# exports and compares none of them
+HOST_PATHS: tuple[str, ...] = ("output_dir", "cache_dir")
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -384,7 +436,8 @@ def applies(path: str, kind: str, task: str) -> bool:
     section, _, rest = path.partition(".")
     if section == "loss" and rest and kind in KIND_TERMS:
         name = rest.split(".")[0]
-        return name in KIND_TERMS[kind] or name in KIND_LOSS_SETTINGS[kind]
+        if name not in KIND_TERMS[kind] and name not in KIND_LOSS_SETTINGS[kind]:
+            return False
     for rules, value, known in ((KIND_FIELDS, kind, KIND_TERMS), (TASK_FIELDS, task, get_args(Task))):
         for prefix, allowed in rules.items():
             if _under(path, prefix) and value in known and value not in allowed:

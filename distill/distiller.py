@@ -22,6 +22,7 @@ from distill.layer_map import has_attention, projection_key
 from distill.losses import (
     LmLosses,
     LossOutput,
+    TopK,
     attention_loss,
     combine,
     feature_loss,
@@ -35,13 +36,18 @@ from distill.losses import (
 @dataclass
 class TeacherOutput:
     """What the losses need from the teacher: the mapped layers' tensors, and its logits (a classifier)
-    or its final hidden state (a causal LM, whose head the loss applies chunk by chunk)."""
+    or its final hidden state (a causal LM, whose head the loss applies chunk by chunk).
+
+    Read from a teacher-output cache (:mod:`distill.teacher_cache`), the attention maps are already reduced to
+    the student's head grouping, and a causal LM's output is ``topk``: the top-k at the positions that predict a
+    real token, in :func:`~distill.losses.next_token_targets` order."""
 
     logits: torch.Tensor | None
     hidden: dict[int, torch.Tensor]
     attentions: dict[int, torch.Tensor]
     final_hidden: torch.Tensor | None = None
     head: nn.Linear | None = None
+    topk: TopK | None = None
 
 
 def lm_backbone(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,13 +61,20 @@ def lm_backbone(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch
     ).last_hidden_state
 
 
-@torch.inference_mode()
 def teacher_forward(
     teacher: PreTrainedModel, batch: dict[str, torch.Tensor], pairs: tuple[LayerPair, ...], attentions: bool
 ) -> TeacherOutput:
     """Run the frozen teacher, keeping only what the mapped pairs use."""
     hidden = [p.teacher for p in pairs]
     maps = [p.teacher for p in pairs if attentions and has_attention(p)]
+    return teacher_outputs(teacher, batch, hidden, maps)
+
+
+@torch.inference_mode()
+def teacher_outputs(
+    teacher: PreTrainedModel, batch: dict[str, torch.Tensor], hidden: list[int], maps: list[int]
+) -> TeacherOutput:
+    """Run the frozen teacher, keeping the hidden states of layers ``hidden`` and the attention maps of ``maps``."""
     with tap(teacher, hidden=hidden, attentions=maps) as taps:
         if batch["labels"].dim() == 2:  # next-token labels: a causal LM
             final = lm_backbone(teacher, batch)
@@ -152,12 +165,14 @@ class Distiller(nn.Module):
     ) -> LmLosses:
         keep, targets = next_token_targets(batch["labels"])
         final = lm_backbone(self.student, batch)[:, :-1][keep]  # (N, d): positions that predict a real token
+        live = teacher is not None and teacher.final_hidden is not None
         return lm_head_losses(
             final,
             self.student.get_output_embeddings(),
             targets,
             (weights["task"], weights.get("output", 0.0)),
-            teacher.final_hidden[:, :-1][keep] if teacher is not None else None,
-            teacher.head if teacher is not None else None,
+            teacher.final_hidden[:, :-1][keep] if live else None,
+            teacher.head if live else None,
             self.loss.temperature,
+            teacher_topk=teacher.topk if teacher is not None else None,
         )

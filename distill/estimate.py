@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import torch
@@ -64,7 +64,7 @@ from distill.losses import LM_CHUNK_ELEMENTS
 from distill.students import count_student_parameters, student_config, student_shape
 from distill.teachers import Architecture
 from distill.timing import CPU_FLOPS, finish_work, non_embedding_count, step_flops_with_validation
-from distill.trainer import total_steps
+from distill.trainer import epoch_steps, total_steps
 
 BYTES_PER_FLOAT = 4
 """fp32 weights, gradients, optimizer moments and activations (the CPU default)."""
@@ -113,6 +113,7 @@ class Estimate:
     seconds_per_step: float
     total_steps: int
     finish_seconds: dict[str, float]  # evaluating, measuring, exporting (distill.timing)
+    caching_seconds: float = 0.0  # building the teacher-output cache before the first step (one teacher pass)
 
     @property
     def peak_bytes(self) -> int:
@@ -131,14 +132,20 @@ class Estimate:
 
     @property
     def total_seconds(self) -> float:
-        """Training and the finish: what the run takes from its first step to its export."""
-        return self.training_seconds + sum(self.finish_seconds.values())
+        """Caching, training and the finish: what the run takes from its start to its export."""
+        return self.caching_seconds + self.training_seconds + sum(self.finish_seconds.values())
 
     def calibrated(self, ratios: dict[str, float]) -> Estimate:
         """This estimate with its times scaled by measured / analytic ``ratios`` of a similar run (``step_s``
         and each finish phase; ``jobs.models.StepTime.ratios``); parts without a ratio stay analytic."""
         finish = {phase: s * ratios.get(phase, 1.0) for phase, s in self.finish_seconds.items()}
-        return replace(self, seconds_per_step=self.seconds_per_step * ratios.get("step_s", 1.0), finish_seconds=finish)
+        step = ratios.get("step_s", 1.0)  # the host's speed: it holds for the cache's teacher pass too
+        return replace(
+            self,
+            seconds_per_step=self.seconds_per_step * step,
+            finish_seconds=finish,
+            caching_seconds=self.caching_seconds * step,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,10 +217,12 @@ def estimate(
     teacher_config: PretrainedConfig | None = None,
     eval_size: int = 0,
     val_size: int = 0,
+    cache: Literal["read", "build"] | None = None,
 ) -> Estimate:
     """The cost of training ``cfg`` on ``train_size`` examples on CPU (see the module docstring), with its
     validations on ``val_size`` examples, and of its finish on ``eval_size`` held-out examples
-    (``distill.timing``).
+    (``distill.timing``). A run that reads its teacher's outputs from a ``cache`` has no teacher forward in its
+    steps; one that ``build``s the cache first adds one teacher pass over the training split.
 
     ``teacher_config`` is the teacher's own transformers config when available (exact counts); otherwise
     one is rebuilt from ``teacher`` (for a causal LM that loses ``tie_word_embeddings``, so pass it). The
@@ -254,8 +263,9 @@ def estimate(
         flops = 6 * student_nonemb * tokens
         flop_params = [student_nonemb, teacher_nonemb]
         activation_floats = STUDENT_ACTIVATION_FLOATS * hidden * cfg.student.layers
-        if kd:
+        if kd and cache is None:
             flops += 2 * teacher_nonemb * tokens
+        if kd:
             teacher_floats = TEACHER_ACTIVATION_FLOATS * teacher.hidden_size * teacher.layers
             teacher_activation_bytes = teacher_bytes * tokens * teacher_floats
         if cfg.needs_attentions:
@@ -271,9 +281,9 @@ def estimate(
         logits_floats += vocab * hidden  # the LM head's gradient, accumulated chunk by chunk in the forward
     flops *= cfg.optim.grad_accum
     steps = total_steps(cfg, train_size)
-    epoch_steps = math.ceil(math.ceil(train_size / cfg.optim.batch_size) / cfg.optim.grad_accum)
+    steps_per_epoch = epoch_steps(cfg, train_size)
     trained_nonemb = flop_params[0]
-    step_s = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_size, trained_nonemb) / CPU_FLOPS
+    step_s = step_flops_with_validation(cfg, flops, steps, steps_per_epoch, val_size, trained_nonemb) / CPU_FLOPS
     return Estimate(
         student_params=student_params,
         teacher_params=teacher_params,
@@ -290,6 +300,7 @@ def estimate(
         seconds_per_step=step_s,
         total_steps=steps,
         finish_seconds=finish_work(cfg, eval_size, flop_params, student_params or teacher_params).seconds(CPU_FLOPS),
+        caching_seconds=2 * teacher_nonemb * length * train_size / CPU_FLOPS if kd and cache == "build" else 0.0,
     )
 
 

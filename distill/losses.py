@@ -16,7 +16,8 @@ Four terms, each returned unweighted so they can be logged and weighted apart (:
 For causal LMs the task term is next-token cross-entropy and the output term the per-token
 :math:`T^2 \, \mathrm{KL}` over the vocabulary, both over the positions whose next token is real
 (:func:`next_token_targets`), and both come from one fused, chunked pass through the LM heads
-(:func:`lm_head_losses`) that never holds the (B, L, V) logits.
+(:func:`lm_head_losses`) that never holds the (B, L, V) logits. From a teacher-output cache, the output
+term is the KL over the teacher's top-k tokens and one bucket for the rest (:func:`bucket_targets`).
 
 Every per-token value is averaged over real tokens only (:func:`masked_mean`), and attention rows over
 real keys only, so padding never changes a loss. Teacher tensors are detached (and cloned when they are
@@ -309,6 +310,59 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 @dataclass
+class TopK:
+    r"""A causal-LM teacher's k most likely next tokens at N positions, at temperature :math:`T`: their
+    log-probabilities ``logp`` (N, k) float, their ids ``index`` (N, k) long, and ``rest`` (N,) the
+    probability of all the other tokens together, :math:`r = 1 - \sum_{i \in S} p_i`."""
+
+    logp: Tensor
+    index: Tensor
+    rest: Tensor
+
+    def rows(self, start: int, stop: int) -> TopK:
+        return TopK(self.logp[start:stop], self.index[start:stop], self.rest[start:stop])
+
+
+@torch.no_grad()
+def top_k(logits: Tensor, k: int, temperature: float) -> TopK:
+    """The :class:`TopK` of logits (N, V): ``rest`` is summed from the other tokens' probabilities in log space,
+    not taken as 1 minus the kept ones (that difference loses every digit when the top k hold nearly all)."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    logp, index = log_p.topk(min(k, log_p.shape[-1]), dim=-1)
+    rest = log_p.scatter(1, index, float("-inf")).logsumexp(-1).exp()
+    return TopK(logp, index, rest)
+
+
+def bucket_targets(log_q: Tensor, teacher: TopK) -> tuple[Tensor, Tensor]:
+    r"""The KL from the teacher's top-k distribution to the student's, summed over N rows, and the
+    target :math:`\tilde p` whose :math:`q - \tilde p` is its gradient with respect to the student's logits
+    :math:`u` (at temperature :math:`T`: :math:`z / T`).
+
+    ``log_q`` (N, V) the student's log-probabilities. Both distributions are coarsened to k + 1 buckets, the
+    teacher's top-k tokens :math:`S` and the rest :math:`R` (DistillKit's compressed logits):
+
+    .. math:: \mathrm{KL}_S = \sum_{i \in S} p_i (\log p_i - \log q_i) + r (\log r - \log q_R),
+        \qquad q_R = \sum_{j \notin S} q_j
+
+    .. math:: \partial \mathrm{KL}_S / \partial u_j = q_j - \tilde p_j, \qquad
+        \tilde p_j = p_j \ (j \in S), \quad \tilde p_j = r \, q_j / q_R \ (j \notin S)
+
+    (the rest's mass spread like the student's own). :math:`\mathrm{KL}_S \le \mathrm{KL}` (coarsening
+    loses information), with equality when k = V (then :math:`r = 0`) or when the student's rest is shaped
+    like the teacher's.
+    """
+    log_q_s = log_q.gather(1, teacher.index)  # (N, k)
+    log_q_rest = log_q.scatter(1, teacher.index, float("-inf")).logsumexp(-1)  # (N,); -inf when k = V
+    p_s, rest = teacher.logp.float().exp(), teacher.rest.float()
+    real = rest > 0  # r log q_R is 0 when r is: k = V leaves -inf there
+    rest_term = torch.where(real, torch.xlogy(rest, rest) - rest * log_q_rest, torch.zeros_like(rest))
+    kl = (p_s * (teacher.logp.float() - log_q_s)).sum() + rest_term.sum()
+    ratio = torch.where(real, (rest.clamp_min(EPS).log() - log_q_rest).exp(), torch.zeros_like(rest))  # r / q_R
+    target = (log_q.exp() * ratio[:, None]).scatter_(1, teacher.index, p_s)
+    return kl, target
+
+
+@dataclass
 class _LmChunks:
     """Sums over the chunks of one LM-head pass, and the summed gradients when asked for."""
 
@@ -330,6 +384,7 @@ def _lm_head_chunks(
     temperature: float,
     grad_scales: tuple[float, float] | None,
     chunk_rows: int | None,
+    teacher_topk: TopK | None = None,
 ) -> _LmChunks:
     r"""Token NLL and :math:`T^2`-KL sums over N tokens, one chunk of rows at a time, and (with
     ``grad_scales`` :math:`(a, b)`) the gradients of :math:`a \sum \mathrm{NLL} + b \sum T^2 \mathrm{KL}`
@@ -338,7 +393,8 @@ def _lm_head_chunks(
     .. math:: \partial \mathrm{NLL} / \partial z = \mathrm{softmax}(z) - \mathrm{onehot}(y), \qquad
         \partial\, T^2 \mathrm{KL}(p_t \| \mathrm{softmax}(z/T)) / \partial z = T (p_s - p_t).
 
-    Only a chunk's logits (rows × V) exist at any time.
+    The teacher is its final hidden states and head, or its cached ``teacher_topk`` (then :math:`p_t` is
+    :func:`bucket_targets`' :math:`\tilde p`). Only a chunk's logits (rows × V) exist at any time.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
     rows = _chunk_rows(vocab, chunk_rows)
@@ -361,17 +417,22 @@ def _lm_head_chunks(
             grad_z = log_p.exp_().mul_(grad_scales[0])  # softmax(z), in place of log_p
             grad_z[torch.arange(len(y), device=y.device), y] -= grad_scales[0]
         del log_p
-        if teacher_hidden is not None:
-            log_p_t = F.log_softmax(
-                _logits(teacher_hidden[start : start + rows], teacher_weight, teacher_bias) / temperature, dim=-1
-            )
+        if teacher_hidden is not None or teacher_topk is not None:
             log_p_s = F.log_softmax(z / temperature, dim=-1)
-            p_t = log_p_t.exp()
-            out.kl += temperature**2 * (p_t * (log_p_t - log_p_s)).sum()
+            if teacher_topk is not None:
+                kl, p_t = bucket_targets(log_p_s, teacher_topk.rows(start, start + rows))
+            else:
+                log_p_t = F.log_softmax(
+                    _logits(teacher_hidden[start : start + rows], teacher_weight, teacher_bias) / temperature, dim=-1
+                )
+                p_t = log_p_t.exp()
+                kl = (p_t * (log_p_t - log_p_s)).sum()
+                del log_p_t
+            out.kl += temperature**2 * kl
             if grad_scales is not None and grad_scales[1]:
                 g = log_p_s.exp_().sub_(p_t).mul_(temperature * grad_scales[1])
                 grad_z = g if grad_z is None else grad_z.add_(g)
-            del log_p_t, log_p_s, p_t
+            del log_p_s, p_t
         if grad_z is not None:
             out.grad_hidden[start : start + rows] = grad_z @ w32
             out.grad_weight.addmm_(grad_z.T, h.float())
@@ -385,11 +446,21 @@ class _FusedLmHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias, spec):
-        temperature, task_weight, output_weight, chunk_rows = spec
+        temperature, task_weight, output_weight, chunk_rows, teacher_topk = spec
         n = max(1, hidden.shape[0])
         scales = (task_weight / n, output_weight / n)  # the losses are means over the N tokens
         sums = _lm_head_chunks(
-            hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias, temperature, scales, chunk_rows
+            hidden,
+            weight,
+            bias,
+            targets,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+            temperature,
+            scales,
+            chunk_rows,
+            teacher_topk,
         )
         ctx.save_for_backward(sums.grad_hidden, sums.grad_weight, sums.grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype)
@@ -427,6 +498,7 @@ def lm_head_losses(
     teacher_head: nn.Linear | None = None,
     temperature: float = 1.0,
     chunk_rows: int | None = None,
+    teacher_topk: TopK | None = None,
 ) -> LmLosses:
     r"""Next-token cross-entropy and output distillation from final hidden states, never holding the
     full (N, V) logits (a fused linear cross-entropy, as in Liger Kernel).
@@ -434,7 +506,9 @@ def lm_head_losses(
     ``hidden`` (N, d_s): the student's final hidden state at the N positions that predict a real token
     (:func:`next_token_targets`); ``targets`` (N,) those tokens; ``head`` the student's LM head
     (:math:`W \in R^{V \times d_s}`, optional bias); ``teacher_hidden`` (N, d_t) and ``teacher_head`` the
-    same for the teacher (``None`` for no output term). ``weights`` = (task weight, output weight).
+    same for the teacher (``None`` for no output term), or instead ``teacher_topk``, the teacher's cached top-k
+    at these N positions (the output term is then :func:`bucket_targets`' KL). ``weights`` = (task weight,
+    output weight).
 
     .. math:: \mathcal{L}_\text{task} = \frac{1}{N} \sum_i -\log \mathrm{softmax}(z_i)_{y_i}, \qquad
         \mathcal{L}_\text{out} = \frac{T^2}{N} \sum_i \mathrm{KL}\big(\mathrm{softmax}(z^t_i/T) \,\|\,
@@ -448,16 +522,16 @@ def lm_head_losses(
     chunk. The two terms come out as one weighted sum so there is a single gradient buffer per tensor
     (the weights are known when the loss is computed); their values are returned apart for logging.
     """
-    with_teacher = teacher_hidden is not None
-    if with_teacher and teacher_head is None:
+    if teacher_hidden is not None and teacher_head is None:
         raise ValueError("teacher_hidden needs teacher_head")
     teacher = (
         (_target(teacher_hidden), teacher_head.weight.detach(), _optional(teacher_head.bias))
-        if with_teacher
+        if teacher_hidden is not None
         else (None, None, None)
     )
+    with_teacher = teacher_hidden is not None or teacher_topk is not None
     task_weight, output_weight = weights
-    spec = (temperature, float(task_weight), float(output_weight) if with_teacher else 0.0, chunk_rows)
+    spec = (temperature, float(task_weight), float(output_weight) if with_teacher else 0.0, chunk_rows, teacher_topk)
     weighted, task, output = _FusedLmHeadLoss.apply(hidden, head.weight, head.bias, targets, *teacher, spec)
     return LmLosses(weighted, task, output)
 

@@ -96,16 +96,47 @@ def _package_root(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _package_model_dir(name: str, progress: Callable[[str], None] | None = None) -> Path:
+def _package_contents(name: str) -> tuple[Path | None, Path | None]:
+    """(the model folder a package ships, its one .gguf file): one of them, or a ``ConfigError``."""
     root = _package_root(name)
     configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
     if configs:
-        return configs[0].parent
+        return configs[0].parent, None
     ggufs = sorted(root.rglob("*.gguf"))
     if len(ggufs) == 1:
-        return converted_gguf(name, ggufs[0], progress)
+        return None, ggufs[0]
     what = "several .gguf files" if ggufs else "no model folder (no config.json or .gguf)"
     raise ConfigError.one(FIELD, f"package {name!r} ships {what} under {root}")
+
+
+def _package_model_dir(name: str, progress: Callable[[str], None] | None = None) -> Path:
+    folder, gguf = _package_contents(name)
+    return folder if folder is not None else converted_gguf(name, gguf, progress)
+
+
+def local_model_dir(source: str) -> Path | None:
+    """The model folder of ``source`` when it is on this machine now, converting and downloading nothing: a
+    folder, a package's folder, a GGUF package's converted folder once a run converted it; else None (a hub id,
+    a GGUF package not converted yet, a source that names no model)."""
+    try:
+        if source.startswith("package:"):
+            name = source.removeprefix("package:")
+            folder, gguf = _package_contents(name)
+            return folder if folder is not None else _converted_folder(name, gguf)
+    except ConfigError:
+        return None
+    path = Path(source).expanduser()
+    return path if (path / "config.json").is_file() else None
+
+
+def _converted_folder(name: str, gguf: Path) -> Path | None:
+    target = _conversion_target(name, gguf)
+    return target if (target / "config.json").is_file() else None
+
+
+def _conversion_target(name: str, gguf: Path) -> Path:
+    stat = gguf.stat()
+    return model_cache() / f"{name}-{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def converted_gguf(name: str, gguf: Path, progress: Callable[[str], None] | None = None) -> Path:
@@ -115,8 +146,7 @@ def converted_gguf(name: str, gguf: Path, progress: Callable[[str], None] | None
     converted again. The folder is written under a temporary name and renamed into place, and a file
     lock makes a second worker wait for the first one's conversion instead of repeating it.
     """
-    stat = gguf.stat()
-    target = model_cache() / f"{name}-{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    target = _conversion_target(name, gguf)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

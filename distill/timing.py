@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from distill.callbacks import EVALUATING, EXPORTING, FINISH_PHASES, MEASURING, TRAINING
+from distill.callbacks import CACHING, EVALUATING, EXPORTING, FINISH_PHASES, MEASURING, TRAINING
 from distill.config import RunConfig
 from distill.metrics import LATENCY_BATCH_SIZES, latency_warmup
 
@@ -116,12 +116,14 @@ def ratios(measured: dict[str, float], analytic: dict[str, float]) -> dict[str, 
 class Eta:
     """The seconds left in a run, from what it measured so far (see the module docstring).
 
-    ``step_flops`` are the analytic FLOPs of one optimizer step and ``finish`` the finish's work; the trainer
-    calls :meth:`step` at each step end and :meth:`update` at each phase report, then reads
-    :meth:`seconds_left`, and :meth:`end` once the export is written."""
+    ``step_flops`` are the analytic FLOPs of one optimizer step, ``finish`` the finish's work and
+    ``caching_flops`` those of building the teacher-output cache first (0: no build); the trainer calls
+    :meth:`step` at each step end and :meth:`update` at each phase report, then reads :meth:`seconds_left`, and
+    :meth:`end` once the export is written."""
 
-    def __init__(self, step_flops: float, finish: FinishWork, flops_per_s: float):
+    def __init__(self, step_flops: float, finish: FinishWork, flops_per_s: float, caching_flops: float = 0.0):
         self.step_flops, self.finish, self.flops_per_s = step_flops, finish, flops_per_s
+        self.caching_flops = caching_flops
         self.phase, self.done, self.total = TRAINING, 0, 0
         self.phase_started = time.perf_counter()
         self.step_s: float | None = None  # measured seconds per optimizer step
@@ -159,6 +161,10 @@ class Eta:
     def seconds_left(self, steps_left: int) -> float | None:
         """Seconds to the end of the run with ``steps_left`` optimizer steps to go; None before any measure."""
         analytic = self._analytic()
+        if self.phase == CACHING:  # before the first step: the build at its measured rate, then steps and finish
+            caching = self._current_phase_left(self.caching_flops / self.flops_per_s)
+            step_s = self.step_s or self.step_flops / self.flops_per_s  # measured when resumed, else analytic
+            return caching + steps_left * step_s + sum(analytic.values())
         if self.phase in FINISH_PHASES:
             current = self._current_phase_left(analytic[self.phase] * self.finish_scale)
             later = FINISH_PHASES[FINISH_PHASES.index(self.phase) + 1 :]
@@ -168,7 +174,8 @@ class Eta:
         return steps_left * self.step_s + sum(analytic.values()) * self.finish_scale
 
     def _current_phase_left(self, planned_s: float) -> float:
-        """The rest of the current finish phase: at its measured rate once a unit is done, else as planned."""
+        """The rest of the current phase (caching or one of the finish): at its measured rate once a unit is done,
+        else as planned."""
         spent = time.perf_counter() - self.phase_started
         if self.done and self.total:
             return spent / self.done * (self.total - self.done)

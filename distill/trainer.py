@@ -4,9 +4,14 @@
 text); ``no_kd``, ``kd_logits`` and ``kd_feature`` train a student built from that teacher, with the loss
 terms their kind switches on. ``task: causal_lm`` changes the data (token windows of text), the
 validation (perplexity) and the final evaluation (perplexity and a continuation task), not the loop.
-Accelerate supplies devices, mixed precision, gradient accumulation and multi-GPU, so the loop reads
-the same on 1 CPU and on 8 GPUs. Progress leaves through callbacks only: steps, and the phases
-(``on_phase``) of the finish, which a stop request ends as it does training (the run can resume).
+Accelerate supplies devices, mixed precision, gradient accumulation and several processes (DDP), so the loop
+reads the same on 1 CPU and on 8 GPUs: under ``torchrun`` each process trains on its share of every batch and
+the main one alone reports, builds the cache, validates, checkpoints and finishes (:mod:`distill.distributed`).
+A distillation run reads its teacher's outputs from a teacher-output cache (:mod:`distill.teacher_cache`)
+when there is one, building it first (the ``caching`` phase) when the run reads its examples more than once;
+a run whose outputs are all cached trains without the teacher in memory. Progress leaves through callbacks
+only: steps, and the phases (``on_phase``) of the cache build and of the finish, which a stop request ends as
+it does training (the run can resume).
 """
 
 from __future__ import annotations
@@ -23,11 +28,18 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, get_scheduler
 
 from distill.callbacks import (
+    CACHING,
     EVALUATING,
     EXPORTING,
     MEASURING,
@@ -38,8 +50,8 @@ from distill.callbacks import (
     StopRequested,
     TrainState,
 )
-from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from distill.config import KD_KINDS, RunConfig
+from distill.checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from distill.config import KD_KINDS, KIND_TERMS, ConfigError, RunConfig
 from distill.data import (
     TextClassificationData,
     TextData,
@@ -51,6 +63,7 @@ from distill.data import (
     load_text_data,
 )
 from distill.distiller import Distiller, teacher_forward
+from distill.distributed import WAIT_FOR_MAIN, broadcast_flag, check_world_size, gather, mean_over_ranks
 from distill.export import EXPORT_UNITS, export_model, write_model_card
 from distill.lora import apply_lora, merge_adapter, trainable_parameters
 from distill.metrics import (
@@ -65,6 +78,17 @@ from distill.metrics import (
     weights_bytes,
 )
 from distill.students import build_student, student_config, validate_against
+from distill.teacher_cache import (
+    CachedTeacher,
+    CachePlan,
+    ensure,
+    keep_for,
+    lookup,
+    plan_cache,
+    source_labels,
+    wait_and_lookup,
+)
+from distill.teacher_cache.build import build_units
 from distill.teachers import (
     check_tokenizer,
     describe,
@@ -86,22 +110,32 @@ log = logging.getLogger("distill")
 
 
 class EpochBatches(Sampler[list[int]]):
-    """A seeded shuffle per epoch that can start mid-epoch, so a resumed run sees the same batches."""
+    """A seeded shuffle per epoch that can start mid-epoch (``skip`` batches), so a resumed run sees the same
+    batches; process ``rank`` of ``processes`` reads its share of each.
 
-    def __init__(self, size: int, batch_size: int, seed: int):
+    Every process draws the same order. It is cut into global batches of ``batch_size × processes`` examples and
+    process ``rank`` takes every ``processes``-th example of each, from the ``rank``-th: the processes together
+    read the batch one process with ``processes`` times the batch size reads. The order is first completed to a
+    multiple of ``processes`` with its first examples, so every process reads as many examples in every batch
+    (DDP averages their gradients with equal weights) and none reads an empty one."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, processes: int = 1):
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.processes = rank, processes
         self.epoch = self.skip = 0
 
     def start(self, epoch: int, skip: int) -> None:
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        for i in range(self.skip * self.batch_size, self.size, self.batch_size):
-            yield order[i : i + self.batch_size].tolist()
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        order = (order * self.processes)[: math.ceil(self.size / self.processes) * self.processes]
+        span = self.batch_size * self.processes
+        for i in range(self.skip * span, len(order), span):
+            yield order[i : i + span][self.rank :: self.processes]
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.batch_size) - self.skip
+        return math.ceil(math.ceil(self.size / self.processes) / self.batch_size) - self.skip
 
 
 @dataclass
@@ -161,11 +195,22 @@ def validate(
     return evaluate_classifier(model, loader, len(data.labels), device, tick)
 
 
+def epoch_batches(cfg: RunConfig, train_size: int) -> int:
+    """The micro-batches each process reads per epoch (:class:`EpochBatches`): its share of the examples,
+    ``train_size / resources.processes`` rounded up, in batches of ``optim.batch_size``."""
+    return math.ceil(math.ceil(train_size / cfg.resources.processes) / cfg.optim.batch_size)
+
+
+def epoch_steps(cfg: RunConfig, train_size: int) -> int:
+    """Optimizer steps per epoch (the accumulation closes at an epoch's end)."""
+    return math.ceil(epoch_batches(cfg, train_size) / cfg.optim.grad_accum)
+
+
 def total_steps(cfg: RunConfig, train_size: int) -> int:
     """Optimizer steps: ``max_steps``, or the epochs' micro-batches divided by the accumulation."""
     if cfg.optim.max_steps:
         return cfg.optim.max_steps
-    micro = math.ceil(cfg.optim.epochs * math.ceil(train_size / cfg.optim.batch_size))
+    micro = math.ceil(cfg.optim.epochs * epoch_batches(cfg, train_size))
     return max(1, math.ceil(micro / cfg.optim.grad_accum))
 
 
@@ -248,12 +293,16 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     max_grad_norm: float | None,
+    cache: CachedTeacher | None = None,
 ) -> dict[str, float]:
-    """One micro-batch: teacher forward, student forward and losses, backward, and (when the
-    accumulation window closes) the optimizer step. Returns each term and the total as floats."""
+    """One micro-batch: teacher forward (or its ``cache``d outputs), student forward and losses, backward, and
+    (when the accumulation window closes) the optimizer step. Returns each term and the total as floats."""
     with accelerator.accumulate(distiller):
         core = accelerator.unwrap_model(distiller)
-        t_out = teacher_forward(teacher, batch, core.pairs, core.attentions) if teacher else None
+        if cache is not None:
+            t_out = cache(batch)
+        else:
+            t_out = teacher_forward(teacher, batch, core.pairs, core.attentions) if teacher else None
         loss = distiller(batch, t_out, weights)
         accelerator.backward(loss.total)
         if accelerator.sync_gradients and max_grad_norm:
@@ -284,20 +333,74 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), resume: bool = Fal
     handler = CallbackHandler(list(callbacks))
     state = TrainState()
     try:
-        return _train(cfg, handler, state, resume)
+        accelerator = make_accelerator(cfg)
+        if not accelerator.is_main_process:
+            # the main process alone reports: progress, the live view, stop requests (it passes them on)
+            handler = CallbackHandler([])
+        check_world_size(cfg.resources.processes)
+        return _train(cfg, accelerator, handler, state, resume)
     except BaseException as exc:
         handler.exception(state, exc)
         raise
 
 
-def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: bool) -> TrainResult:
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """The run's Accelerator; under a launcher it joins the run's process group."""
+    return Accelerator(
+        # without a GPU the processes of a launched run train on the CPU (gloo): Accelerate groups them only when told
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        # the scheduler counts the run's optimizer steps (total_steps shares the data among the processes already):
+        # with split_batches Accelerate steps it once per optimizer step, not once per process
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=WAIT_FOR_MAIN),
+            DistributedDataParallelKwargs(find_unused_parameters=may_skip_parameters(cfg)),
+        ],
+    )
+
+
+def may_skip_parameters(cfg: RunConfig) -> bool:
+    """Whether a step can leave trained parameters without a gradient: a term weighted 0 (always, or in the first
+    part of ``features_first``) is left out of the graph, with its head or projections. DDP must then look for
+    them after each backward, which costs a pass over the graph, so only these runs ask for it."""
+    used = [w for term, w in cfg.loss_weights().items() if term in KIND_TERMS[cfg.kind]]
+    return 0 in used or cfg.loss.schedule == "features_first"
+
+
+def teacher_cache_plan(cfg: RunConfig, m: Models, split: Dataset) -> CachePlan | None:
+    """The cache of this run's teacher outputs (:func:`distill.teacher_cache.plan_cache`), from the models built."""
+    if m.teacher is None:
+        return None
+    d = m.distiller
+    keep = keep_for(
+        cfg, d.pairs, d.attentions, d.student.config.num_attention_heads, m.teacher.config.num_attention_heads
+    )
+    return plan_cache(cfg, split, keep)
+
+
+def reads_examples_again(cfg: RunConfig, train_size: int, steps_done: int = 0) -> bool:
+    """Whether the run's micro-batches still to come (after ``steps_done``, for a resumed run) go past one
+    epoch: only then does building a cache save teacher passes (building costs about one epoch of them)."""
+    left = total_steps(cfg, train_size) - steps_done
+    return left * cfg.optim.grad_accum > epoch_batches(cfg, train_size)
+
+
+def _train(
+    cfg: RunConfig, accelerator: Accelerator, handler: CallbackHandler, state: TrainState, resume: bool
+) -> TrainResult:
+    main = accelerator.is_main_process
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = load_task_data(cfg)
-    m = build_models(cfg, data.labels)
+    with accelerator.main_process_first():  # a download or a conversion happens once; the others then read it
+        data = load_task_data(cfg)
+        m = build_models(cfg, data.labels)
     pad, collate_fn = m.tokenizer.pad_token_id, task_collate(cfg)
     train_split = encode_split(cfg, data, "train", m.tokenizer)
-    sampler = EpochBatches(len(train_split), cfg.optim.batch_size, cfg.seed)
+    sampler = EpochBatches(
+        len(train_split), cfg.optim.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes
+    )
     # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG when it starts,
     # which would shift dropout after a resume mid-epoch.
     loader = DataLoader(
@@ -306,6 +409,9 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
         collate_fn=partial(collate_fn, pad_token_id=pad),
         generator=torch.Generator(),
     )
+    # the sampler gives each process its share: the loader is prepared as for one process (device placement, the
+    # accumulation's end of epoch), not sharded a second time
+    loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
     val_split = encode_split(cfg, data, "validation", m.tokenizer)
     val_loader = eval_loader(val_split, cfg.eval_batch_size, pad, collate_fn)
     # the finish's split, encoded now: its size is part of the ETA from the first step on
@@ -314,9 +420,6 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
     )
     final_loader = eval_loader(final_split, cfg.eval_batch_size, pad, collate_fn)
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.optim.mixed_precision, gradient_accumulation_steps=cfg.optim.grad_accum
-    )
     state.total_steps = total_steps(cfg, len(train_split))
     optimizer = make_optimizer(cfg, m.distiller)
     scheduler = get_scheduler(
@@ -325,31 +428,79 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
         num_warmup_steps=int(cfg.optim.warmup_ratio * state.total_steps),
         num_training_steps=state.total_steps,
     )
-    distiller, optimizer, loader, scheduler = accelerator.prepare(m.distiller, optimizer, loader, scheduler)
-    if m.teacher is not None:
-        m.teacher.to(accelerator.device)
-    teacher = m.teacher if cfg.kind in KD_KINDS else None
+    distiller, optimizer, scheduler = accelerator.prepare(m.distiller, optimizer, scheduler)
     if resume and has_checkpoint(output_dir):
-        restored = load_checkpoint(output_dir, m.distiller, optimizer, scheduler)
+        with accelerator.main_process_first():  # the main process settles a checkpoint a killed run left half moved
+            restored = load_checkpoint(
+                output_dir, m.distiller, optimizer, scheduler, accelerator.process_index, accelerator.num_processes
+            )
         for key, value in asdict(restored).items():
             setattr(state, key, value)
         log.info("resumed from step %d", state.step)
+    plan = teacher_cache_plan(cfg, m, train_split) if state.step < state.total_steps else None
+    # the main process looks the cache up (and builds it below); the others read what it found once it is there
+    cache, build = None, False
+    if plan is not None and main:
+        cache = wait_and_lookup(plan) if cfg.loss.teacher_cache == "use" else lookup(plan)
+        if cache is None and cfg.loss.teacher_cache == "use":
+            raise ConfigError.one(
+                "loss.teacher_cache",
+                f"use reads an existing cache, and {plan.root} has none for this teacher, data and layers: build it "
+                "first (python -m distill cache build <config>) or set build",
+            )
+        build = cache is None and reads_examples_again(cfg, len(train_split), state.step)
+    if m.teacher is not None and cache is None:
+        m.teacher.to(accelerator.device)
+    teacher = m.teacher if cfg.kind in KD_KINDS else None
 
     control = handler.call("on_train_begin", state)
-    epoch_steps = math.ceil(math.ceil(len(train_split) / cfg.optim.batch_size) / cfg.optim.grad_accum)
-    eval_every = cfg.eval_every or epoch_steps
-    eta = run_eta(cfg, m, state.total_steps, epoch_steps, len(val_split), len(final_split))
+    steps_per_epoch = epoch_steps(cfg, len(train_split))
+    eval_every = cfg.eval_every or steps_per_epoch
+    cached = cache is not None or build
+    built = len(train_split) if build else 0
+    eta = run_eta(cfg, m, state.total_steps, steps_per_epoch, len(val_split), len(final_split), cached, built)
     phases = PhaseReporter(handler, state, eta)
+    stopped = False
+    if build:
+        try:
+            tick = phases.start(CACHING, build_units(len(train_split), cfg.optim.batch_size))
+            cache = ensure(
+                plan,
+                teacher,
+                train_split,
+                partial(collate_fn, pad_token_id=pad),
+                batch_size=cfg.optim.batch_size,
+                tick=tick,
+                built_by=cfg.name,
+                source=source_labels(cfg),
+            )
+        except StopRequested as request:  # no step taken: a resume starts the run again
+            log.info("%s: stopped before training", request)
+            stopped = True
+    if broadcast_flag(stopped):  # the others waited here while the main process built the cache
+        result = TrainResult(state, True, {}, {}, None)
+        handler.call("on_train_end", state, result)
+        return result
+    if broadcast_flag(cache is not None) and not main:
+        cache = lookup(plan)
+        if cache is None:
+            raise RuntimeError(f"the teacher cache in {plan.root} went away while the main process read it")
+    if cache is not None:
+        log.info("teacher outputs from the cache %s", cache.folder)
+        handler.call("on_teacher_cache", state, cache.manifest)
+        # every output the losses read is cached: the teacher's weights leave memory (the finish loads it again)
+        m.teacher = teacher = None
     phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
     sums: dict[str, float] = {}
     micro = 0
     started = time.perf_counter() - state.elapsed_s
-    while state.step < state.total_steps and not control.should_stop:
+    stop = broadcast_flag(control.should_stop)
+    while state.step < state.total_steps and not stop:
         sampler.start(state.epoch, state.batches_in_epoch)
         for batch in loader:
             weights = cfg.loss_weights(state.step, state.total_steps)
             terms = training_step(
-                accelerator, distiller, teacher, batch, weights, optimizer, scheduler, cfg.optim.max_grad_norm
+                accelerator, distiller, teacher, batch, weights, optimizer, scheduler, cfg.optim.max_grad_norm, cache
             )
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -359,22 +510,25 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
                 continue
             state.step += 1
             state.elapsed_s = time.perf_counter() - started
-            losses = {k: v / micro for k, v in sums.items()}
+            losses = mean_over_ranks({k: v / micro for k, v in sums.items()})  # the losses of the global batch
             logs = {f"loss/{k}": v for k, v in losses.items()} | weighted_shares(losses, weights)
             logs["lr"] = scheduler.get_last_lr()[0]
             sums, micro = {}, 0
             phases.step_end()
             control = handler.call("on_step_end", state, logs)
             last = state.step >= state.total_steps
-            if state.step % eval_every == 0 or last:
+            if (state.step % eval_every == 0 or last) and main:
                 tick = phases.start(VALIDATING, len(val_loader), stoppable=False)
                 state.metrics = validate(cfg, m.distiller.student, val_loader, data, accelerator.device, tick)
                 control = handler.call("on_evaluate", state, {"split": "validation", **state.metrics})
                 phases.start(TRAINING, state.total_steps, done=state.step, stoppable=False)
-            if control.should_stop or last or state.step % cfg.checkpoint_every == 0:
-                handler.call("on_save", state)
-                save_checkpoint(output_dir, m.distiller, optimizer, scheduler, state)
-            if control.should_stop or last:
+            stop = broadcast_flag(control.should_stop)  # the main process's callbacks decide for every process
+            if stop or last or state.step % cfg.checkpoint_every == 0:
+                rng_states = gather(rng_state())  # every process's, so each resumes its own dropout stream
+                if main:
+                    handler.call("on_save", state)
+                    save_checkpoint(output_dir, m.distiller, optimizer, scheduler, state, rng_states)
+            if stop or last:
                 break
         else:
             state.epoch += 1
@@ -382,10 +536,13 @@ def _train(cfg: RunConfig, handler: CallbackHandler, state: TrainState, resume: 
 
     result = TrainResult(state, True, {}, {}, None)  # stopped: the checkpoint is where a resume starts
     if state.step >= state.total_steps:
-        try:  # a resume of a run stopped here finds the final checkpoint and redoes only the finish
-            result = _finish(cfg, data, m, final_loader, accelerator.device, phases)
-        except StopRequested as stop:
-            log.info("%s: the final checkpoint stays", stop)
+        if main:
+            try:  # a resume of a run stopped here finds the final checkpoint and redoes only the finish
+                result = _finish(cfg, data, m, final_loader, accelerator.device, phases)
+            except StopRequested as request:
+                log.info("%s: the final checkpoint stays", request)
+        # the others wait for the finish, and end as it did
+        result.stopped = not broadcast_flag(not result.stopped)
     handler.call("on_train_end", state, result)
     return result
 
@@ -433,24 +590,36 @@ def evaluate_final(
     return metrics
 
 
-def run_step_flops(cfg: RunConfig, m: Models) -> tuple[float, int, int]:
+def run_step_flops(cfg: RunConfig, m: Models, cached: bool = False) -> tuple[float, int, int]:
     """The analytic FLOPs of one optimizer step of this run (validations aside), from the models as built, with
-    the non-embedding parameters of the trained model and of the teacher (0 without one)."""
+    the non-embedding parameters of the trained model and of the teacher (0 without one). A step that reads
+    ``cached`` teacher outputs has no teacher forward."""
     lm = cfg.task == "causal_lm"
     trained = non_embedding_count(m.distiller.student, lm)
     teacher = non_embedding_count(m.teacher, lm) if m.teacher is not None else 0
     tokens = cfg.optim.batch_size * cfg.data.max_length * cfg.optim.grad_accum
-    return step_flops(tokens, trained, teacher if cfg.kind in KD_KINDS else 0), trained, teacher
+    live = cfg.kind in KD_KINDS and not cached
+    return step_flops(tokens, trained, teacher if live else 0), trained, teacher
 
 
-def run_eta(cfg: RunConfig, m: Models, steps: int, epoch_steps: int, val_examples: int, eval_examples: int) -> Eta:
+def run_eta(
+    cfg: RunConfig,
+    m: Models,
+    steps: int,
+    epoch_steps: int,
+    val_examples: int,
+    eval_examples: int,
+    cached: bool = False,
+    caching_examples: int = 0,
+) -> Eta:
     """The ETA of this run: its step's FLOPs (with its share of the validations) and its finish's work, from the
-    models as built."""
-    flops, trained, teacher = run_step_flops(cfg, m)
+    models as built, and the teacher pass over ``caching_examples`` that builds its cache first (0: none)."""
+    flops, trained, teacher = run_step_flops(cfg, m, cached)
     flops = step_flops_with_validation(cfg, flops, steps, epoch_steps, val_examples, trained)
     weights = sum(p.numel() for p in m.distiller.student.parameters())
     work = finish_work(cfg, eval_examples, [trained, *([teacher] if teacher else [])], weights)
-    return Eta(flops, work, CPU_FLOPS)
+    caching = 2 * teacher * cfg.data.max_length * caching_examples
+    return Eta(flops, work, CPU_FLOPS, caching)
 
 
 def _finish(
@@ -460,6 +629,8 @@ def _finish(
     each phase reported to ``phases``, which raises ``StopRequested`` when a callback asks to stop."""
     output_dir, state = Path(cfg.output_dir), phases.state
     trained = "teacher" if cfg.kind == "teacher_finetune" else "student"
+    if m.teacher is None and cfg.kind in KD_KINDS:  # trained from the teacher cache: scored like any teacher
+        m.teacher = load_teacher(cfg, data.labels, attentions=False).eval().to(device)
     trainable = trainable_parameters(m.distiller)
     # a LoRA model is measured and exported as the plain model its merged adapters make
     models = {trained: merge_adapter(m.distiller.student)} | ({"teacher": m.teacher} if m.teacher is not None else {})

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from distill.config import RunConfig, applicable_config
+from distill.config import HOST_PATHS, RunConfig, applicable_config
 from jobs.formatting import number
 
 
@@ -44,8 +44,10 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def applicable_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened settings of a stored config that its kind and task read, in the engine's field order."""
-    return flatten(in_field_order(applicable_config(config)))
+    """The flattened settings of a stored config that its kind and task read, in the engine's field order,
+    without the host's folders (``HOST_PATHS``: the worker sets them, people neither choose nor compare them)."""
+    settings = flatten(in_field_order(applicable_config(config)))
+    return {key: value for key, value in settings.items() if key not in HOST_PATHS}
 
 
 PAIR_KEYS = ("student", "teacher", "feature_weight", "attention_weight")

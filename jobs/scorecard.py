@@ -44,8 +44,9 @@ MEASURES: tuple[str, ...] = ("retention", "params", "mb", "smaller", "bs1_ms", "
 # each row's latency spread (p10-p90, ms) and peak memory, from the side-by-side measurement
 SPREADS: tuple[str, ...] = ("bs1_p10", "bs1_p90", "bs32_p10", "bs32_p90", "peak_mb")
 NOT_MEASURED = "not measured side by side yet"
-# differ between every two runs, so they say nothing in a config diff
-DIFF_IGNORED = frozenset({"name", "output_dir"})
+# differ between every two runs, so they say nothing in a config diff (the host's folders are not shown at all:
+# ``configs.applicable_settings`` leaves them out)
+DIFF_IGNORED = frozenset({"name"})
 
 
 def run_task(config: dict[str, Any]) -> str:

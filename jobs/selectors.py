@@ -9,9 +9,10 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from django.conf import settings
@@ -24,8 +25,10 @@ from kombu.exceptions import OperationalError
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from distill.config import ConfigError, DataConfig, RunConfig
+from distill.checkpoint import has_checkpoint
+from distill.config import FULL_METHOD, KD_KINDS, ConfigError, DataConfig, RunConfig, parse_config
 from distill.estimate import config_from_architecture
+from distill.teacher_cache import CachePlan, list_caches
 from distill.teachers import Architecture, resolve_source
 from jobs.downsample import DEFAULT_MAX_POINTS, lttb_indices
 from jobs.models import (
@@ -197,6 +200,72 @@ def lm_train_windows(cfg: RunConfig) -> int | None:
 def run_output_dir(run: Run) -> Path:
     """The run's working folder (checkpoints, the export) on the worker's host."""
     return Path(settings.RUNS_DIR) / f"run-{run.pk}"
+
+
+TEACHER_CACHES = "teacher-cache"  # under the runs folder: one folder of teacher-output caches per team
+
+
+def team_cache_dir(team_id: int) -> Path:
+    """Where the runs of a team keep their teacher-output caches on the worker's host (``RunConfig.cache_dir``):
+    a folder per team, so the runs of a team share their caches and no team reads, lists or deletes another's."""
+    return Path(settings.RUNS_DIR) / TEACHER_CACHES / f"team-{team_id}"
+
+
+CACHE_PLAN_S = 3.0  # a review waits no longer for a cache's key (tokenizing a large split): it says "unknown"
+_PLANS_KEPT = 32
+
+
+class PlannedCache(NamedTuple):
+    """What a review needs of a config's teacher-output cache (``distill.teacher_cache.plan_for_config``)."""
+
+    plan: CachePlan
+    disk_bytes: int
+
+
+_planning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-cache-plan")
+_plans: dict[str, Future[PlannedCache | None]] = {}  # by config: in flight or done, the newest last
+
+
+def teacher_cache_plan(cfg: RunConfig, timeout: float = CACHE_PLAN_S) -> PlannedCache | None:
+    """The teacher-output cache a config reads (its key, from the teacher's files, tokenizer and data; no
+    weights), computed once per config in a thread of its own: a review that waits ``timeout`` seconds in vain
+    gets ``TimeoutError``, and a later one the answer. None when the config reads no cache; ``ConfigError`` or
+    ``OSError`` when its teacher or data cannot be read here."""
+    from distill.teacher_cache import plan_for_config
+
+    def planned() -> PlannedCache | None:
+        found = plan_for_config(cfg)
+        return None if found is None else PlannedCache(found.plan, found.disk_bytes)
+
+    key = cfg.model_dump_json(exclude={"name"})
+    future = _plans.pop(key, None)
+    if future is None or (future.done() and future.exception() is not None):  # a failure is tried again
+        future = _planning.submit(planned)
+    _plans[key] = future
+    while len(_plans) > _PLANS_KEPT:
+        _plans.pop(next(iter(_plans)))
+    return future.result(timeout=timeout)
+
+
+def run_worker_config(run: Run) -> RunConfig:
+    """The run's stored config with the worker's folders: its run folder and its team's teacher-output caches."""
+    folders = {"output_dir": str(run_output_dir(run)), "cache_dir": str(team_cache_dir(run.team_id))}
+    return parse_config({**run.config, **folders})
+
+
+def study_cache_config(run: Run) -> RunConfig | None:
+    """The config whose teacher-output cache a study's run builds (or waits for) before it trains, so the study
+    computes its teacher's outputs once whatever its runs' lengths: the study's full-method run of the same
+    seed, whose cache keeps what every other run of it reads. None for a run outside a study, one without a
+    teacher, one whose ``loss.teacher_cache`` is not ``build``, or one that resumes from a checkpoint (its
+    trainer reads the cache if there is one, and builds one only when more than an epoch is left)."""
+    cfg = parse_config(run.config)
+    if run.study_id is None or cfg.kind not in KD_KINDS or cfg.loss.teacher_cache != "build":
+        return None
+    if has_checkpoint(run_output_dir(run)):
+        return None
+    widest = Run.objects.filter(study_id=run.study_id, kind=FULL_METHOD, config__seed=cfg.seed).order_by("pk").first()
+    return run_worker_config(widest or run)
 
 
 LOG_TAIL_LINES = 200
@@ -459,11 +528,43 @@ def team_storage(team: Team, seconds: float = STORAGE_SCAN_S) -> dict[str, Any]:
     folders = [d for run in runs if (d := run_output_dir(run)).is_dir()]
     artifacts = Artifact.objects.filter(run__team=team).values_list("path", flat=True)
     uploads = DatasetSpec.objects.filter(team=team).exclude(upload="").values_list("upload", flat=True)
+    caches = team_cache_dir(team.pk)
     kinds = [
         ("run folders (checkpoints)", folders, tuple(teacher_dirs)),
+        ("teacher-output caches", [caches] if caches.is_dir() else [], ()),
         ("exported models (artifacts)", _stored(artifacts), ()),
         ("uploaded data sets", _stored(uploads), ()),
         ("teachers' model files", teacher_dirs, ()),
     ]
     rows = [(label, sum(walk.size(p, skip) for p in paths if p.exists()), len(paths)) for label, paths, skip in kinds]
     return {"rows": rows, "total": sum(r[1] for r in rows), "partial": walk.partial}
+
+
+class TeacherCache(NamedTuple):
+    """A teacher-output cache as the team page lists it: no server path, its teacher and data by name."""
+
+    key: str
+    bytes: int
+    examples: int
+    built_by: str
+    created: datetime | None
+    teacher: str
+    data: str
+
+
+def team_caches(team: Team) -> list[TeacherCache]:
+    """The complete teacher-output caches in the team's own cache folder (:func:`team_cache_dir`), newest first:
+    the ones its runs read."""
+    found = []
+    for m in list_caches(team_cache_dir(team.pk)):
+        try:
+            created = datetime.fromisoformat(m.created)
+        except ValueError:
+            created = None
+        labels = m.source or {}
+        found.append(
+            TeacherCache(
+                m.key, m.bytes, m.examples, m.built_by, created, labels.get("teacher", ""), labels.get("data", "")
+            )
+        )
+    return found

@@ -25,15 +25,16 @@ def tiny_bert_config(vocab_size: int, **overrides) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, max_position_embeddings=64, **{**shape, **overrides})
 
 
-def write_model(folder: Path, head: bool, seed: int = 0) -> Path:
-    """A tiny random BERT (with or without a 2-label head) and its tokenizer, saved like a real model."""
+def write_model(folder: Path, head: bool, seed: int = 0, **config) -> Path:
+    """A tiny random BERT (with or without a 2-label head) and its tokenizer, saved like a real model; ``config``
+    overrides its BertConfig (``hidden_dropout_prob=0.0``)."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
     labels = {"id2label": dict(enumerate(LABELS)), "label2id": {k: i for i, k in enumerate(LABELS)}}
-    config = tiny_bert_config(len(tokenizer), **labels)
+    config = tiny_bert_config(len(tokenizer), **labels, **config)
     model = BertForSequenceClassification(config) if head else BertModel(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -11,7 +11,7 @@ from distill.data.splitting import Split
 
 
 class EncodedSplit(Dataset):
-    """A split tokenized once up front; item ``i`` is ``{"input_ids": list[int], "labels": int}``."""
+    """A split tokenized once up front; item ``i`` is ``{"input_ids": list[int], "labels": int, "index": i}``."""
 
     def __init__(self, input_ids: list[list[int]], labels: list[int]):
         if len(input_ids) != len(labels):
@@ -23,7 +23,7 @@ class EncodedSplit(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index], "index": index}
 
 
 def encode(split: Split, tokenizer: Any, max_length: int) -> EncodedSplit:
@@ -36,7 +36,9 @@ def encode(split: Split, tokenizer: Any, max_length: int) -> EncodedSplit:
 
 
 def collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest item: input_ids and attention_mask (B, L), labels (B,), all long."""
+    """Right-pad a batch to its longest item: input_ids and attention_mask (B, L), labels (B,), all long; and the
+    items' positions in their split, ``index`` (B,), when they carry one (the teacher cache looks them up by it,
+    whatever order the sampler drew them in)."""
     if not batch:
         raise ValueError("collate needs at least one item")
     longest = max(len(item["input_ids"]) for item in batch)
@@ -47,4 +49,7 @@ def collate(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.T
         input_ids[row, :length] = torch.as_tensor(item["input_ids"], dtype=torch.long)
         attention_mask[row, :length] = 1
     labels = torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if "index" in batch[0]:
+        out["index"] = torch.tensor([item["index"] for item in batch], dtype=torch.long)
+    return out

@@ -87,7 +87,7 @@ def load_text_data(cfg: DataConfig) -> TextData:
 
 
 class TokenWindows(Dataset):
-    """Token windows for next-token prediction; item ``i`` is ``{"input_ids": list[int]}``."""
+    """Token windows for next-token prediction; item ``i`` is ``{"input_ids": list[int], "index": i}``."""
 
     def __init__(self, windows: list[list[int]]):
         self.windows = windows
@@ -96,7 +96,7 @@ class TokenWindows(Dataset):
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.windows[index]}
+        return {"input_ids": self.windows[index], "index": index}
 
     @property
     def tokens(self) -> int:
@@ -123,7 +123,8 @@ def encode_lm(texts: Sequence[str], tokenizer: Any, max_length: int) -> TokenWin
 
 def collate_lm(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token windows: input_ids, attention_mask and labels (B, L) long; labels are the input
-    ids with ``IGNORE_INDEX`` (-100) at padding, shifted by the loss (position l predicts token l+1)."""
+    ids with ``IGNORE_INDEX`` (-100) at padding, shifted by the loss (position l predicts token l+1); ``index``
+    as :func:`~distill.data.collate` gives it."""
     padded = collate([{**item, "labels": 0} for item in batch], pad_token_id)
     padded["labels"] = padded["input_ids"].masked_fill(padded["attention_mask"] == 0, IGNORE_INDEX)
     return padded

@@ -16,13 +16,14 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from distill.config import HOST_PATHS
 from jobs import scorecard, selectors
 from jobs.models import Artifact, Run, ShareLink
 from jobs.pages.runs import open_artifact, run_page
 from jobs.permissions import shared_object
 
 # config values that name files or folders of the server, dropped whatever they hold
-PRIVATE_CONFIG = {("teacher", "source"), ("data", "source"), ("output_dir",)}
+PRIVATE_CONFIG = {("teacher", "source"), ("data", "source"), *((path,) for path in HOST_PATHS)}
 
 
 def _path_like(value: Any) -> bool:

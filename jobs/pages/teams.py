@@ -87,8 +87,23 @@ def team_detail(request: HttpRequest, team_id: int) -> HttpResponse:
         "invite_form": InviteForm(),
         "roles": Membership.Role.choices,
         "storage": selectors.team_storage(team),
+        "caches": selectors.team_caches(team),
     }
     return render(request, "jobs/team_detail.html", context)
+
+
+@login_required
+@require_POST
+def teacher_cache_delete(request: HttpRequest, team_id: int, key: str) -> HttpResponse:
+    """The storage table's Delete button of a teacher-output cache: owners only (the service says)."""
+    team, _role = team_for_user(request.user, team_id)
+    try:
+        services.teacher_cache_delete(user=request.user, team=team, key=key)
+    except ValidationError as exc:
+        _flash_errors(request, exc)
+    else:
+        messages.success(request, "Deleted the teacher-output cache: the next run that needs it builds it again.")
+    return redirect("team_detail", team_id=team.pk)
 
 
 @login_required

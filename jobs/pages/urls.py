@@ -21,6 +21,7 @@ urlpatterns = [
     path("teams/", teams.teams, name="teams"),
     path("teams/<int:team_id>/", teams.team_detail, name="team_detail"),
     path("teams/<int:team_id>/invite/", teams.team_invite, name="team_invite"),
+    path("teams/<int:team_id>/caches/<str:key>/delete/", teams.teacher_cache_delete, name="teacher_cache_delete"),
     path(
         "teams/<int:team_id>/members/<int:membership_id>/role/",
         teams.member_change,

@@ -4,7 +4,8 @@ May import the models, permissions, selectors, scorecard and jobs.live.events; n
 worker packages. The public names are re-exported here, so callers write ``services.run_create(...)``.
 """
 
-from jobs.selectors import run_output_dir  # where run folders are: read by services, worker and tests
+# where run folders and teacher-output caches are, and the config a worker runs: read by services, worker and tests
+from jobs.selectors import run_output_dir, run_worker_config, study_cache_config, team_cache_dir
 from jobs.services.accounts import USERNAME_TAKEN, account_create, mail_send
 from jobs.services.balance import BALANCE_PREVIEW, BalancePreview, balance_preview, balance_reply
 from jobs.services.catalog import (
@@ -37,6 +38,7 @@ from jobs.services.manage import (
     object_archive,
     object_delete,
     object_rename,
+    teacher_cache_delete,
 )
 from jobs.services.measurements import (
     MEASURE_SIDE_BY_SIDE,
@@ -186,17 +188,21 @@ __all__ = [
     "run_resume",
     "run_stopped",
     "run_succeed",
+    "run_worker_config",
     "runs_interrupt",
     "runs_send_unsent",
     "share_link_create",
     "share_link_revoke",
     "step_time_record",
+    "study_cache_config",
     "study_create",
     "study_measure_when_done",
     "study_run_name",
     "study_variants",
+    "teacher_cache_delete",
     "teacher_facts",
     "teacher_register",
+    "team_cache_dir",
     "team_create",
     "weighted_ablations",
 ]

@@ -5,6 +5,7 @@ go (the run's config and page name it): deleting it archives it instead and says
 its folder (checkpoints, the export), its stored artifacts, points and log lines; never while queued or
 running, when a worker writes to them. Files go only once the deletion has committed, and only from kdweb's
 own folders (the run folders and the media storage), never from where an operator's import roots point.
+Owners also delete their team's teacher-output caches (a run reading one keeps its open files).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from distill.teacher_cache import list_caches, remove_cache
 from jobs.live.events import status_send_on_commit
-from jobs.models import DatasetSpec, Run, Study, Teacher
+from jobs.models import DatasetSpec, Run, Study, Teacher, Team
 from jobs.permissions import OWNERS_DELETE, require_owner, require_write
-from jobs.selectors import owned_path, run_output_dir
+from jobs.selectors import owned_path, run_output_dir, team_cache_dir
 
 Managed = Run | Study | Teacher | DatasetSpec
 
@@ -30,6 +32,10 @@ NAME_TAKEN = "This team already has a {kind} named {name!r}."
 RUN_LIVE = "This run is {status}: cancel it first, then delete it."
 STUDY_RUNS_LIVE = "{count} of this study's runs are queued or running: cancel them first, then delete the study."
 IN_USE = "{name} is used by {count} run{s}: archived instead of deleted."
+NO_SUCH_CACHE = "The team has no teacher-output cache {key!r}."
+CACHE_BUSY = (
+    "A run is building this teacher-output cache again right now: delete it once that run has started training."
+)
 
 
 class Conflict(Exception):
@@ -164,3 +170,18 @@ def _remove(paths: list[Path]) -> None:
             except OSError:
                 break
             parent = parent.parent
+
+
+def teacher_cache_delete(*, user, team: Team, key: str) -> None:
+    """Delete one of the team's teacher-output caches (owners): the next run that needs it builds it again; a
+    run reading it now keeps its open files. ``key`` must name a cache the team's folder lists: it is matched,
+    never joined into a path as given. Raises ``ValidationError`` for any other key, and while a run rebuilds
+    that cache (a damaged one), rather than wait for it."""
+    require_owner(user, team, OWNERS_DELETE)
+    root = team_cache_dir(team.pk)
+
+    def busy() -> None:  # a page waits for no build
+        raise ValidationError(CACHE_BUSY)
+
+    if key not in {m.key for m in list_caches(root)} or not remove_cache(root, key, on_wait=busy):
+        raise ValidationError(NO_SUCH_CACHE.format(key=key[:40]))

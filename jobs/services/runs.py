@@ -15,7 +15,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from distill.checkpoint import has_checkpoint
-from distill.config import ConfigError, RunConfig, parse_config
+from distill.config import HOST_PATHS, ConfigError, RunConfig, parse_config
 from distill.lora import validate_lora
 from distill.students import validate_against
 from distill.teachers import Architecture
@@ -50,7 +50,7 @@ def run_config_build(*, kind: str, teacher: Teacher, dataset: DatasetSpec, name:
         "name": name,
         "teacher": {**sections.get("teacher", {}), "source": teacher.source},
         "data": data,
-    }
+    } | {path: RunConfig.model_fields[path].default for path in HOST_PATHS}  # the worker sets its own folders
     try:
         cfg = parse_config(raw)
         validate_against(cfg, Architecture(**teacher.architecture))

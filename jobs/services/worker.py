@@ -20,7 +20,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from distill.config import RunConfig, parse_config
+from distill.callbacks import CACHING
+from distill.config import HOST_PATHS, RunConfig, parse_config
 from distill.export import write_model_card
 from jobs.live.events import log_event, run_event_send_on_commit, status_send_on_commit
 from jobs.models import Artifact, Evaluation, LogLine, MetricPoint, Run, StepTime, Teacher
@@ -91,7 +92,9 @@ def run_stopped(run_id: int) -> Run:
         run.status, run.eta_s, run.finished_at = Run.Status.CANCELLED, None, timezone.now()
         run.save(update_fields=["status", "eta_s", "finished_at"])
         status_send_on_commit(run)
-    if run.total_steps and run.step >= run.total_steps:  # stopped in the finish
+    if run.phase == CACHING:  # before the first step: no checkpoint yet
+        run_log(run.pk, f"stopped while caching the teacher's outputs, before training: {run.status}")
+    elif run.total_steps and run.step >= run.total_steps:  # stopped in the finish
         phase = run.phase or "finishing"
         run_log(run.pk, f"stopped while {phase}, after training: {run.status}; resume redoes the finish")
     else:
@@ -253,7 +256,7 @@ def step_time_record(run_id: int, timings: dict[str, dict[str, float]]) -> StepT
 
 def export_config(run: Run) -> RunConfig:
     """The run's config as its export states it (the zip a public link may serve): the registered teacher's
-    and data set's names stand for their local paths, and the output folder is the engine's default."""
+    and data set's names stand for their local paths, and the host's folders are the engine's defaults."""
     cfg = parse_config(run.config)
     teacher, data = cfg.teacher.source, cfg.data.source
     if local_path(teacher, hub_ids=True) is not None:
@@ -264,8 +267,8 @@ def export_config(run: Run) -> RunConfig:
         update={
             "teacher": cfg.teacher.model_copy(update={"source": teacher}),
             "data": cfg.data.model_copy(update={"source": data}),
-            "output_dir": RunConfig.model_fields["output_dir"].default,
         }
+        | {path: RunConfig.model_fields[path].default for path in HOST_PATHS}
     )
 
 

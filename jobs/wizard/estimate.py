@@ -8,17 +8,18 @@ preview timed on a worker of the queue for this very config (``jobs.wizard.balan
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from distill.config import ConfigError, RunConfig
+from distill.config import FULL_METHOD, KD_KINDS, ConfigError, RunConfig
 from distill.estimate import Estimate, available_memory_bytes, estimate, format_bytes, format_duration
 from distill.fixes import suggest_fixes
 from jobs import selectors, services
 from jobs.models import StepTime
 from jobs.wizard.balance import queue_of, stored_preview
+from jobs.wizard.cache import CacheReview, cache_context, cache_review
 from jobs.wizard.checks import FINETUNE
 from jobs.wizard.state import Wizard
 
@@ -47,13 +48,21 @@ def split_sizes(wiz: Wizard, cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def run_estimate(
-    wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int], step_ratio: float | None = None
+    wiz: Wizard,
+    cfg: RunConfig,
+    sizes: tuple[int, int, int],
+    step_ratio: float | None = None,
+    cache: Literal["read", "build"] | None = None,
 ) -> tuple[Estimate, StepTime | None]:
-    """The run's cost on splits of ``sizes`` (``split_sizes``), its times calibrated by the nearest measured run
-    on its queue when there is one, else its step time by ``step_ratio`` (:func:`timed_step_ratio`)."""
+    """The run's cost on splits of ``sizes`` (``split_sizes``), reading or building its teacher-output ``cache``
+    (:class:`jobs.wizard.cache.CacheReview`), its times calibrated by the nearest measured run on its queue when
+    there is one, else its step time by ``step_ratio`` (:func:`timed_step_ratio`)."""
     train_size, val_size, eval_size = sizes
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
-    est = estimate(cfg, wiz.arch, train_size, teacher_config=teacher_config, eval_size=eval_size, val_size=val_size)
+    cache = cache if cfg.kind in KD_KINDS else None
+    est = estimate(
+        cfg, wiz.arch, train_size, teacher_config=teacher_config, eval_size=eval_size, val_size=val_size, cache=cache
+    )
     record = selectors.step_time_nearest(wiz.teacher, cfg, queue_of(wiz))
     if record is not None:
         return est.calibrated(record.ratios()), record
@@ -68,10 +77,15 @@ def timed_step_ratio(preview: dict[str, Any] | None) -> float | None:
 
 
 def study_time(
-    wiz: Wizard, cfg: RunConfig, sizes: tuple[int, int, int], step_ratio: float | None = None
+    wiz: Wizard,
+    cfg: RunConfig,
+    sizes: tuple[int, int, int],
+    step_ratio: float | None = None,
+    cache: CacheReview | None = None,
 ) -> dict[str, Any] | None:
-    """What the study the review would launch takes: every run's time (variants × seeds), and the wall time
-    on the queue's workers, each running one job at a time. None when the review launches a single run."""
+    """What the study the review would launch takes: every run's time (variants × seeds), its distillation runs
+    reading the teacher-output ``cache`` it builds once (per seed) before them, and the wall time on the queue's
+    workers, each running one job at a time. None when the review launches a single run."""
     options = wiz.study_options()
     if wiz.kind == FINETUNE or not options.get("baselines"):
         return None
@@ -80,11 +94,16 @@ def study_time(
     except ValidationError:
         return None
     seeds = max(1, len([s for s in str(options.get("seeds") or "").split(",") if s.strip()]))
+    mode = cache.estimate_mode if cache else None
     by_kind = {
-        kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes, step_ratio)[0] for _, kind, _ in variants
+        kind: run_estimate(wiz, cfg.model_copy(update={"kind": kind}), sizes, step_ratio, "read" if mode else None)[0]
+        for _, kind, _ in variants
     }
     runs = len(variants) * seeds
     work = seeds * sum(by_kind[kind].total_seconds for _, kind, _ in variants)
+    if mode == "build":  # once per seed, before its first run trains
+        full = cfg.model_copy(update={"kind": FULL_METHOD})
+        work += seeds * run_estimate(wiz, full, sizes, step_ratio, mode)[0].caching_seconds
     workers = selectors.queue_workers(queue_of(wiz))
     wall = work / min(workers, runs) if workers else work
     return {
@@ -97,19 +116,28 @@ def study_time(
 
 
 def estimate_context(wiz: Wizard, cfg: RunConfig) -> dict[str, Any]:
+    """The cost panel, with the teacher-output cache's line (read, built first, or the teacher live)."""
     sizes = split_sizes(wiz, cfg)
     train_size = sizes[0]
     teacher_config = selectors.teacher_hf_config(wiz.teacher)
     preview = stored_preview(wiz, cfg)
     step_ratio = timed_step_ratio(preview)
+    as_study = wiz.kind != FINETUNE and bool(wiz.study_options().get("baselines"))
+    cache = cache_review(wiz, cfg, train_size, as_study)
     try:
-        est, record = run_estimate(wiz, cfg, sizes, step_ratio)
+        est, record = run_estimate(wiz, cfg, sizes, step_ratio, cache.estimate_mode)
         budget = memory_budget()
         fixes = suggest_fixes(cfg, wiz.arch, train_size, budget, teacher_config=teacher_config)
-        study = study_time(wiz, cfg, sizes, step_ratio)
+        study = study_time(wiz, cfg, sizes, step_ratio, cache)
     except (ConfigError, ValueError, KeyError, OSError):
-        return {"estimate": None}
+        return {"estimate": None, **cache_context(cache, None)}
+    caching_text = format_duration(est.caching_seconds) if est.caching_seconds else None
+    if as_study and cache.state == "build":  # the study's build: its full-method run's teacher pass
+        full = run_estimate(wiz, cfg.model_copy(update={"kind": FULL_METHOD}), sizes, step_ratio, "build")[0]
+        caching_text = format_duration(full.caching_seconds)
     return {
+        **cache_context(cache, caching_text),
+        "caching_text": caching_text,
         "calibrated_by": record,
         "timed_step_text": _seconds(preview["step_s"]) if step_ratio and not record else None,
         "study_time": study,

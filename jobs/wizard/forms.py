@@ -30,6 +30,7 @@ from distill.config import (
     OptimConfig,
     RunConfig,
     StudentConfig,
+    applies,
 )
 from distill.lora import default_target_modules
 from distill.teachers import Architecture
@@ -255,9 +256,9 @@ class DataStepForm(forms.Form):
 # --- 5. losses and optimizer -----------------------------------------------------------------------------
 
 
-def loss_fields(kind: str) -> tuple[str, ...]:
-    """The loss fields a kind of run uses (the others keep their values but are not shown)."""
-    return (*KIND_TERMS[kind], *KIND_LOSS_SETTINGS[kind])
+def loss_fields(kind: str, task: str) -> tuple[str, ...]:
+    """The loss fields a kind of run uses on its task (the others keep their values but are not shown)."""
+    return tuple(name for name in (*KIND_TERMS[kind], *KIND_LOSS_SETTINGS[kind]) if applies(f"loss.{name}", kind, task))
 
 
 class TrainingStepForm(forms.Form):
@@ -267,7 +268,7 @@ class TrainingStepForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.kind, self.teacher, self.arch = kind, teacher, arch
         f = self.fields
-        f.update(config_fields(self.loss_model, loss_fields(kind), LABELS["loss"], CHOICES["loss"]))
+        f.update(config_fields(self.loss_model, loss_fields(kind, teacher.task), LABELS["loss"], CHOICES["loss"]))
         f.update(config_fields(OptimConfig, tuple(LABELS["optim"]), LABELS["optim"], CHOICES["optim"]))
         f["seed"] = config_field(RunConfig, "seed", label=LABELS["run"]["seed"])
         lm = teacher.task == CAUSAL_LM
@@ -317,7 +318,7 @@ class TrainingStepForm(forms.Form):
     def loss_dict(self) -> dict[str, Any]:
         """The shown loss fields over the hidden ones' initial values (defaults or earlier choices)."""
         base = {k: self.initial.get("loss", {}).get(k, v) for k, v in self.loss_model().model_dump().items()}
-        return base | {k: self.cleaned_data[k] for k in loss_fields(self.kind)}
+        return base | {k: self.cleaned_data[k] for k in loss_fields(self.kind, self.teacher.task)}
 
     def optim_dict(self) -> dict[str, Any]:
         base = {k: self.initial.get("optim", {}).get(k, v) for k, v in OptimConfig().model_dump().items()}

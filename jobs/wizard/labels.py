@@ -74,6 +74,9 @@ LABELS: dict[str, dict[str, str]] = {
         "head_mapping": "Head mapping",
         "schedule": "Schedule",
         "features_first_fraction": "Features-first part",
+        "teacher_cache": "Teacher-output cache",
+        "teacher_cache_dtype": "Cache precision",
+        "top_k": "Top-k tokens kept",
     },
     "optim": {
         "lr": "Learning rate",
@@ -119,6 +122,16 @@ CHOICES: dict[str, dict[str, dict[str, str]]] = {
         "attention_variant": {"kl": "KL (MiniLM-style)", "mse": "MSE (TinyBERT-style)"},
         "head_mapping": {"group": "Average the teacher's heads in groups", "mean": "Compare head-averaged maps"},
         "schedule": {"constant": "All terms from the start", "features_first": "Hidden states and attention first"},
+        "teacher_cache": {
+            "build": "Build it when the run reads its examples more than once; read it when it exists",
+            "use": "Read an existing cache only (the run fails without one)",
+            "off": "Run the teacher at every step",
+        },
+        "teacher_cache_dtype": {
+            "float16": "float16 (half the disk, a loss term moves by about 1e-5)",
+            "bfloat16": "bfloat16 (float32's range, less precise)",
+            "float32": "float32 (exact)",
+        },
     },
     "optim": {"scheduler": {"linear": "Linear decay", "cosine": "Cosine decay", "constant": "Constant"}},
 }

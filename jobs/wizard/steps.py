@@ -14,7 +14,14 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from distill.config import KIND_LOSS_SETTINGS, KIND_TERMS, DataConfig, GenerationConfig, LoraConfig
+from distill.config import (
+    KIND_LOSS_SETTINGS,
+    KIND_TERMS,
+    TEACHER_CACHE_SETTINGS,
+    DataConfig,
+    GenerationConfig,
+    LoraConfig,
+)
 from jobs import safejson, selectors
 from jobs.models import Teacher
 from jobs.permissions import teams_for_user
@@ -288,10 +295,17 @@ def training_step(request: HttpRequest, wiz: Wizard) -> HttpResponse:
             return wiz.advance("training")
     else:
         form = step_form(wiz, "training", TrainingStepForm, initial, **kwargs)
-    terms, settings_ = KIND_TERMS[wiz.kind], KIND_LOSS_SETTINGS[wiz.kind]
+    terms = KIND_TERMS[wiz.kind]
+    settings_ = tuple(s for s in KIND_LOSS_SETTINGS[wiz.kind] if s not in TEACHER_CACHE_SETTINGS)
     groups = [
         ("Loss weights", "How much each term counts in the total loss; 0 switches a term off.", terms),
         ("Distillation", "How the teacher's signals are compared with the student's.", settings_),
+        (
+            "Teacher outputs",
+            "The frozen teacher's outputs on the training split, computed once and read by every epoch and by "
+            "every run of a study that needs them.",
+            TEACHER_CACHE_SETTINGS,
+        ),
         ("Optimizer", "AdamW with warm-up and a learning-rate schedule.", tuple(LABELS["optim"])),
         ("LoRA", "Parameter-efficient fine-tuning of the teacher.", ("lora", *(f"lora_{k}" for k in LABELS["lora"]))),
         ("Reproducibility", "", ("seed",)),

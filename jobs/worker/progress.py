@@ -35,7 +35,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from distill.callbacks import FINISH_PHASES, TRAINING, Callback, Control, TrainState
+from distill.callbacks import CACHING, STOPPABLE_PHASES, TRAINING, Callback, Control, TrainState
+from distill.estimate import format_bytes
 from jobs import services
 from jobs.live import events
 from jobs.worker.retry import retrying
@@ -45,6 +46,15 @@ log = logging.getLogger(__name__)
 # Points kept for publishing while Redis is down (~ 1 MB of JSON). Beyond that the oldest are dropped from
 # the live stream only: they are stored, and a page that reconnects backfills them from the database.
 MAX_UNPUBLISHED = 20_000
+
+
+def cache_text(manifest: Any) -> str:
+    """A teacher-output cache as a run's log names it: its key's start, size, examples, who built it and when
+    (``distill.teacher_cache.Manifest``; no server path)."""
+    return (
+        f"{manifest.key[:12]} ({format_bytes(manifest.bytes)}, {manifest.examples:,} examples, "
+        f"built by {manifest.built_by} at {manifest.created})"
+    )
 
 
 class RunMonitor(Callback):
@@ -249,9 +259,15 @@ class RunMonitor(Callback):
     def on_phase(self, state: TrainState, control: Control, phase: str, done: int, total: int) -> None:
         self.phase = services.Phase(phase, done / total if total else 0.0)
         self.latest = replace(state)  # with the ETA of this report (the finish's moves without steps)
-        if phase in FINISH_PHASES and self.stop_requested.is_set() and not control.should_stop:
-            control.should_stop = True  # the trainer stops the phase at once; its final checkpoint stays
-            self.say(f"stopping while {phase}: the final checkpoint stays, a resume redoes the finish")
+        if phase in STOPPABLE_PHASES and self.stop_requested.is_set() and not control.should_stop:
+            control.should_stop = True  # the trainer stops the phase at once
+            if phase == CACHING:  # before the first step: nothing is lost but the outputs computed so far
+                self.say("stopping while caching the teacher's outputs: a resume starts the cache again")
+            else:  # the final checkpoint stays
+                self.say(f"stopping while {phase}: the final checkpoint stays, a resume redoes the finish")
+
+    def on_teacher_cache(self, state: TrainState, control: Control, manifest: Any) -> None:
+        self.say(f"teacher outputs from the cache {cache_text(manifest)}")
 
     def on_save(self, state: TrainState, control: Control) -> None:
         self.flush(state)  # stored points never lag the checkpoint: a resume would skip the missing steps

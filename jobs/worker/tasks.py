@@ -7,6 +7,7 @@ import logging
 import socket
 import tempfile
 import threading
+import time
 import traceback
 import zipfile
 from pathlib import Path
@@ -19,8 +20,10 @@ from django.core.files.storage import default_storage
 from django.db import connections
 
 from distill.balance import first_steps
-from distill.config import parse_config
+from distill.callbacks import CACHING, Control, StopRequested, TrainState
+from distill.config import RunConfig, parse_config
 from distill.side_by_side import measure_side_by_side
+from distill.teacher_cache import build_for_config
 from distill.trainer import train
 from jobs import services
 from jobs.worker.progress import RunMonitor
@@ -44,10 +47,12 @@ def run_execute(self, run_id: int) -> None:
         return
     output_dir = services.run_output_dir(run)
     try:  # once claimed, the run must end succeeded, failed or stopped: nothing else would move it on
-        cfg = parse_config({**run.config, "output_dir": str(output_dir)})
+        cfg = services.run_worker_config(run)
         with RunMonitor(run.id, run.team_id) as monitor:
-            result = train(cfg, [monitor], resume=True)
-        if result.stopped:
+            study_cache = services.study_cache_config(run)
+            cached = study_cache is None or study_cache_build(study_cache, monitor)
+            result = train(cfg, [monitor], resume=True) if cached else None
+        if result is None or result.stopped:
             retrying(services.run_stopped, run.id)
         else:
             retrying(services.run_succeed, run.id, result.as_dict())
@@ -101,6 +106,39 @@ def balance_preview(config: dict, reply_key: str) -> None:
         log.exception("balance preview failed")
         answer = {"error": f"{type(exc).__name__}: {exc}"}
     services.balance_reply(reply_key, answer)
+
+
+def study_cache_build(cfg: RunConfig, monitor: RunMonitor) -> bool:
+    """Build the teacher-output cache of a study (``services.study_cache_config``) before a run of it trains, in
+    the run's ``caching`` phase: the study's first run to start builds it, the others wait for it, then every
+    run reads it, whether or not a run of its length would build one. False when a cancel stopped the build."""
+    state, control = TrainState(), Control()
+    units = done = 0
+    started = time.monotonic()
+
+    def start(total: int) -> None:
+        nonlocal units
+        units = total
+        monitor.say("caching the teacher's outputs for the study's runs")
+        monitor.on_phase(state, control, CACHING, 0, units)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        state.elapsed_s = time.monotonic() - started
+        state.eta_s = state.elapsed_s / done * (units - done)  # the build's own rest; the run's comes with training
+        monitor.on_phase(state, control, CACHING, done, units)
+        if control.should_stop:
+            raise StopRequested(CACHING)
+
+    def wait() -> None:
+        monitor.say("waiting for another run of the study, which is caching the teacher's outputs")
+
+    try:
+        build_for_config(cfg, tick=tick, built_by=cfg.name, on_units=start, on_wait=wait)
+    except StopRequested:
+        return False
+    return True
 
 
 def failure(exc: Exception, output_dir: Path) -> str:

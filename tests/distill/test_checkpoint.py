@@ -1,13 +1,15 @@
 """Checkpoints: a run folder that goes away while one is written is reported as that folder, as the file system
-reports it, so the run's error can say which folder to fix."""
+reports it, so the run's error can say which folder to fix; each process of a run resumes its own random state."""
 
+import json
 import shutil
 
 import pytest
 import torch
 
 from distill.callbacks import TrainState
-from distill.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from distill.checkpoint import has_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from distill.config import ConfigError
 
 
 def parts() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -61,3 +63,34 @@ def test_a_worker_killed_between_the_renames_resumes_from_the_previous_checkpoin
     assert saved_step(folder) == 1
     save_checkpoint(folder, *parts(), TrainState(step=2, total_steps=3))
     assert saved_step(folder) == 2 and sorted(p.name for p in folder.iterdir()) == ["checkpoint"]
+
+
+def test_each_process_resumes_its_own_random_state_and_another_count_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    states = []
+    for seed in (1, 2):  # two processes' generators, in rank order
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    save_checkpoint(folder, *parts(), TrainState(step=4, total_steps=8), states)
+    for rank in (0, 1):
+        torch.manual_seed(99)
+        load_checkpoint(folder, *parts(), rank=rank, processes=2)
+        assert torch.equal(torch.get_rng_state(), states[rank]["torch"])
+    with pytest.raises(ConfigError) as refused:
+        load_checkpoint(folder, *parts(), rank=0, processes=1)
+    assert refused.value.errors == [
+        (
+            "resources.processes",
+            "the checkpoint at step 4 was written by 2 processes and this run has 1: resume it with 2 (the data "
+            "order and each process's random state belong to that number), or start the run again in another "
+            "output folder",
+        )
+    ]
+
+
+def test_a_checkpoint_from_before_several_processes_resumes_on_one(tmp_path):
+    folder = tmp_path / "run"
+    save_checkpoint(folder, *parts(), TrainState(step=1, total_steps=3))
+    rng = folder / "checkpoint" / "rng.json"
+    rng.write_text(json.dumps(json.loads(rng.read_text())["ranks"][0]))  # the single state older checkpoints hold
+    assert saved_step(folder) == 1

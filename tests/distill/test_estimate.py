@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from distill.config import parse_config
 from distill.estimate import (
     BYTES_PER_FLOAT,
+    CPU_FLOPS,
     OPTIMIZER_COPIES,
     RUNTIME_BYTES,
     STUDENT_ACTIVATION_FLOATS,
@@ -106,6 +107,20 @@ def test_it_charges_the_teacher_forward_to_kd_kinds_only(tiny):
     assert kd.flops_per_step - no_kd.flops_per_step == 2 * non_embedding_parameters(t_config) * 32 * 128
     assert kd.seconds_per_step > no_kd.seconds_per_step
     assert kd.weights_bytes == no_kd.weights_bytes  # the teacher is loaded either way
+
+
+def test_a_cached_run_has_no_teacher_forward_and_a_building_one_adds_a_teacher_pass(tiny):
+    t_config, arch = tiny
+    live = estimate(config("kd_logits"), arch, 100, teacher_config=t_config)
+    read = estimate(config("kd_logits"), arch, 100, teacher_config=t_config, cache="read")
+    built = estimate(config("kd_logits"), arch, 100, teacher_config=t_config, cache="build")
+    no_kd = estimate(config("no_kd"), arch, 100, teacher_config=t_config, cache="build")
+    assert read.flops_per_step == built.flops_per_step == no_kd.flops_per_step < live.flops_per_step
+    teacher_pass = 2 * non_embedding_parameters(t_config) * 128 * 100
+    assert read.caching_seconds == no_kd.caching_seconds == 0.0 and built.caching_seconds > 0.0
+    assert built.caching_seconds == pytest.approx(teacher_pass / CPU_FLOPS)
+    assert built.total_seconds == pytest.approx(read.total_seconds + built.caching_seconds)
+    assert built.calibrated({"step_s": 2.0}).caching_seconds == pytest.approx(2 * built.caching_seconds)
 
 
 def test_it_estimates_teacher_finetuning_without_a_student(tiny):

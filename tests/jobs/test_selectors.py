@@ -159,3 +159,25 @@ def test_queue_workers_count_the_workers_that_answer_and_those_heartbeating(queu
         assert selectors.queue_workers("busy") == 1  # too busy training to answer, but there
     finally:
         cache.delete(selectors.QUEUE_WORKERS_KEY)
+
+
+@pytest.mark.django_db
+def test_a_studys_runs_build_the_full_methods_cache_in_their_teams_folder_unless_resumed(
+    owner, tiny_teacher, tiny_dataset, django_capture_on_commit_callbacks
+):
+    study = services.study_create(
+        user=owner, teacher=tiny_teacher, dataset=tiny_dataset, name="s", sections=KD_SECTIONS, seeds=[0, 1]
+    )
+    runs = {(run.kind, run.config["seed"]): run for run in study.runs.all()}
+    widest = selectors.study_cache_config(runs["kd_logits", 1])
+    assert (widest.kind, widest.seed, widest.name) == ("kd_feature", 1, runs["kd_feature", 1].name)
+    assert widest.cache_dir == str(selectors.team_cache_dir(tiny_teacher.team_id))
+    assert selectors.study_cache_config(runs["no_kd", 0]) is None  # no teacher to cache
+    folder = selectors.run_output_dir(runs["kd_logits", 1]) / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{}")
+    assert selectors.study_cache_config(runs["kd_logits", 1]) is None  # resumed: its trainer decides
+    single = services.run_create(
+        user=owner, teacher=tiny_teacher, dataset=tiny_dataset, kind="kd_logits", name="r", sections=KD_SECTIONS
+    )
+    assert selectors.study_cache_config(single) is None

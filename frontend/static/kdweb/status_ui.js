@@ -36,10 +36,13 @@ export function phaseText({ phase, phase_progress: share = 0 }) {
   return phase === "training" ? phase : `${phase} ${Math.round(share * 100)} %`;
 }
 
-/** What a run asked to cancel does next: training stops at a step, the finish (evaluation, latency, export)
- * at its next unit of work, keeping the final checkpoint. Same words as partials/run_status.html. */
+/** What a run asked to cancel does next: training stops at a step, the teacher-output cache's build and the
+ * finish (evaluation, latency, export) at their next unit of work, the finish keeping the final checkpoint. Same words as partials/run_status.html. */
 export function cancellingText(phase) {
   if (!phase || phase === "training") return "Cancelling… the run stops at its next step, with a checkpoint.";
+  if (phase === "caching") {
+    return "Cancelling… caching the teacher's outputs stops at its next batch; a resume starts it again.";
+  }
   return `Cancelling… ${phase} stops at its next batch; the trained model stays in the final checkpoint (a resume redoes only the finish).`;
 }
 

@@ -32,16 +32,17 @@ def test_it_encodes_once_and_collates_padded_batches(tokenizer):
     encoded = encode(split, tokenizer, max_length=6)
     assert isinstance(encoded, EncodedSplit) and len(encoded) == 3
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    assert encoded[0] == {"input_ids": [cls, 5, 6, 7, 8, sep], "labels": 1}
+    assert encoded[0] == {"input_ids": [cls, 5, 6, 7, 8, sep], "labels": 1, "index": 0}
     assert encoded[1]["input_ids"] == [cls, 9, sep]
     assert len(encoded[2]["input_ids"]) == 6  # truncated to max_length
 
     batch = collate([encoded[1], encoded[0]], pad_token_id=tokenizer.pad_token_id)
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "index"}
     assert all(t.dtype == torch.long for t in batch.values())
     assert batch["input_ids"].tolist() == [[cls, 9, sep, 0, 0, 0], [cls, 5, 6, 7, 8, sep]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
     assert batch["labels"].tolist() == [0, 1]
+    assert batch["index"].tolist() == [1, 0]  # each item's place in its split, whatever the batch order
 
     short = collate([encoded[1]], pad_token_id=tokenizer.pad_token_id)
     assert short["input_ids"].shape == (1, 3)

@@ -170,6 +170,8 @@ def test_run_create_is_the_wizards_run(api, tiny_teacher, tiny_dataset, settings
             OUT_OF_RANGE.format(side="teacher", index=7, depth=4),
         ),
         ({"sections": {"student": {"layers": 2}, "optim": {"lr": 0}}}, "optim.lr", "greater than 0"),
+        ({"sections": {"student": {"layers": 2}, "loss": {"top_k": 0}}}, "loss.top_k", "greater than 0"),
+        ({"sections": {"student": {"layers": 2}, "loss": {"teacher_cache": "x"}}}, "loss.teacher_cache", "'build'"),
         ({"sections": {}}, "student", "required for kind kd_feature"),
         ({"sections": {"student": {"layers": 2}, "data": "all"}}, "data", "Expected an object"),
         ({"sections": ["student"]}, "sections", "Expected an object"),

@@ -19,7 +19,8 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.test import Client
 
-from distill.callbacks import Control, TrainState
+from distill.callbacks import CACHING, Control, TrainState
+from distill.teacher_cache import Manifest
 from jobs.live import events
 from jobs.models import DatasetSpec, MetricPoint, Run
 from jobs.worker.progress import RunMonitor
@@ -481,3 +482,25 @@ def test_the_monitors_thread_stores_what_the_training_thread_only_appends(live_r
     assert sorted(MetricPoint.objects.filter(run=live_run).values_list("step", "value")) == [(31, 1 / 31), (32, 1 / 32)]
     live_run.refresh_from_db()
     assert (live_run.step, monitor.buffer) == (32, [])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_stops_the_teacher_cache_build_at_its_next_batch(live_run):
+    """Caching the teacher's outputs comes before the first step: a cancel ends it at its next batch, not after
+    the whole build; the log says so, and names the cache a run reads by its key (no path)."""
+    state, control = TrainState(total_steps=120), Control()
+    manifest = Manifest("ab" * 16, "base", ["logits"], "float16", 192, [], "2026-01-02T03:04:05+00:00", "kd run", 1.0)
+    with RunMonitor(live_run.pk, live_run.team_id, flush_every_s=3600, heartbeat_s=3600) as monitor:
+        monitor.on_phase(state, control, CACHING, 1, 10)
+        assert not control.should_stop
+        monitor.stop_requested.set()  # as the monitor's thread does when it reads the cancel
+        monitor.on_phase(state, control, CACHING, 2, 10)
+        assert control.should_stop
+        monitor.on_teacher_cache(state, Control(), manifest)
+        monitor.flush(state)
+    lines = list(live_run.log_lines.values_list("text", flat=True))
+    assert "stopping while caching the teacher's outputs: a resume starts the cache again" in lines
+    assert (
+        "teacher outputs from the cache abababababab (0 B, 192 examples, built by kd run at 2026-01-02T03:04:05+00:00)"
+        in lines
+    )

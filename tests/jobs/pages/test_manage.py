@@ -1,4 +1,5 @@
-"""The manage panel (``jobs/partials/manage.html``, ``jobs.pages.manage``) and the team page's storage table.
+"""The manage panel (``jobs/partials/manage.html``, ``jobs.pages.manage``) and the team page's storage table
+with its teacher-output caches.
 
 Members see Rename, owners also Archive and Delete (behind a second, no-script confirm), viewers nothing; the
 outcome comes back as a message; archived objects leave the lists but their pages still open.
@@ -9,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from django.core.files.storage import default_storage
 
+from distill.teacher_cache.store import Manifest, building_folder, locked, publish, write_shard
+from jobs import services
 from jobs.models import Run, Study
 from tests.jobs.services.test_manage import a_run, run_folder
 
@@ -93,3 +97,47 @@ def test_the_wizard_offers_no_archived_teacher(login, owner, team):
     response = client.post(f"/manage/teacher/{run.teacher_id}/archive/")
     assert response["Location"] == f"/teachers/{run.teacher_id}/"  # back to the teacher's own page
     assert offered not in client.get("/runs/new/teacher/").content.decode()
+
+
+def a_cache(team_id: int, built_by: str = "alpha-run", examples: int = 3) -> Manifest:
+    """A complete teacher-output cache in the team's cache folder, written by the engine's store."""
+    root = services.team_cache_dir(team_id)
+    tmp = building_folder(root, "scratch")
+    shard = write_shard(tmp, 0, 0, examples, {"logits": torch.zeros(examples, 2)})
+    key = f"{team_id:02d}{built_by.encode().hex()}"[:32].ljust(32, "0")
+    manifest = Manifest(
+        key, "base", ["logits"], "float16", examples, [shard], "2026-01-02T03:04:05+00:00", built_by, 1.0
+    )
+    manifest.save(tmp)
+    publish(tmp, root / key)
+    return manifest
+
+
+def test_the_team_page_lists_its_teacher_caches_and_owners_delete_them(
+    login, owner, member, outsider, team, other_team, settings
+):
+    ours, theirs = a_cache(team.pk), a_cache(other_team.pk, built_by="beta-run")
+    html = login(member).get(f"/teams/{team.pk}/").content.decode()
+    assert f'data-cache="{ours.key}"' in html and "alpha-run" in html and "2026-01-02 03:04" in html
+    assert theirs.key not in html and "beta-run" not in html  # another team's cache: not even listed
+    assert str(settings.RUNS_DIR) not in html and "teacher-output caches" in html
+    assert "teacher_cache_delete" not in html and f"/caches/{ours.key}/delete/" not in html  # members: no button
+
+    url = f"/teams/{team.pk}/caches/{ours.key}/delete/"
+    assert login(member).post(url).status_code == 403
+    assert login(outsider).post(url).status_code == 404  # not their team
+    client = login(owner)
+    assert f"/caches/{ours.key}/delete/" in client.get(f"/teams/{team.pk}/").content.decode()
+    assert client.post(f"/teams/{team.pk}/caches/..%2Fteam-{other_team.pk}%2F{theirs.key}/delete/").status_code == 404
+    for key in (theirs.key, "..", "0" * 32):  # never a path: only the keys the team lists
+        response = client.post(f"/teams/{team.pk}/caches/{key}/delete/", follow=True)
+        assert response.status_code == 200 and "has no teacher-output cache" in response.content.decode(), key
+    assert services.team_cache_dir(other_team.pk).joinpath(theirs.key, "manifest.json").is_file()
+
+    with locked(services.team_cache_dir(team.pk), ours.key):  # a run rebuilds it: the page does not wait
+        response = client.post(url, follow=True)
+    assert "building this teacher-output cache again right now" in response.content.decode()
+    response = client.post(url, follow=True)
+    assert "Deleted the teacher-output cache" in response.content.decode()
+    assert not services.team_cache_dir(team.pk).joinpath(ours.key).exists()
+    assert f'data-cache="{ours.key}"' not in response.content.decode()

@@ -76,6 +76,7 @@ PAGES = [
     row("POST", "/teams/{team}/invite/",                          302, 403, 403, 404, 302, 302, data={"who": "nora"}),
     row("POST", "/teams/{team}/members/{membership}/role/",       302, 403, 403, 404, 302, 302, data={"role": "owner"}),
     row("POST", "/teams/{team}/members/{membership}/remove/",     302, 403, 403, 404, 302, 302),
+    row("POST", "/teams/{team}/caches/{cache}/delete/",           302, 403, 403, 404, 302, 302),
     row("GET",  "/invites/{invite}/",                             200, 200, 200, 200, 200, 200),
     row("GET",  "/account/password/",                             200, 200, 200, 200, 302, 302),
     row("GET",  "/signup/",                                       404, 404, 404, 404, 404, 404),  # KDWEB_SIGNUP off
@@ -140,6 +141,7 @@ def world(owner, member, viewer, outsider, team) -> dict[str, object]:
         "spare_teacher": spare.pk,
         "study": study.pk,
         "team": team.pk,
+        "cache": "0" * 32,  # the team has no such teacher-output cache: the owner is told so
         "membership": Membership.objects.get(user=viewer).pk,
         "invite": invite.token,
         "link": services.share_link_create(user=owner, target=run).pk,

@@ -15,7 +15,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from distill.config import parse_config
+from distill.config import MAX_TOP_K, parse_config
 from distill.data import encode_lm, load_text_data
 from distill.teachers import load_tokenizer
 from distill.trainer import total_steps
@@ -109,6 +109,19 @@ def test_it_refuses_a_classifier_for_an_lm_task_and_an_lm_for_classification(lm_
     assert errors(response, "teacher") == [
         WRONG_TASK.format(name="tiny-llama", have="causal language modelling", want="text classification")
     ]
+
+
+def test_an_lm_run_keeps_the_teachers_top_k_tokens_bounded_by_the_engine(lm_client, tiny_llama, tiny_dataset):
+    assert_redirects_to(post(lm_client, "teacher", {"kind": "kd_logits", "teacher": tiny_llama.pk}), "student")
+    assert_redirects_to(post(lm_client, "student", STUDENT), "data")
+    assert_redirects_to(post(lm_client, "data", {"dataset": tiny_dataset.pk, **LM_DATA}), "training")
+    field = lm_client.get(url("training")).context["form"].fields["top_k"]
+    assert field.label == "Top-k tokens kept" and field.widget.attrs["max"] == str(MAX_TOP_K)  # the engine's bound
+    response = post(lm_client, "training", {**TRAINING, "top_k": 0, "teacher_cache": "x"})
+    assert errors(response, "top_k") == ["Input should be greater than 0"] and errors(response, "teacher_cache")
+    assert "top_k" not in lm_client.session["wizard"]["config"].get("loss", {})
+    assert_redirects_to(post(lm_client, "training", {**TRAINING, "top_k": 8}), "queue")
+    assert lm_client.session["wizard"]["config"]["loss"]["top_k"] == 8
 
 
 def test_an_lm_teacher_needs_no_task_head_and_its_task_is_the_default(lm_client, tiny_llama):

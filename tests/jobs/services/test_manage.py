@@ -57,6 +57,7 @@ def test_deleting_a_run_frees_its_folder_its_artifacts_and_its_rows(owner, team,
     storage = selectors.team_storage(team)
     assert dict((label, size) for label, size, _ in storage["rows"]) == {
         "run folders (checkpoints)": 4096 + 2 + 2048,
+        "teacher-output caches": 0,
         "exported models (artifacts)": Path(zip_path).stat().st_size,
         "uploaded data sets": 0,
         "teachers' model files": 0,

@@ -410,6 +410,16 @@ def test_cancelling_a_running_run_asks_its_worker_to_stop(queued_run, owner):
     assert run.status == Run.Status.CANCELLED and run.is_resumable
 
 
+def test_a_run_cancelled_while_caching_its_teachers_outputs_says_it_had_not_trained(queued_run, owner):
+    run = running(queued_run)
+    services.run_heartbeat(run.pk, services.Phase("caching", 0.3))
+    services.run_cancel(user=owner, run=run)
+    services.run_stopped(run.pk)  # the build stopped at a batch: no step, no checkpoint
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED and run.is_resumable
+    assert log_of(run)[-1] == "stopped while caching the teacher's outputs, before training: cancelled"
+
+
 @pytest.mark.parametrize("status", [Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.CANCELLED])
 def test_a_finished_run_cannot_be_cancelled(queued_run, owner, status):
     Run.objects.filter(pk=queued_run.pk).update(status=status)

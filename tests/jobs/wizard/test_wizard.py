@@ -9,17 +9,19 @@ it, so no broker message is sent.
 from __future__ import annotations
 
 import pytest
+import yaml
 from django.conf import settings
 from django.core.cache import cache
 from django.urls import reverse
 
-from distill.config import StudentConfig
+from distill.config import StudentConfig, parse_config
 from distill.students import count_student_parameters, student_config
+from distill.teacher_cache import build_for_config
 from distill.teachers import load_config
 from jobs import selectors, services
 from jobs.models import Membership, Run, Study, Teacher
 from jobs.wizard import forms
-from jobs.wizard.state import BY_SLUG, error_step, steps_for
+from jobs.wizard.state import BY_SLUG, SESSION_KEY, error_step, steps_for
 from tests.jobs.conftest import enqueued, reviews_dataset, teacher_row
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -60,6 +62,9 @@ TRAINING = {
     "head_mapping": "group",
     "schedule": "constant",
     "features_first_fraction": 0.3,
+    "teacher_cache": "build",
+    "teacher_cache_dtype": "float16",
+    "top_k": 64,  # causal LMs only: a classifier's form has no such field
     "lr": 1e-4,
     "epochs": 2,
     "max_steps": "",
@@ -337,6 +342,17 @@ def test_it_rejects_a_negative_learning_rate(wiz_client, tiny_teacher, tiny_data
     assert errors(post(wiz_client, "training", zero)) == ["every term used by kind kd_feature has weight 0"]
 
 
+def test_the_teacher_cache_settings_are_offered_and_checked(wiz_client, tiny_teacher, tiny_dataset):
+    walk(wiz_client, tiny_teacher, tiny_dataset, until="training")
+    form = wiz_client.get(url("training")).context["form"]
+    assert form.fields["teacher_cache"].label == "Teacher-output cache" and "top_k" not in form.fields  # a classifier
+    response = post(wiz_client, "training", {**TRAINING, "teacher_cache": "x", "teacher_cache_dtype": "int8"})
+    assert errors(response, "teacher_cache") and errors(response, "teacher_cache_dtype")
+    assert "teacher_cache" not in wiz_client.session["wizard"]["config"].get("loss", {})  # nothing stored
+    assert_redirects_to(post(wiz_client, "training", {**TRAINING, "teacher_cache": "off"}), "queue")
+    assert wiz_client.session["wizard"]["config"]["loss"]["teacher_cache"] == "off"
+
+
 def test_it_rejects_a_max_length_beyond_the_teachers_positions(wiz_client, tiny_teacher, tiny_dataset):
     walk(wiz_client, tiny_teacher, tiny_dataset, until="data")
     assert wiz_client.get(url("data")).context["form"]["max_length"].value() == 64  # min(128, positions)
@@ -488,3 +504,35 @@ def test_the_review_scales_its_times_by_the_nearest_measured_run_and_counts_the_
     study = response.context["study_time"]  # the full method and its two baselines, on three workers
     assert study["runs"] == 3 and study["workers"] == 3
     assert "3 runs" in page and "3 workers serve the queue" in page
+
+
+def test_the_review_says_whether_the_teacher_outputs_are_cached_built_first_or_live(
+    wiz_client, team, tiny_teacher, tiny_dataset
+):
+    walk(wiz_client, tiny_teacher, tiny_dataset)  # 2 epochs, launched as a study (the default)
+    review = wiz_client.get(url("review"))
+    said, page = review.context["teacher_cache"], review.content.decode()
+    assert said["state"] == "build" and said["text"].startswith("The study computes the teacher's outputs once")
+    assert "on disk" in said["text"] and review.context["caching_text"] and 'data-estimate="caching"' in page
+    assert str(settings.RUNS_DIR) not in page and str(settings.DATA_DIR) not in page
+
+    shown = yaml.safe_load(review.context["config_yaml"])  # the config the review validated, as a run builds it
+    build_for_config(parse_config(shown | {"cache_dir": str(services.team_cache_dir(team.pk))}), built_by="first")
+    said = wiz_client.get(url("review")).context["teacher_cache"]
+    assert said["state"] == "cached" and "built by first on " in said["text"], said
+    assert "every run of the study reads them" in said["text"]
+
+    session = wiz_client.session
+    session[SESSION_KEY]["study"] = {"baselines": False}  # a single run of one epoch: it would not build
+    session[SESSION_KEY]["config"]["optim"]["epochs"] = 1
+    session[SESSION_KEY]["config"]["loss"]["feature"] = 0.0  # reads less of the teacher: the cache serves it
+    session.save()
+    assert wiz_client.get(url("review")).context["teacher_cache"]["state"] == "cached"
+    session[SESSION_KEY]["config"]["data"]["max_length"] = 8  # cut shorter: no cache has these examples
+    session.save()
+    review = wiz_client.get(url("review")).context
+    assert review["teacher_cache"]["state"] == "live" and "reads its examples once" in review["teacher_cache"]["text"]
+    assert not review["caching_text"]
+    session[SESSION_KEY]["config"]["loss"]["teacher_cache"] = "off"
+    session.save()
+    assert "cache: off" in wiz_client.get(url("review")).context["teacher_cache"]["text"]

@@ -18,6 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 from transformers import AutoModelForSequenceClassification
 
+from distill.teacher_cache import list_caches
 from jobs import services
 from jobs.models import Artifact, Evaluation, MetricPoint, Run, Teacher
 from jobs.worker.tasks import run_execute
@@ -170,3 +171,28 @@ def test_a_run_is_launched_on_a_live_workers_queue_and_refused_on_an_unknown_one
     assert launched.json()["waiting_for_broker"] is False  # sent before the answer
     run = worker.wait_for(Run.objects.get(pk=launched.json()["id"]))
     assert_succeeded(run, worker)
+
+
+def test_a_study_caches_its_teacher_outputs_once_and_every_kd_run_reads_them(
+    celery_worker_process, owner, tiny_teacher, tiny_dataset
+):
+    """Runs of a few steps would not build a cache on their own; a study builds one before its first run trains
+    (in that run's ``caching`` phase), in its team's cache folder, and every distillation run of it reads it."""
+    worker = celery_worker_process
+    sections = {**KD_SECTIONS, "optim": {"max_steps": 2, "batch_size": 8}}
+    study = services.study_create(
+        user=owner, teacher=tiny_teacher, dataset=tiny_dataset, name="cached", sections=sections, queue=worker.queue
+    )
+    runs = [worker.wait_for(run) for run in study.runs.order_by("pk")]
+    for run in runs:
+        assert_succeeded(run, worker)
+    logs = {run.kind: "\n".join(run.log_lines.values_list("text", flat=True)) for run in runs}
+    caches = list_caches(services.team_cache_dir(tiny_teacher.team_id))
+    assert len(caches) == 1, logs
+    (cache,) = caches
+    assert cache.built_by == runs[0].name  # the full method's run, the study's first
+    assert sum(text.count("caching the teacher's outputs for the study's runs") for text in logs.values()) == 1
+    for kind in ("kd_feature", "kd_logits"):
+        assert f"teacher outputs from the cache {cache.key[:12]}" in logs[kind], logs[kind]
+    assert "teacher outputs from the cache" not in logs["no_kd"]
+    assert str(worker.data_dir) not in "".join(logs.values())  # no server path in a log a member reads
