@@ -193,7 +193,7 @@ class LossConfig(_Frozen):
     temperature: Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE)] = Field(
         2.0, description="Softens both output distributions; 1 = none, 2–4 is usual."
     )
-    feature_variant: Literal["normalized_mse", "mse", "cosine"] = Field(
+    feature_variant: Literal["normalized_mse", "standardized_mse", "mse", "cosine"] = Field(
         "normalized_mse",
         description="How mapped hidden states are compared: normalized_mse divides the MSE by the teacher's "
         "variance at each layer, so the term is about 1 whatever the model's scale (a plain mse on SmolLM2 is "
@@ -203,9 +203,10 @@ class LossConfig(_Frozen):
     head_mapping: Literal["group", "mean"] = Field(
         "group", description="Used when student and teacher have different head counts."
     )
-    schedule: Literal["constant", "features_first"] = Field(
+    schedule: Literal["constant", "features_first", "features_fade"] = Field(
         "constant",
-        description="features_first trains on the feature terms alone for the first part of training, then on all.",
+        description="features_first trains on the feature terms alone for the first part of training, then on all; "
+        "features_fade lowers the feature and attention weights linearly to 0 over training.",
     )
     features_first_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.3, description="Fraction of the steps with feature terms only (features_first schedule)."
@@ -384,9 +385,13 @@ class RunConfig(_Frozen):
     def loss_weights(self, step: int = 0, total_steps: int = 1) -> dict[str, float]:
         """The weight of each term at ``step``: the kind switches terms off, the schedule phases them."""
         w = {t: getattr(self.loss, t) if t in KIND_TERMS[self.kind] else 0.0 for t in TERMS}
-        phased = "schedule" in KIND_LOSS_SETTINGS[self.kind] and self.loss.schedule == "features_first"
-        if phased and step < math.ceil(self.loss.features_first_fraction * total_steps):
+        schedule = self.loss.schedule if "schedule" in KIND_LOSS_SETTINGS[self.kind] else "constant"
+        if schedule == "features_first" and step < math.ceil(self.loss.features_first_fraction * total_steps):
             w["task"] = w["output"] = 0.0
+        if schedule == "features_fade":
+            left = max(0.0, 1.0 - step / max(total_steps, 1))
+            w["feature"] *= left
+            w["attention"] *= left
         return w
 
     @property

@@ -136,8 +136,26 @@ def feature_normalized_mse(student_h: Tensor, teacher_h: Tensor, mask: Tensor | 
     return feature_mse(student_h, teacher_h, mask) / teacher_variance(teacher_h, mask).clamp_min(VARIANCE_FLOOR)
 
 
+def feature_standardized_mse(student_h: Tensor, teacher_h: Tensor, mask: Tensor | None) -> Tensor:
+    r"""Squared error of each dimension divided by the teacher's variance of that dimension over real tokens,
+    averaged over dimensions and real tokens.
+
+    Unlike :func:`feature_normalized_mse`, whose one divisor is dominated by a few outlier dimensions
+    (SmolLM2's residual stream), every dimension counts alike.
+
+    .. math:: \frac{1}{|\mathcal{M}|} \sum_{(b,l) \in \mathcal{M}} \frac{1}{d} \sum_j
+        \frac{(h^s_{blj} - h^t_{blj})^2}{\max(\sigma^2_j, \epsilon)}
+    """
+    t = _target(teacher_h).float()
+    keep = torch.ones(t.shape[:-1], dtype=torch.bool, device=t.device) if mask is None else mask != 0
+    variance = t[keep].var(0, unbiased=False).clamp_min(VARIANCE_FLOOR) if keep.any() else t.new_ones(t.shape[-1])
+    per_token = ((student_h.float() - t).pow(2) / variance).mean(-1)
+    return masked_mean(per_token, mask)
+
+
 FEATURE_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor]] = {
     "normalized_mse": feature_normalized_mse,
+    "standardized_mse": feature_standardized_mse,
     "mse": feature_mse,
     "cosine": feature_cosine,
 }

@@ -53,6 +53,7 @@ def topk_names(keep: Keep) -> tuple[str, str, str]:
     return f"{name}.logp", f"{name}.index", f"{name}.rest"
 
 
+@torch.inference_mode()  # the LM head below runs outside teacher_outputs: a teacher not frozen must not track it
 def example_rows(teacher: PreTrainedModel, batch: dict[str, torch.Tensor], keep: Keep, dtype: torch.dtype) -> list[Row]:
     """For each example of a padded batch, what ``keep`` asks for at its real length, on the CPU in ``dtype``
     (token ids as int32 and the rest's mass in float32 whatever ``dtype``)."""

@@ -116,12 +116,17 @@ CHOICES: dict[str, dict[str, dict[str, str]]] = {
     "loss": {
         "feature_variant": {
             "normalized_mse": "MSE / the teacher's variance",
+            "standardized_mse": "MSE / each dimension's variance",
             "mse": "MSE",
             "cosine": "Cosine distance",
         },
         "attention_variant": {"kl": "KL (MiniLM-style)", "mse": "MSE (TinyBERT-style)"},
         "head_mapping": {"group": "Average the teacher's heads in groups", "mean": "Compare head-averaged maps"},
-        "schedule": {"constant": "All terms from the start", "features_first": "Hidden states and attention first"},
+        "schedule": {
+            "constant": "All terms from the start",
+            "features_first": "Hidden states and attention first",
+            "features_fade": "Hidden states and attention fading out",
+        },
         "teacher_cache": {
             "build": "Build it when the run reads its examples more than once; read it when it exists",
             "use": "Read an existing cache only (the run fails without one)",

@@ -59,6 +59,23 @@ def test_the_normalized_term_is_the_mse_over_the_teachers_variance_of_real_token
     assert torch.allclose(feature_loss(s_h, t_h, mask, None, "normalized_mse"), plain / variance)
 
 
+def test_the_standardized_term_weighs_every_dimension_alike(tiny_states):
+    t_h, s_h, mask = tiny_states
+    real = mask.bool()
+    per_dim = ((s_h[real] - t_h[real]).pow(2) / t_h[real].var(0, unbiased=False)).mean()
+    value = feature_loss(s_h, t_h, mask, None, "standardized_mse")
+    assert torch.allclose(value, per_dim)
+    # one outlier dimension, 1000 times larger in both models: the per-layer normalised term then measures that
+    # dimension alone (SmolLM2's residual stream), the standardized one does not move
+    scale = torch.ones(t_h.shape[-1])
+    scale[0] = 1000.0
+    assert torch.allclose(feature_loss(s_h * scale, t_h * scale, mask, None, "standardized_mse"), value, rtol=1e-4)
+    outlier = feature_loss(s_h * scale, t_h * scale, mask, None, "normalized_mse")
+    first = (s_h[real][:, 0] - t_h[real][:, 0]).pow(2).mean() / t_h[real][:, 0].var(unbiased=False)
+    assert outlier == pytest.approx(first.item(), rel=1e-2)
+    assert torch.allclose(feature_loss(s_h, s_h.clone(), mask, None, "standardized_mse"), torch.tensor(0.0))
+
+
 def test_it_measures_every_term_on_the_first_batch_of_a_tiny_run(base_config):
     cfg = parse_config(base_config)
     terms = first_batch_terms(cfg)

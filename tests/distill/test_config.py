@@ -100,6 +100,11 @@ def test_it_switches_terms_by_kind_and_schedule(base_config):
     assert phased.loss_weights(step=4, total_steps=10)["output"] == 0.0
     assert phased.loss_weights(step=4, total_steps=10)["feature"] == 1.0
     assert phased.loss_weights(step=5, total_steps=10)["output"] == 1.0
+    fading = parse_config({**base_config, "loss": {"schedule": "features_fade", "feature": 0.5}})
+    start, half = fading.loss_weights(step=0, total_steps=10), fading.loss_weights(step=5, total_steps=10)
+    assert start == {"task": 1.0, "output": 1.0, "feature": 0.5, "attention": 1.0}
+    assert half == {"task": 1.0, "output": 1.0, "feature": 0.25, "attention": 0.5}
+    assert fading.loss_weights(step=9, total_steps=10)["feature"] == pytest.approx(0.05)
 
 
 def test_a_causal_lm_takes_its_tasks_loss_defaults_for_the_fields_it_leaves_out(base_config):

@@ -161,3 +161,9 @@ def test_the_cli_builds_lists_and_removes_caches(base_config, tmp_path, capsys):
     config.write_text(yaml.safe_dump({**base_config, "kind": "no_kd"}))
     assert main(["cache", "build", str(config)]) == 2
     assert "kind: a no_kd run" in capsys.readouterr().err
+
+
+def test_a_causal_lm_cache_builds_from_a_teacher_loaded_for_it(lm_config):
+    # a study's first task loads the teacher for the cache alone (not frozen by a trainer): its top-k still builds
+    manifest = build_for_config(parse_config(lm_config))
+    assert manifest is not None and manifest.key == key(lm_config)
